@@ -1,0 +1,39 @@
+# The two commands: `make run` (set up and run the node on its embedded default) and
+# `make test` (set up and run the whole test suite). Both are safe to repeat.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup system-packages bench clean migration
+
+system-packages:
+	@if [ "$$(id -u)" = 0 ]; then ./deploy/install-system-packages.sh; \
+	else echo "not root: skipping Debian packages (dcmtk, orthanc, dicom3tools, dcm2niix, chromium, postgresql)"; fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: system-packages $(STAMP)
+
+run: setup
+	$(VENV)/bin/psma-node serve
+
+test: setup
+	PSMA_TEST_POSTGRES_URL=$$(./deploy/ensure-postgres.sh) $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python -m bench
+
+clean:
+	rm -rf var .pytest_cache
+
+# Development: rewrite the initial migration from db/models.py (allowed until the first release).
+migration:
+	rm -f db/migrations/versions/0001_initial_schema.py
+	d=$$(mktemp -d) && $(PY) -c "from alembic import command; from db.session import alembic_config; command.revision(alembic_config('sqlite:///$$d/m.db'), message='initial schema', autogenerate=True, rev_id='0001')" && rm -rf $$d

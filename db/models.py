@@ -1,0 +1,241 @@
+"""Tables of the node: what was received, what each study is doing, jobs, results, deliveries, audit.
+
+The stages of the node talk to each other only through these rows (and the storage folder), which is what
+lets the receiver, the workers and the sender run in different processes or on different machines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, dt.datetime: DateTime(timezone=True)}
+
+
+class StudyState(str, enum.Enum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class OutboxState(str, enum.Enum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+
+
+class Study(Base):
+    """One DICOM study as the node sees it; `generation` grows each time new data reopens it."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    calling_host: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING.value, index=True)
+    state_reason: Mapped[str | None] = mapped_column(Text)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    pet_series_uid: Mapped[str | None] = mapped_column(String(64))
+    ct_series_uid: Mapped[str | None] = mapped_column(String(64))
+    first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    completeness_proven_at: Mapped[dt.datetime | None] = mapped_column()
+    state_changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    purged_at: Mapped[dt.datetime | None] = mapped_column()
+
+    instances: Mapped[list["Instance"]] = relationship(back_populates="study")
+
+
+class Instance(Base):
+    """A stored DICOM instance (one revision); header fields later stages need, read without pixels."""
+
+    __tablename__ = "instances"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "revision", name="uq_instance_revision"),
+        Index("ix_instances_series", "series_uid"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    current: Mapped[bool] = mapped_column(Boolean, default=True)
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    analysable: Mapped[bool] = mapped_column(Boolean, default=True)
+    missing_file: Mapped[bool] = mapped_column(Boolean, default=False)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    frame_of_reference_uid: Mapped[str | None] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    image_index: Mapped[int | None] = mapped_column(Integer)
+    number_of_slices: Mapped[int | None] = mapped_column(Integer)
+    number_of_time_slices: Mapped[int | None] = mapped_column(Integer)
+    slice_position: Mapped[float | None] = mapped_column(Float)
+    header: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One analysis of one generation of a study; claimed by a worker under a renewable lease."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("study_id", "generation", name="uq_job_generation"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)
+    pet_series_uid: Mapped[str | None] = mapped_column(String(64))
+    ct_series_uid: Mapped[str | None] = mapped_column(String(64))
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column()
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    flags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Result(Base):
+    """What an analysis concluded, with full provenance; a newer result supersedes an older one."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    model_id: Mapped[str | None] = mapped_column(String(32))
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    software_version: Mapped[str] = mapped_column(String(32))
+    probability: Mapped[float | None] = mapped_column(Float)
+    finding: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    sc_series_uid: Mapped[str | None] = mapped_column(String(64))
+    superseded_by_id: Mapped[int | None] = mapped_column(ForeignKey("results.id"))
+
+
+class OutboxItem(Base):
+    """One object to deliver to one destination; the file exists before the first attempt."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "destination", name="uq_outbox_object_destination"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int | None] = mapped_column(ForeignKey("results.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    destination: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column()
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column()
+    sent_as_sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+
+
+class ClinicalInfo(Base):
+    """PSA / prostatectomy registered for an accession (CLI or HTTP), newest row wins."""
+
+    __tablename__ = "clinical_info"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    psa_ng_ml: Mapped[float | None] = mapped_column(Float)
+    prostatectomy: Mapped[bool | None] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """Liveness of worker processes, for health pages and for noticing dead workers."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    current_job_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class AuditEvent(Base):
+    """Append-only trail: nothing in the product updates or deletes these rows."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_category_time", "category", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    category: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16), default="ok")
+    reason: Mapped[str | None] = mapped_column(Text)
+    study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(128))
+    peer: Mapped[str | None] = mapped_column(String(128))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

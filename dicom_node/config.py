@@ -1,0 +1,393 @@
+"""The node's configuration: one typed object, loaded from YAML plus environment overrides.
+
+Every setting lives here with its type, default and meaning, so that `config check`, the generated
+configuration reference and the validation messages all come from a single source. No other module reads
+configuration files or environment variables on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "PSMA_NODE_"
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the key and the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CallingAE(_Section):
+    """A peer allowed to open associations, optionally bound to source addresses."""
+
+    ae_title: str = Field(description="Calling AE title of the peer.")
+    hosts: list[str] = Field(
+        default_factory=list, description="Source IP addresses the AE may connect from; empty = any."
+    )
+    port: int | None = Field(
+        default=None, description="Port of the peer's own SCP, used when results go back to the sender."
+    )
+
+
+class TLSSettings(_Section):
+    enabled: bool = Field(default=False, description="Serve DICOM over TLS.")
+    certificate: Path | None = Field(default=None, description="Server certificate (PEM).")
+    private_key: Path | None = Field(default=None, description="Server private key (PEM).")
+    ca_certificates: Path | None = Field(default=None, description="CA bundle to verify client certificates.")
+    require_client_certificate: bool = Field(
+        default=False, description="Reject peers without a certificate signed by ca_certificates."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TLSSettings":
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("TLS enabled but certificate or private_key not set")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates")
+        return self
+
+
+class NodeSettings(_Section):
+    """The DICOM service class provider that modalities and the PACS send to."""
+
+    ae_title: str = Field(default="PSMA_NODE", max_length=16, description="The node's own AE title.")
+    bind: str = Field(default="0.0.0.0", description="Address the DICOM listener binds to.")
+    port: int = Field(default=11112, ge=1, le=65535, description="DICOM listener port.")
+    check_called_ae: bool = Field(
+        default=True, description="Reject associations whose called AE title is not ae_title."
+    )
+    allow_any_calling_ae: bool = Field(
+        default=False, description="Accept any calling AE title (testing only); otherwise use allowed_calling_aes."
+    )
+    allowed_calling_aes: list[CallingAE] = Field(
+        default_factory=lambda: [CallingAE(ae_title="STORESCU"), CallingAE(ae_title="PACS")],
+        description="Calling AE titles allowed to associate (and where results go back to).",
+    )
+    max_associations: int = Field(default=8, ge=1, description="Concurrent associations before refusing.")
+    max_pdu_bytes: int = Field(default=262144, ge=0, description="Maximum PDU size offered (0 = unlimited).")
+    max_instance_bytes: int = Field(
+        default=2 * 1024**3, ge=1024, description="Largest instance accepted; larger ones are refused."
+    )
+    min_free_disk_mb: int = Field(
+        default=1024, ge=0, description="Refuse instances with status A700 when free disk falls below this."
+    )
+    other_storage_classes: Literal["store", "refuse"] = Field(
+        default="store",
+        description="Storage SOP classes other than PET/CT: store as 'not analysed', or refuse the context.",
+    )
+    network_timeout_s: float = Field(default=60.0, gt=0, description="DIMSE/ACSE/network timeout (seconds).")
+    tls: TLSSettings = Field(default_factory=TLSSettings, description="DICOM TLS.")
+
+
+class StorageSettings(_Section):
+    directory: Path = Field(default=Path("./var/storage"), description="Where received instances are kept.")
+    results_directory: Path = Field(
+        default=Path("./var/results"), description="Where result objects wait for delivery."
+    )
+
+
+class DatabaseSettings(_Section):
+    url: SecretStr = Field(
+        default=SecretStr("sqlite:///./var/psma-node.db"),
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg2://user:pass@host/db.",
+    )
+    auto_upgrade: bool = Field(
+        default=True, description="Run pending migrations on start instead of refusing to start."
+    )
+
+
+class AssemblySettings(_Section):
+    """When a study counts as complete, and which series are analysed."""
+
+    tick_seconds: float = Field(default=0.5, gt=0, le=1.0, description="How often assembly runs.")
+    settle_seconds: float = Field(
+        default=2.0, ge=0, description="Wait after completeness is proven, for stragglers."
+    )
+    quiet_seconds: float = Field(
+        default=60.0, gt=0, description="Quiet period after which unprovable studies are judged."
+    )
+    ceiling_seconds: float = Field(
+        default=900.0, gt=0, description="Hard limit after the last instance for a study to become complete."
+    )
+    process_incomplete: bool = Field(
+        default=False, description="At the ceiling, analyse an incomplete PET instead of rejecting it."
+    )
+    accepted_tracers: list[str] = Field(
+        default_factory=lambda: ["PSMA-1007"],
+        description="Radiopharmaceutical names (case-insensitive substrings) analysed without a flag.",
+    )
+    flagged_tracers: list[str] = Field(
+        default_factory=list,
+        description="Other PSMA tracers (e.g. DCFPyL, PSMA-11) accepted but flagged in the result.",
+    )
+    half_life_range_s: tuple[float, float] = Field(
+        default=(6000.0, 7200.0), description="Plausible radionuclide half-life for F-18 (seconds)."
+    )
+
+
+class WorkerSettings(_Section):
+    count: int = Field(default=1, ge=0, description="Analysis worker processes started by `serve`.")
+    lease_seconds: float = Field(default=30.0, gt=1, description="Job lease; renewed while a worker lives.")
+    poll_seconds: float = Field(default=0.5, gt=0, description="How often an idle worker looks for jobs.")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts before a job is failed for good.")
+    torch_threads: int = Field(default=0, ge=0, description="torch threads per worker (0 = torch default).")
+
+
+class ModelSettings(_Section):
+    models_dir: Path = Field(default=Path("./var/models"), description="Where imported checkpoints live.")
+    routing: Literal["published-test", "by-prostatectomy"] = Field(
+        default="published-test",
+        description="published-test: model D for everyone; by-prostatectomy: C if operated, else D.",
+    )
+    default_model: str = Field(default="D", description="Model used under published-test routing.")
+    threshold: float = Field(default=0.5, ge=0, le=1, description="Probability at or above which = Present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto picks CUDA when present.")
+
+
+class LocalizerSettings(_Section):
+    kind: Literal["anatomical", "totalsegmentator"] = Field(
+        default="anatomical", description="How the centre of the 200 mm cube is found."
+    )
+    totalsegmentator_home: Path = Field(
+        default=Path("~/.totalsegmentator"), description="TOTALSEG_HOME_DIR holding its weights."
+    )
+    totalsegmentator_command: str = Field(
+        default="TotalSegmentator", description="Executable run in a subprocess."
+    )
+    totalsegmentator_fast: bool = Field(default=False, description="Use the 3 mm model (--fast).")
+
+
+class ClinicalSettings(_Section):
+    """Where PSA and prostatectomy status come from, in order."""
+
+    tags: list[str] = Field(
+        default_factory=lambda: ["AdditionalPatientHistory", "RequestedProcedureComments", "ImageComments"],
+        description="DICOM keywords searched for PSA / prostatectomy text.",
+    )
+    psa_pattern: str = Field(
+        default=r"PSA[^0-9]{0,12}([0-9]+(?:[.,][0-9]+)?)\s*(?:ng/?ml)?",
+        description="Regex whose first group is the PSA value in ng/ml.",
+    )
+    prostatectomy_pattern: str = Field(
+        default=r"(?i)(prostatectomy|\bRPE\b|\bRP\b|s/p\s+RP)",
+        description="Regex meaning the patient had a prostatectomy.",
+    )
+    no_prostatectomy_pattern: str = Field(
+        default=r"(?i)(no prostatectomy|not operated|non-operated|without prostatectomy)",
+        description="Regex meaning the patient did not have a prostatectomy (checked first).",
+    )
+    impute_psa: float = Field(default=30.1, ge=0, description="PSA used when none is known (published).")
+    infer_prostatectomy: bool = Field(
+        default=True, description="Infer prostatectomy from whether a prostate is found when unknown."
+    )
+
+
+class Destination(_Section):
+    name: str = Field(description="Short name used in the audit trail and CLI.")
+    kind: Literal["dicom", "stow"] = Field(default="dicom", description="DIMSE C-STORE or DICOMweb STOW-RS.")
+    ae_title: str | None = Field(default=None, description="Called AE title (dicom).")
+    host: str | None = Field(default=None, description="Host (dicom).")
+    port: int | None = Field(default=None, description="Port (dicom).")
+    tls: bool = Field(default=False, description="Use DICOM TLS to this peer.")
+    ca_certificates: Path | None = Field(default=None, description="CA bundle to verify the peer.")
+    url: str | None = Field(default=None, description="DICOMweb base URL (stow).")
+    username: str | None = Field(default=None, description="HTTP basic-auth user (stow).")
+    password: SecretStr | None = Field(default=None, description="HTTP basic-auth password (stow).")
+    confirm_with_cfind: bool = Field(default=False, description="After storing, C-FIND the objects back.")
+
+    @model_validator(mode="after")
+    def _addressable(self) -> "Destination":
+        if self.kind == "dicom" and not (self.ae_title and self.host and self.port):
+            raise ValueError(f"destination {self.name!r}: dicom needs ae_title, host and port")
+        if self.kind == "stow" and not self.url:
+            raise ValueError(f"destination {self.name!r}: stow needs url")
+        return self
+
+
+class RetrySettings(_Section):
+    initial_seconds: float = Field(default=10.0, gt=0, description="First retry delay.")
+    max_seconds: float = Field(default=1800.0, gt=0, description="Longest delay between attempts.")
+    jitter: float = Field(default=0.2, ge=0, le=1, description="Random fraction added to each delay.")
+    give_up_after_seconds: float = Field(
+        default=86400.0, gt=0, description="Age after which delivery is FAILED."
+    )
+
+
+class ResultSettings(_Section):
+    sr_storage: Literal["comprehensive3d", "comprehensive"] = Field(
+        default="comprehensive3d", description="SR IOD: Comprehensive 3D SR (88.34) or Comprehensive SR (88.33)."
+    )
+    fallback_to_comprehensive: bool = Field(
+        default=True, description="If a PACS refuses 88.34, send the SR as 88.33."
+    )
+    return_to_sender: bool = Field(
+        default=False, description="Also send results to the calling AE (needs its port in allowed_calling_aes)."
+    )
+    destinations: list[Destination] = Field(default_factory=list, description="Where results are sent.")
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="Delivery retry policy.")
+    send_tick_seconds: float = Field(default=2.0, gt=0, description="How often the outbox is looked at.")
+    institution_name: str = Field(default="", description="Written into result objects when set.")
+
+
+class DashboardUser(_Section):
+    name: str
+    password_hash: SecretStr = Field(description="pbkdf2_sha256$iterations$salt$hash (psma-node dashboard hash).")
+
+
+class DashboardSettings(_Section):
+    enabled: bool = Field(default=True, description="Serve the web dashboard from `serve`.")
+    bind: str = Field(default="127.0.0.1", description="Dashboard bind address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Dashboard port (0 = pick a free one).")
+    users: list[DashboardUser] = Field(default_factory=list, description="Users allowed to log in.")
+    tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens for RIS/API clients.")
+    allow_anonymous: bool = Field(default=False, description="Allow access without logging in.")
+    session_secret: SecretStr = Field(
+        default=SecretStr("change-me"), description="Secret signing session cookies."
+    )
+
+
+class RetentionSettings(_Section):
+    enabled: bool = Field(default=False, description="Purge stored images of delivered studies.")
+    keep_days: float = Field(default=30.0, gt=0, description="Days after delivery before purging.")
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    format: Literal["json", "text"] = Field(default="json", description="Structured JSON lines or text.")
+    file: Path | None = Field(default=None, description="Also write logs here.")
+
+
+class Settings(_Section):
+    """The whole configuration."""
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    assembly: AssemblySettings = Field(default_factory=AssemblySettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    localizer: LocalizerSettings = Field(default_factory=LocalizerSettings)
+    clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
+    results: ResultSettings = Field(default_factory=ResultSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    def resolve_paths(self, base: Path) -> "Settings":
+        """Make relative paths relative to the config file's folder, so the node runs from anywhere."""
+        data = self.model_copy(deep=True)
+        for section, key in _PATH_KEYS:
+            sub = getattr(data, section)
+            value = getattr(sub, key)
+            if value is not None:
+                setattr(sub, key, _absolute(value, base))
+        url = data.database.url.get_secret_value()
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+            data.database.url = SecretStr("sqlite:///" + str(_absolute(Path(url[len("sqlite:///"):]), base)))
+        return data
+
+
+_PATH_KEYS = [
+    ("storage", "directory"),
+    ("storage", "results_directory"),
+    ("models", "models_dir"),
+    ("localizer", "totalsegmentator_home"),
+    ("logging", "file"),
+]
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    path = Path(os.path.expanduser(str(path)))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """PSMA_NODE_<SECTION>__<KEY>[__<SUBKEY>]=value, value parsed as YAML (so lists and numbers work)."""
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        target = overrides
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = item["msg"]
+        got = item.get("input")
+        shown = "" if kind == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read the YAML file (default: the embedded config.yaml), apply environment overrides, validate."""
+    source = Path(path) if path is not None else DEFAULT_CONFIG_FILE
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {source}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {source} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {source}: top level must be a mapping of sections")
+    overrides = _env_overrides(environ)
+    label = str(source) + (" (with PSMA_NODE_* environment overrides)" if overrides else "")
+    try:
+        settings = Settings.model_validate(_merge(data, overrides))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, label)) from exc
+    settings = settings.resolve_paths(source.resolve().parent)
+    _check_files(settings, label)
+    return settings
+
+
+def _check_files(settings: Settings, source: str) -> None:
+    """Files the node must read at start-up are checked now, so a typo stops it before it serves."""
+    tls = settings.node.tls
+    for key in ("certificate", "private_key", "ca_certificates"):
+        value = getattr(tls, key)
+        if value is not None and not os.access(_absolute(value, Path.cwd()), os.R_OK):
+            raise ConfigError(f"invalid configuration in {source}:\n  node.tls.{key}: cannot read {value}")
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """The configuration as plain data with secrets masked, for `config check` and the dashboard."""
+    return settings.model_dump(mode="json")
