@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -41,3 +43,11 @@ def record(
     )
     session.add(event)
     return event
+
+
+def os_user() -> str:
+    """The actor recorded for CLI commands that change state: the operating-system user running them."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"

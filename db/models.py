@@ -82,6 +82,11 @@ class Study(Base):
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     completeness_proven_at: Mapped[dt.datetime | None] = mapped_column()
+    # instance_count and last_received_at as they were when assembly decided this study (complete/rejected):
+    # any difference later means new data arrived, and the study reopens. Comparing values, not clocks,
+    # keeps this right across machines and for rows committed just after the decision.
+    assessed_instance_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    assessed_received_at: Mapped[dt.datetime | None] = mapped_column()
     state_changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     purged_at: Mapped[dt.datetime | None] = mapped_column()
 
@@ -191,6 +196,7 @@ class OutboxItem(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column()
     confirmed_at: Mapped[dt.datetime | None] = mapped_column()
     sent_as_sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    retry_window_start: Mapped[dt.datetime | None] = mapped_column()
 
 
 class ClinicalInfo(Base):

@@ -1,11 +1,221 @@
-"""Study assembly (placeholder until the assembly issue lands)."""
+"""Study assembly: on every scheduler tick, decide which receiving studies are complete and queue them.
+
+Cheap per tick: one query lists the receiving studies; a study's series are summarised with aggregate
+queries only when its instance count or last arrival changed since the previous tick (kept in memory per
+database); otherwise only the time rules (settle, quiet, ceiling) are re-applied to the cached proofs. A
+second query finds settled studies that received data since they were decided, and reopens them.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import weakref
+from dataclasses import dataclass
+
+from sqlalchemy import distinct, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import audit
+from db.models import Instance, Job, Study, StudyState
+from db.session import transaction
+from dicom_node.completeness import Decision, Proof, ct_proof, decide, pet_proof
 from dicom_node.config import Settings
+from dicom_node.jobs import cancel_older_jobs
+from dicom_node.series_selection import Selection, SeriesSummary, select_series
+from dicom_node.study_state import as_utc, reopen_candidates, transition, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def load_series(session: Session, study_id: int) -> list[SeriesSummary]:
+    """Summaries of the study's series from its current, analysable, present instances."""
+    usable = (
+        Instance.study_id == study_id,
+        Instance.current.is_(True),
+        Instance.analysable.is_(True),
+        Instance.missing_file.is_(False),
+    )
+    rows = session.execute(
+        select(
+            Instance.series_uid,
+            func.max(Instance.modality),
+            func.max(Instance.sop_class_uid),
+            func.max(Instance.frame_of_reference_uid),
+            func.count(),
+            func.count(Instance.image_index),
+            func.count(distinct(Instance.image_index)),
+            func.min(Instance.image_index),
+            func.max(Instance.image_index),
+            func.max(Instance.number_of_slices),
+            func.max(Instance.number_of_time_slices),
+            func.count(Instance.instance_number),
+            func.count(distinct(Instance.instance_number)),
+            func.min(Instance.instance_number),
+            func.max(Instance.instance_number),
+            func.min(Instance.slice_position),
+            func.max(Instance.slice_position),
+            func.min(Instance.id),
+        ).where(*usable).group_by(Instance.series_uid)
+    ).all()
+    if not rows:
+        return []
+    headers = dict(session.execute(
+        select(Instance.id, Instance.header).where(Instance.id.in_([row[-1] for row in rows]))
+    ).all())
+    positions: dict[str, list[float]] = {}
+    ct_series = [row[0] for row in rows if row[1] == "CT"]
+    if ct_series:
+        for series_uid, position in session.execute(
+            select(Instance.series_uid, Instance.slice_position)
+            .where(*usable, Instance.series_uid.in_(ct_series), Instance.slice_position.is_not(None))
+            .order_by(Instance.slice_position)
+        ):
+            positions.setdefault(series_uid, []).append(float(position))
+    return [
+        SeriesSummary(
+            series_uid=row[0], modality=row[1], sop_class_uid=row[2], frame_of_reference_uid=row[3],
+            count=row[4], image_index_count=row[5], distinct_image_index=row[6], min_image_index=row[7],
+            max_image_index=row[8], number_of_slices=row[9], number_of_time_slices=row[10],
+            instance_number_count=row[11], distinct_instance_number=row[12], min_instance_number=row[13],
+            max_instance_number=row[14], min_position=row[15], max_position=row[16],
+            header=dict(headers.get(row[17]) or {}), positions=tuple(positions.get(row[0], ())),
+        )
+        for row in rows
+    ]
+
+
+@dataclass
+class Assessment:
+    """The content-derived part of a study's evaluation; valid while `key` is unchanged."""
+
+    key: tuple[int, dt.datetime, int]
+    selection: Selection
+    pet: Proof | None
+    ct: Proof | None
+    all_pets_complete: bool
+    proven_at: dt.datetime | None
+
+
+def assess(series: list[SeriesSummary], settings: Settings, key: tuple[int, dt.datetime, int],
+           now: dt.datetime, previous: Assessment | None) -> Assessment:
+    selection = select_series(series, settings.assembly)
+    pet = pet_proof(selection.pet) if selection.pet is not None else None
+    ct = ct_proof(selection.ct, selection.pet) if selection.ct is not None else None
+    pets = [s for s in series if s.modality == "PT"]
+    all_pets_complete = bool(pets) and all(pet_proof(s).complete for s in pets)
+    proven = pet is not None and ct is not None and pet.complete and ct.complete
+    proven_at = (previous.proven_at if previous is not None and previous.proven_at else now) if proven else None
+    return Assessment(key, selection, pet, ct, all_pets_complete, proven_at)
+
+
+def reopen(session: Session, study: Study, *, reason: str, rule: str, actor: str | None = None) -> bool:
+    """Back to receiving with the next generation; jobs of the old generation are cancelled.
+
+    A result of the old generation stays (audit trail) and is superseded when the new analysis finishes.
+    """
+    previous_state = study.state
+    if not transition(session, study, StudyState.RECEIVING, reason=reason, rule=rule, actor=actor,
+                      previous_state=previous_state):
+        return False
+    cancelled = cancel_older_jobs(session, study, f"study reopened: {reason}")
+    if cancelled:
+        log.info("jobs cancelled by reopening", extra={"study_uid": study.study_uid, "job_ids": cancelled})
+    return True
+
+
+class Assembler:
+    """Per-database memory of what each receiving study looked like at the previous tick."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, Assessment] = {}
+
+    def tick(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.reopen_changed(sessions)
+        with sessions() as session:
+            studies = session.scalars(select(Study).where(Study.state == StudyState.RECEIVING.value)).all()
+        for study_id in set(self.seen) - {s.id for s in studies}:
+            del self.seen[study_id]
+        for study in studies:
+            study_id, study_uid = study.id, study.study_uid
+            try:
+                self.judge(settings, sessions, study)
+            except (OperationalError, IntegrityError) as exc:
+                # Lost a race with the receiver or another assembler: the next tick sees the new state.
+                log.info("assembly deferred", extra={"study_uid": study_uid, "error": str(exc)[:200]})
+                self.seen.pop(study_id, None)
+            except Exception:
+                # One study's surprise must not stall the others; it is retried on the next tick.
+                log.exception("assembly failed for a study", extra={"study_uid": study_uid})
+                self.seen.pop(study_id, None)
+
+    def reopen_changed(self, sessions: sessionmaker[Session]) -> None:
+        with sessions() as session:
+            changed = session.scalars(reopen_candidates()).all()
+        for study in changed:
+            with transaction(sessions) as session:
+                session.add(study)
+                new = study.instance_count - study.assessed_instance_count
+                reason = (f"{new} new instance(s) after the study was {study.state}" if new > 0
+                          else f"instance(s) re-sent with different content after the study was {study.state}")
+                reopen(session, study, reason=reason, rule="new-data")
+
+    def judge(self, settings: Settings, sessions: sessionmaker[Session], study: Study) -> None:
+        now = utcnow()
+        last = as_utc(study.last_received_at)
+        key = (study.instance_count, last, study.generation)
+        previous = self.seen.get(study.id)
+        if previous is None or previous.key != key:
+            with sessions() as session:
+                series = load_series(session, study.id)
+            previous = self.seen[study.id] = assess(series, settings, key, now, previous)
+        decision = decide(
+            previous.selection, previous.pet, previous.ct, all_pets_complete=previous.all_pets_complete,
+            first_received_at=as_utc(study.first_received_at), last_received_at=last, now=now,
+            settings=settings.assembly,
+        )
+        if decision.action == "wait":
+            return
+        assessed = (study.instance_count, study.last_received_at)
+        with transaction(sessions) as session:
+            session.add(study)
+            if decision.action == "reject":
+                transition(session, study, StudyState.REJECTED, reason=decision.reason, rule=decision.rule,
+                           assessed=assessed, selection=previous.selection.flags)
+            else:
+                self.queue(session, study, previous, decision, assessed)
+        self.seen.pop(study.id, None)
+
+    @staticmethod
+    def queue(session: Session, study: Study, assessment: Assessment, decision: Decision,
+              assessed: tuple[int, dt.datetime]) -> None:
+        selection = assessment.selection
+        assert selection.pet is not None and selection.ct is not None
+        flags = {**selection.flags, **decision.flags, "rule": decision.rule}
+        if not transition(session, study, StudyState.COMPLETE, reason=decision.reason, rule=decision.rule,
+                          assessed=assessed, pet_series_uid=selection.pet.series_uid,
+                          ct_series_uid=selection.ct.series_uid, flags=flags):
+            return
+        study.pet_series_uid = selection.pet.series_uid
+        study.ct_series_uid = selection.ct.series_uid
+        study.completeness_proven_at = assessment.proven_at
+        job = Job(study_id=study.id, generation=study.generation, pet_series_uid=selection.pet.series_uid,
+                  ct_series_uid=selection.ct.series_uid, flags=flags)
+        session.add(job)
+        session.flush()
+        audit.record(session, "job", "queued", study_uid=study.study_uid, job_id=job.id,
+                     generation=study.generation, flags=flags)
+        transition(session, study, StudyState.QUEUED, reason=f"job {job.id} queued", rule="job-created",
+                   job_id=job.id)
+
+
+_assemblers: "weakref.WeakKeyDictionary[sessionmaker[Session], Assembler]" = weakref.WeakKeyDictionary()
 
 
 def assembly_tick(settings: Settings, sessions: sessionmaker[Session]) -> None:
-    """Judge completeness of receiving studies and queue jobs for ready ones."""
+    """Reopen studies with new data; judge completeness of receiving studies; queue jobs for ready ones."""
+    assembler = _assemblers.get(sessions)
+    if assembler is None:
+        assembler = _assemblers[sessions] = Assembler()
+    assembler.tick(settings, sessions)

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "PSMA_NODE_"
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config.yaml"
@@ -116,7 +125,8 @@ class AssemblySettings(_Section):
         default=60.0, gt=0, description="Quiet period after which unprovable studies are judged."
     )
     ceiling_seconds: float = Field(
-        default=900.0, gt=0, description="Hard limit after the last instance for a study to become complete."
+        default=900.0, gt=0,
+        description="Hard limit after the FIRST instance: a study still trickling in is judged then.",
     )
     process_incomplete: bool = Field(
         default=False, description="At the ceiling, analyse an incomplete PET instead of rejecting it."
@@ -140,6 +150,9 @@ class WorkerSettings(_Section):
     poll_seconds: float = Field(default=0.5, gt=0, description="How often an idle worker looks for jobs.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts before a job is failed for good.")
     torch_threads: int = Field(default=0, ge=0, description="torch threads per worker (0 = torch default).")
+    stop_grace_seconds: float = Field(
+        default=10.0, ge=0, description="On stop, time a worker gets to release its job before it is killed."
+    )
 
 
 class ModelSettings(_Section):
@@ -151,6 +164,36 @@ class ModelSettings(_Section):
     default_model: str = Field(default="D", description="Model used under published-test routing.")
     threshold: float = Field(default=0.5, ge=0, le=1, description="Probability at or above which = Present.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto picks CUDA when present.")
+    expected_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="Published sha256 per model id (e.g. D: <hex>); import and every load refuse other files.",
+    )
+    gradcam: bool = Field(default=True, description="Compute the Grad-CAM attention map shown in the result.")
+    gradcam_layer: str = Field(
+        default="features.denseblock3",
+        description="DenseNet121 layer for Grad-CAM (class_layers.relu leaves a 2x1x2 map for model D).",
+    )
+
+    @field_validator("default_model")
+    @classmethod
+    def _published_model(cls, value: str) -> str:
+        from inference.model_specs import SPECS
+
+        if value not in SPECS:
+            raise ValueError(f"unknown model {value!r}; published models are {', '.join(SPECS)}")
+        return value
+
+    @field_validator("expected_sha256")
+    @classmethod
+    def _hex_digests(cls, value: dict[str, str]) -> dict[str, str]:
+        from inference.model_specs import SPECS
+
+        for model_id, digest in value.items():
+            if model_id not in SPECS:
+                raise ValueError(f"unknown model {model_id!r}; published models are {', '.join(SPECS)}")
+            if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                raise ValueError(f"sha256 for model {model_id} must be 64 hex digits, got {digest!r}")
+        return {k: v.lower() for k, v in value.items()}
 
 
 class LocalizerSettings(_Section):
@@ -164,6 +207,12 @@ class LocalizerSettings(_Section):
         default="TotalSegmentator", description="Executable run in a subprocess."
     )
     totalsegmentator_fast: bool = Field(default=False, description="Use the 3 mm model (--fast).")
+    totalsegmentator_timeout_seconds: float = Field(
+        default=1800.0, gt=0, description="TotalSegmentator run longer than this is killed and reported."
+    )
+    anatomical_grid_mm: float = Field(
+        default=4.0, ge=2.0, le=8.0, description="Coarse grid (mm) the anatomical localiser works on."
+    )
 
 
 class ClinicalSettings(_Section):
@@ -189,6 +238,19 @@ class ClinicalSettings(_Section):
     infer_prostatectomy: bool = Field(
         default=True, description="Infer prostatectomy from whether a prostate is found when unknown."
     )
+
+    @field_validator("psa_pattern", "prostatectomy_pattern", "no_prostatectomy_pattern")
+    @classmethod
+    def _compiles(cls, value: str, info: ValidationInfo) -> str:
+        import re
+
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        if info.field_name == "psa_pattern" and compiled.groups < 1:
+            raise ValueError("the PSA pattern needs a group capturing the number")
+        return value
 
 
 class Destination(_Section):
@@ -236,11 +298,37 @@ class ResultSettings(_Section):
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Delivery retry policy.")
     send_tick_seconds: float = Field(default=2.0, gt=0, description="How often the outbox is looked at.")
     institution_name: str = Field(default="", description="Written into result objects when set.")
+    sr_series_number: int = Field(default=9900, ge=1, description="Series Number of the AI SR series.")
+    sc_series_number: int = Field(default=9901, ge=1, description="Series Number of the AI Secondary Capture series.")
+    body_part_examined: str = Field(
+        default="PELVIS", max_length=16, description="BodyPartExamined written into the Secondary Capture."
+    )
+    sending_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="An item left 'sending' this long (crash mid-send) is sent again."
+    )
+    max_items_per_association: int = Field(
+        default=100, ge=1, description="Objects sent to one destination per association and tick."
+    )
 
 
 class DashboardUser(_Section):
-    name: str
-    password_hash: SecretStr = Field(description="pbkdf2_sha256$iterations$salt$hash (psma-node dashboard hash).")
+    name: str = Field(min_length=1, description="Login name, recorded as the actor of the user's actions.")
+    password_hash: SecretStr = Field(
+        description="pbkdf2_sha256$iterations$salt$hash (from `psma-node dashboard hash-password`)."
+    )
+
+    @field_validator("password_hash")
+    @classmethod
+    def _well_formed(cls, value: SecretStr) -> SecretStr:
+        parts = value.get_secret_value().split("$")
+        scheme_ok = len(parts) == 4 and parts[0] == "pbkdf2_sha256"
+        well_formed = scheme_ok and parts[1].isdigit() and all(parts[2:])
+        if not well_formed:
+            raise ValueError(
+                "not a pbkdf2_sha256$iterations$salt$hash value: "
+                "create one with `psma-node dashboard hash-password`"
+            )
+        return value
 
 
 class DashboardSettings(_Section):
@@ -251,13 +339,21 @@ class DashboardSettings(_Section):
     tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens for RIS/API clients.")
     allow_anonymous: bool = Field(default=False, description="Allow access without logging in.")
     session_secret: SecretStr = Field(
-        default=SecretStr("change-me"), description="Secret signing session cookies."
+        default=SecretStr("change-me"),
+        description="Secret signing login cookies; 'change-me' = random per start (logins end on restart).",
+    )
+    session_hours: float = Field(default=12.0, gt=0, description="Lifetime of a login session.")
+    public_metrics: bool = Field(
+        default=False, description="Serve /metrics without authentication (it holds no patient data)."
     )
 
 
 class RetentionSettings(_Section):
     enabled: bool = Field(default=False, description="Purge stored images of delivered studies.")
     keep_days: float = Field(default=30.0, gt=0, description="Days after delivery before purging.")
+    tick_seconds: float = Field(
+        default=3600.0, gt=0, description="How often `serve` looks for studies to purge."
+    )
 
 
 class LoggingSettings(_Section):

@@ -1,20 +1,384 @@
-"""C-STORE / C-ECHO service class provider (placeholder until the receiving issue lands)."""
+"""C-STORE / C-ECHO service class provider: who may send, what is accepted, and when success is answered.
+
+Success is answered only after `store.InstanceStore` made the instance durable (file fsynced and renamed,
+row committed). Everything refused gets a specific status and an audit row naming the reason, and the
+association (and the server) carries on. pynetdicom runs one thread per association; handlers do no pixel
+decoding, so the receiving process never becomes CPU-bound on image work.
+"""
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import logging
+import shutil
+import socket
+import socketserver
+import ssl
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.config import Settings
+from db import audit
+from dicom_node.config import NodeSettings, Settings
+from dicom_node.store import (
+    PET_CT_SOP_CLASSES,
+    Caller,
+    InstanceRefused,
+    InstanceStore,
+    clean_text,
+    parse_instance,
+)
+
+log = logging.getLogger(__name__)
+
+# pynetdicom picks the first of these that the sender proposes in a context. Lossless compressions come
+# first: a sender proposing one holds its data that way (dcmtk storescu proposes a compressed file's syntax
+# together with the uncompressed ones in one context and cannot transcode), and storing as sent is cheapest.
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Image Compression (Lossless Only)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (SV1)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+]
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DOES_NOT_MATCH = 0xA900
+STATUS_PROCESSING_FAILURE = 0x0110
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+_REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+_REJECT_LIMIT = (0x02, 0x03, 0x02)
+
+
+@dataclass
+class _AssociationState:
+    """What one association did, for its closing audit row and for cheap study lookups."""
+
+    caller: Caller
+    tls: bool
+    study_ids: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, kind: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+
+def _peer(assoc: Association) -> str:
+    return str(assoc.requestor.address or "")
+
+
+def _is_tls(assoc: Association) -> bool:
+    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    return isinstance(sock, ssl.SSLSocket)
+
+
+def _certificate_subject(sock: ssl.SSLSocket) -> str:
+    subject = (sock.getpeercert() or {}).get("subject", ())
+    return ", ".join(f"{key}={value}" for rdn in subject for key, value in rdn)
+
+
+def _host_allowed(peer: str, hosts: list[str]) -> bool:
+    """Empty = any source; entries are addresses or networks (10.0.0.0/24)."""
+    if not hosts:
+        return True
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    for entry in hosts:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            if entry == peer:
+                return True
+    return False
+
+
+def tls_context(node: NodeSettings) -> ssl.SSLContext:
+    """Server-side TLS: our certificate, and client certificates verified against the CA bundle if set."""
+    tls = node.tls
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(tls.certificate), str(tls.private_key))
+    if tls.ca_certificates is not None:
+        context.load_verify_locations(cafile=str(tls.ca_certificates))
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _NodeServer(ThreadedAssociationServer):
+    """pynetdicom's server with two changes: TCP_NODELAY on every socket, and the TLS handshake done in
+    the connection's own thread (pynetdicom does it in the accept loop, where one slow or failing client
+    would hold up every other caller and leave no trace)."""
+
+    receiver: "Receiver"
+    tls: ssl.SSLContext | None
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        # Without it Nagle + delayed ACK cost ~40 ms per DIMSE message on loopback.
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            client = self.tls.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.receiver.settings.node.network_timeout_s)
+                request.do_handshake()
+                request.settimeout(None)
+            except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+                # Closed before saying anything: a port probe or health check, not an association attempt.
+                log.debug("connection closed during TLS handshake", extra={"peer": str(client_address[0])})
+                self.shutdown_request(request)
+                return
+            except (OSError, ValueError) as exc:
+                self.receiver.tls_failed(str(client_address[0]), exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+    def shutdown(self) -> None:
+        # Built with make_server, this server is not in the AE's own list that pynetdicom's shutdown edits.
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
 
 class Receiver:
+    """The node's DICOM listener; `start()` returns at once, associations run in their own threads."""
+
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.store = InstanceStore(settings, sessions)
         self.port = settings.node.port
+        self._ae: AE | None = None
+        self._server: _NodeServer | None = None
+        self._thread: threading.Thread | None = None
+        self._states: weakref.WeakKeyDictionary[Association, _AssociationState] = weakref.WeakKeyDictionary()
+        self._states_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def _make_ae(self) -> AE:
+        node = self.settings.node
+        ae = AE(ae_title=node.ae_title)
+        # Enforced (and audited) in _on_requested; pynetdicom's own count includes unnegotiated connections.
+        ae.maximum_associations = 10 * node.max_associations + 10
+        ae.maximum_pdu_size = node.max_pdu_bytes
+        ae.network_timeout = node.network_timeout_s
+        ae.acse_timeout = node.network_timeout_s
+        ae.dimse_timeout = node.network_timeout_s
+        # Calling/called AE checks happen in _on_requested, which audits them.
+        ae.require_calling_aet = []
+        ae.require_called_aet = False
+        ae.add_supported_context(Verification)
+        classes = list(PET_CT_SOP_CLASSES)
+        if node.other_storage_classes == "store":
+            classes += [cx.abstract_syntax for cx in AllStoragePresentationContexts
+                        if cx.abstract_syntax not in PET_CT_SOP_CLASSES]
+        for uid in classes:
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        return ae
 
     def start(self) -> None:
-        """Start listening (non-blocking)."""
+        """Listen (non-blocking)."""
+        node = self.settings.node
+        self._ae = self._make_ae()
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        server = self._ae.make_server((node.bind, node.port), evt_handlers=handlers, server_class=_NodeServer)
+        server.receiver = self
+        server.tls = tls_context(node) if node.tls.enabled else None
+        self._server = server
+        self.port = int(server.server_address[1])
+        self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
+        self._thread.start()
+        log.info("DICOM listener started", extra={"ae_title": node.ae_title, "bind": node.bind,
+                                                   "port": self.port, "tls": node.tls.enabled})
 
     def stop(self) -> None:
-        """Stop listening and close associations."""
+        """Stop listening and abort open associations (their unanswered instances are resent by peers)."""
+        if self._ae is not None:
+            for assoc in self._ae.active_associations:
+                assoc.abort()
+        if self._server is not None:
+            self._server.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        log.info("DICOM listener stopped", extra={"port": self.port})
+
+    # ------------------------------------------------------------------------------------------ association
+
+    def _audit(self, category: str, action: str, **fields: Any) -> None:
+        """Audit rows outside an instance's transaction; a failing database must not kill the thread."""
+        try:
+            with self.sessions.begin() as session:
+                audit.record(session, category, action, **fields)
+        except Exception:
+            log.exception("cannot write audit event", extra={"category": category, "action": action})
+
+    def tls_failed(self, peer: str, exc: BaseException) -> None:
+        reason = f"TLS handshake failed: {exc}"
+        log.warning("association rejected", extra={"peer": peer, "reason": reason})
+        self._audit("association", "rejected", outcome="rejected", reason=reason, peer=peer, tls=True)
+
+    def _refusal(self, assoc: Association) -> tuple[tuple[int, int, int], str] | None:
+        node = self.settings.node
+        calling = assoc.requestor.primitive.calling_ae_title.strip()
+        called = assoc.requestor.primitive.called_ae_title.strip()
+        peer = _peer(assoc)
+        if node.check_called_ae and called != node.ae_title.strip():
+            return _REJECT_CALLED_AE, f"called AE title {called!r} is not {node.ae_title!r}"
+        if not node.allow_any_calling_ae:
+            entries = [entry for entry in node.allowed_calling_aes if entry.ae_title.strip() == calling]
+            if not entries:
+                return _REJECT_CALLING_AE, f"calling AE title {calling!r} not in allowed_calling_aes"
+            if not any(_host_allowed(peer, entry.hosts) for entry in entries):
+                return _REJECT_CALLING_AE, f"calling AE title {calling!r} not allowed from {peer}"
+        assert self._ae is not None
+        # Established ones only: bare TCP connections (port probes, load balancer checks) do not count.
+        established = [a for a in self._ae.active_associations if a.is_acceptor and a.is_established]
+        if len(established) >= node.max_associations:
+            return _REJECT_LIMIT, f"max_associations ({node.max_associations}) reached"
+        return None
+
+    def _on_requested(self, event: Event) -> None:
+        assoc = event.assoc
+        refusal = self._refusal(assoc)
+        if refusal is None:
+            return
+        (result, source, diagnostic), reason = refusal
+        calling = assoc.requestor.primitive.calling_ae_title.strip()
+        peer = _peer(assoc)
+        log.warning("association rejected", extra={"calling_ae": calling, "peer": peer, "reason": reason})
+        self._audit("association", "rejected", outcome="rejected", reason=reason, actor=calling, peer=peer,
+                    called_ae=assoc.requestor.primitive.called_ae_title.strip(), tls=_is_tls(assoc))
+        assoc.acse.send_reject(result, source, diagnostic)
+        assoc.kill()
+
+    def _on_accepted(self, event: Event) -> None:
+        assoc = event.assoc
+        caller = Caller(ae_title=assoc.requestor.ae_title.strip(), host=_peer(assoc))
+        tls = _is_tls(assoc)
+        with self._states_lock:
+            self._states[assoc] = _AssociationState(caller=caller, tls=tls)
+        refused_classes = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
+        detail: dict[str, Any] = {"tls": tls, "called_ae": assoc.acceptor.ae_title.strip(),
+                                  "accepted_contexts": len(assoc.accepted_contexts)}
+        if tls:
+            detail["peer_certificate"] = _certificate_subject(assoc.dul.socket.socket)
+        if refused_classes:
+            detail["refused_sop_classes"] = refused_classes
+        log.info("association accepted", extra={"calling_ae": caller.ae_title, "peer": caller.host, "tls": tls,
+                                                 "refused_contexts": len(refused_classes)})
+        self._audit("association", "accepted", actor=caller.ae_title, peer=caller.host, **detail)
+
+    def _on_closed(self, event: Event) -> None:
+        with self._states_lock:
+            state = self._states.pop(event.assoc, None)
+        if state is None:
+            return
+        how = "released" if event.assoc.is_released else "aborted" if event.assoc.is_aborted else "closed"
+        log.info("association closed", extra={"calling_ae": state.caller.ae_title, "peer": state.caller.host,
+                                               "how": how, **{f"n_{k}": v for k, v in state.counts.items()}})
+        self._audit("association", how, actor=state.caller.ae_title, peer=state.caller.host, tls=state.tls,
+                    counts=state.counts)
+
+    def _state(self, assoc: Association) -> _AssociationState:
+        with self._states_lock:
+            state = self._states.get(assoc)
+            if state is None:
+                state = self._states[assoc] = _AssociationState(
+                    caller=Caller(ae_title=assoc.requestor.ae_title.strip(), host=_peer(assoc)),
+                    tls=_is_tls(assoc))
+            return state
+
+    # ------------------------------------------------------------------------------------------ services
+
+    def _on_echo(self, event: Event) -> int:
+        return STATUS_SUCCESS
+
+    def _check_resources(self, size: int) -> None:
+        node = self.settings.node
+        if size > node.max_instance_bytes:
+            raise InstanceRefused(
+                STATUS_OUT_OF_RESOURCES, f"instance of {size} bytes exceeds max_instance_bytes {node.max_instance_bytes}"
+            )
+        root = self.settings.storage.directory
+        if not root.is_dir():  # removed while running: recreate rather than fail every instance
+            root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(root).free
+        if free - size < node.min_free_disk_mb * 1024 * 1024:
+            raise InstanceRefused(
+                STATUS_OUT_OF_RESOURCES,
+                f"free disk {free // (1024 * 1024)} MB below min_free_disk_mb {node.min_free_disk_mb}",
+            )
+
+    def _on_store(self, event: Event) -> int:
+        request = event.request
+        state = self._state(event.assoc)
+        requested_class = str(request.AffectedSOPClassUID or "")
+        requested_instance = str(request.AffectedSOPInstanceUID or "")
+        try:
+            self._check_resources(request.DataSet.getbuffer().nbytes)
+            context_class = str(event.context.abstract_syntax)
+            if requested_class != context_class:
+                raise InstanceRefused(
+                    STATUS_DOES_NOT_MATCH,
+                    f"SOP Class UID {requested_class} sent on a presentation context for {context_class}",
+                )
+            data = event.encoded_dataset()
+            parsed = parse_instance(data, requested_class, requested_instance)
+            outcome = self.store.store(parsed, data, state.caller, state.study_ids)
+        except InstanceRefused as exc:
+            return self._refuse(state, requested_instance, exc.status, exc.reason)
+        except OSError as exc:
+            status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_PROCESSING_FAILURE
+            log.exception("cannot write instance", extra={"sop_instance_uid": requested_instance})
+            return self._refuse(state, requested_instance, status, f"storage error: {exc}")
+        except Exception as exc:
+            log.exception("cannot store instance", extra={"sop_instance_uid": requested_instance})
+            return self._refuse(state, requested_instance, STATUS_PROCESSING_FAILURE,
+                                f"internal error: {type(exc).__name__}: {exc}")
+        state.count(outcome.kind)
+        if outcome.kind != "stored":
+            log.info("instance " + outcome.kind, extra={
+                "sop_instance_uid": parsed.sop_instance_uid, "study_uid": parsed.study_uid,
+                "revision": outcome.revision, "calling_ae": state.caller.ae_title})
+        return STATUS_SUCCESS
+
+    def _refuse(self, state: _AssociationState, sop_instance_uid: str, status: int, reason: str) -> int:
+        state.count("refused")
+        log.warning("instance refused", extra={"sop_instance_uid": sop_instance_uid, "status": f"0x{status:04X}",
+                                               "reason": reason, "calling_ae": state.caller.ae_title,
+                                               "peer": state.caller.host})
+        self._audit("instance", "refused", outcome="refused", reason=clean_text(reason),
+                    sop_instance_uid=clean_text(sop_instance_uid)[:64] or None, actor=state.caller.ae_title,
+                    peer=state.caller.host, status=f"0x{status:04X}")
+        return status

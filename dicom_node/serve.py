@@ -47,6 +47,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     settings.storage.results_directory.mkdir(parents=True, exist_ok=True)
 
     reconcile_storage(settings, sessions)
+    dashboard = start_dashboard(settings, sessions) if settings.dashboard.enabled else None
     receiver = Receiver(settings, sessions)
     receiver.start()
 
@@ -55,12 +56,11 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     _periodic(scheduler, requeue_expired_jobs, max(1.0, settings.workers.lease_seconds / 3), settings, sessions)
     _periodic(scheduler, send_tick, settings.results.send_tick_seconds, settings, sessions)
     if settings.retention.enabled:
-        _periodic(scheduler, retention_tick, 3600.0, settings, sessions)
+        _periodic(scheduler, retention_tick, settings.retention.tick_seconds, settings, sessions)
     scheduler.start()
 
     workers = WorkerPool(settings)
     workers.start()
-    dashboard = start_dashboard(settings, sessions) if settings.dashboard.enabled else None
 
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -81,3 +81,47 @@ class AnalysisResult:
     warnings: list[str] = field(default_factory=list)
     images: AnalysisImages | None = None
     model_input: np.ndarray | None = None
+    model_description: str = ""
+    published_performance: str = ""
+    suv_notes: list[str] = field(default_factory=list)
+
+    def to_summary(self) -> dict[str, object]:
+        """Plain JSON-ready data (no images, no tensors): for `analyze --json`, the results table, the API."""
+        quant = self.quantification
+        return {
+            "finding": self.finding.value,
+            "probability": self.probability,
+            "threshold": self.threshold,
+            "model_id": self.model_id,
+            "model_description": self.model_description,
+            "weights_sha256": self.weights_sha256,
+            "classifier_run": self.classifier_run,
+            "classifier_note": self.classifier_note,
+            "published_performance": self.published_performance,
+            "software_version": self.software_version,
+            "psa": {"value": self.psa.value, "source": self.psa.source, "detail": self.psa.detail},
+            "prostatectomy": {
+                "value": self.prostatectomy.value, "source": self.prostatectomy.source,
+                "detail": self.prostatectomy.detail,
+            },
+            "localisation": {
+                "center_lps": list(self.localisation.center_lps), "organ": self.localisation.organ,
+                "confidence": self.localisation.confidence, "method": self.localisation.method,
+                "detail": self.localisation.detail,
+            },
+            "quantification": None if quant is None else {
+                "suv_max": quant.suv_max, "suv_mean": quant.suv_mean, "focal_volume_ml": quant.focal_volume_ml,
+                "suv_max_lps": None if quant.suv_max_lps is None else list(quant.suv_max_lps),
+                "note": quant.suv_peak_region_note,
+            },
+            "suv_factor": self.suv_factor,
+            "suv_notes": list(self.suv_notes),
+            "pet_series_uid": self.pet_series_uid,
+            "ct_series_uid": self.ct_series_uid,
+            "device": self.device,
+            "timings": dict(self.timings),
+            "warnings": list(self.warnings),
+            "crop_box_lps": None if self.images is None or self.images.crop_box_lps is None
+            else [list(corner) for corner in self.images.crop_box_lps],
+            "not_for_diagnostic_use": True,
+        }

@@ -1,4 +1,4 @@
-"""`psma-node config check`: validate the configuration and show what the node would run with."""
+"""`psma-node config check|reference`: validate the configuration, show it, and print its reference."""
 
 from __future__ import annotations
 
@@ -21,3 +21,11 @@ def check(ctx: CliContext) -> None:
     settings = ctx.settings()
     click.echo(yaml.safe_dump(effective_config(settings), sort_keys=False), nl=False)
     click.echo("configuration OK", err=True)
+
+
+@config_group.command("reference")
+def reference() -> None:
+    """Print the configuration reference (Markdown) generated from the typed settings."""
+    from dicom_node.config_reference import render_reference
+
+    click.echo(render_reference(), nl=False)

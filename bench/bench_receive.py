@@ -1,0 +1,208 @@
+"""Receiving throughput: the node against dcmtk storescp and a minimal pynetdicom SCP, same data, same client.
+
+One synthetic study (512² CT x 300 + PET x 300, generated once into bench/out/) is sent by dcmtk storescu
+(TCP_NODELAY=1) to (1) dcmtk storescp, (2) a pynetdicom SCP that only writes `event.encoded_dataset()`,
+(3) the node (`psma-node serve`, SQLite, no workers) with one association and with four in parallel.
+Prints instances/s, MB/s, ratios and the node's peak RSS.
+
+    .venv/bin/python -m bench.bench_receive [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.node import NodeProcess, free_port, wait_for_port, write_config
+
+OUT = Path(__file__).resolve().parent / "out" / "receive-study"
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def study_files() -> list[Path]:
+    """The benchmark study, generated on first use and reused afterwards."""
+    if not (OUT / "ground_truth.json").exists():
+        from dicom_node.synth import SynthOptions, generate_study
+
+        print("generating the benchmark study (once) ...", flush=True)
+        generate_study(OUT, SynthOptions(ct_matrix=512, pet_matrix=200, extent_mm=900.0,
+                                         ct_slice_mm=3.0, pet_slice_mm=3.0))
+    return sorted((OUT / "CT").glob("*.dcm")) + sorted((OUT / "PT").glob("*.dcm"))
+
+
+@dataclass
+class Run:
+    seconds: float
+    instances: int
+    megabytes: float
+    peak_rss_mb: float | None = None
+
+    @property
+    def per_second(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.megabytes / self.seconds
+
+
+class RssSampler:
+    """Peak VmRSS of one process, sampled every 20 ms from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            except OSError:
+                return
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def send(port: int, files: list[Path], associations: int, called: str) -> float:
+    """storescu processes (one per association, files dealt round-robin); wall time until all finish."""
+    parts = [files[i::associations] for i in range(associations)]
+    started = time.perf_counter()
+    senders = [subprocess.Popen(["storescu", "-aec", called, "127.0.0.1", str(port), *map(str, part)],
+                                env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               for part in parts]
+    for sender in senders:
+        _, errors = sender.communicate(timeout=600)
+        if sender.returncode != 0:
+            raise RuntimeError(f"storescu failed: {errors.decode(errors='replace')[-2000:]}")
+    return time.perf_counter() - started
+
+
+def run_storescp(files: list[Path], megabytes: float, work: Path) -> Run:
+    port = free_port()
+    target = work / "storescp"
+    target.mkdir()
+    server = subprocess.Popen(["storescp", "-aet", "STORESCP", "--output-directory", str(target), str(port)],
+                              env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        seconds = send(port, files, 1, "STORESCP")
+    finally:
+        server.terminate()
+        server.wait(10)
+    return Run(seconds, len(files), megabytes)
+
+
+MINIMAL_SCP = """
+import socket, sys, uuid
+from pathlib import Path
+from pynetdicom import AE, evt, AllStoragePresentationContexts
+target = Path(sys.argv[2])
+def on_open(event):
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def on_store(event):
+    (target / (event.request.AffectedSOPInstanceUID + ".dcm")).write_bytes(event.encoded_dataset())
+    return 0
+ae = AE("MINIMAL")
+ae.supported_contexts = AllStoragePresentationContexts
+ae.maximum_associations = 16
+ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_CONN_OPEN, on_open),
+                                                                (evt.EVT_C_STORE, on_store)])
+"""
+
+
+def run_minimal(files: list[Path], megabytes: float, work: Path, associations: int) -> Run:
+    port = free_port()
+    target = work / f"minimal-{associations}"
+    target.mkdir()
+    server = subprocess.Popen([sys.executable, "-c", MINIMAL_SCP, str(port), str(target)])
+    try:
+        wait_for_port(port)
+        seconds = send(port, files, associations, "MINIMAL")
+    finally:
+        server.terminate()
+        server.wait(10)
+    return Run(seconds, len(files), megabytes)
+
+
+def run_node(files: list[Path], megabytes: float, work: Path, associations: int) -> Run:
+    directory = work / f"node-{associations}"
+    config = write_config(directory, {"workers": {"count": 0}, "logging": {"level": "WARNING"},
+                                      "node": {"max_associations": 8}})
+    node = NodeProcess(config).start()
+    try:
+        assert node.proc is not None
+        with RssSampler(node.proc.pid) as sampler:
+            seconds = send(node.port, files, associations, "PSMA_NODE")
+        stored = len(list((directory / "storage").rglob("*.dcm")))
+        if stored != len(files):
+            raise RuntimeError(f"node stored {stored} of {len(files)} files")
+    finally:
+        node.stop()
+    return Run(seconds, len(files), megabytes, sampler.peak_kb / 1024)
+
+
+def best(runs: list[Run]) -> Run:
+    return min(runs, key=lambda run: run.seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (best is reported)")
+    args = parser.parse_args()
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found (apt-get install dcmtk)")
+    files = study_files()
+    megabytes = sum(path.stat().st_size for path in files) / 1e6
+    print(f"study: {len(files)} instances, {megabytes:.0f} MB (CT 512² x 300, PET x 300); "
+          f"{os.cpu_count()} CPUs; best of {args.repeat}", flush=True)
+    results: dict[str, list[Run]] = {}
+    configurations = {
+        "dcmtk storescp": lambda work: run_storescp(files, megabytes, work),
+        "minimal pynetdicom SCP": lambda work: run_minimal(files, megabytes, work, 1),
+        "minimal pynetdicom SCP, 4 assoc": lambda work: run_minimal(files, megabytes, work, 4),
+        "node": lambda work: run_node(files, megabytes, work, 1),
+        "node, 4 assoc": lambda work: run_node(files, megabytes, work, 4),
+    }
+    for _ in range(args.repeat):
+        for name, runner in configurations.items():
+            with tempfile.TemporaryDirectory(prefix="bench-receive-", dir=OUT.parent) as work:
+                results.setdefault(name, []).append(runner(Path(work)))
+    print(f"{'receiver':34} {'s':>6} {'inst/s':>8} {'MB/s':>7} {'spread s':>12} {'peak RSS':>9}")
+    for name, runs in results.items():
+        top = best(runs)
+        spread = f"{min(r.seconds for r in runs):.2f}-{max(r.seconds for r in runs):.2f}"
+        rss = f"{max(r.peak_rss_mb or 0 for r in runs):.0f} MB" if top.peak_rss_mb else ""
+        print(f"{name:34} {top.seconds:6.2f} {top.per_second:8.0f} {top.mb_per_second:7.0f} {spread:>12} {rss:>9}")
+    node, node4 = best(results["node"]), best(results["node, 4 assoc"])
+    minimal, storescp = best(results["minimal pynetdicom SCP"]), best(results["dcmtk storescp"])
+    print(f"node / minimal pynetdicom SCP (1 assoc): {node.per_second / minimal.per_second:.2f}  (target >= 0.8)")
+    print(f"node 4 assoc / node 1 assoc:             {node4.per_second / node.per_second:.2f}  (target >= 1.3)")
+    print(f"node / dcmtk storescp:                   {node.per_second / storescp.per_second:.2f}")
+    print(f"median node 1 assoc: {statistics.median(r.per_second for r in results['node']):.0f} inst/s; "
+          f"peak node RSS {max(r.peak_rss_mb or 0 for r in results['node'] + results['node, 4 assoc']):.0f} MB "
+          "(target < 500 MB)")
+
+
+if __name__ == "__main__":
+    main()

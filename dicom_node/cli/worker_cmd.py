@@ -1,0 +1,31 @@
+"""`psma-node worker`: analysis workers without the receiver (e.g. a GPU machine sharing the database)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from db.session import SchemaOutOfDate, ensure_schema, make_engine
+from dicom_node.cli.context import CliContext, pass_cli
+
+
+@click.command("worker")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: workers.count, at least 1).")
+@pass_cli
+def worker_command(ctx: CliContext, count: int | None) -> None:
+    """Run analysis workers until SIGTERM/SIGINT; they take jobs from the shared database."""
+    from dicom_node.worker import run_workers
+
+    settings = ctx.settings()
+    url = settings.database.url.get_secret_value()
+    engine = make_engine(url)
+    try:
+        ensure_schema(engine, url, settings.database.auto_upgrade)
+    except SchemaOutOfDate as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    finally:
+        engine.dispose()
+    run_workers(settings, count or max(1, settings.workers.count))

@@ -1,0 +1,462 @@
+"""Pictures of an analysis for the Secondary Capture: fused PET/CT views, the cube, attention, a text panel.
+
+The Secondary Capture is the only result a radiologist is sure to see in any PACS viewer, so it has to be
+readable on its own: views in radiological convention (patient left on image right on axial and coronal,
+head up on coronal and sagittal), the analysed cube and the model's attention drawn over the fused image,
+and every fact needed to judge the result in large, high-contrast text, with the research-use banner.
+
+Everything here is a pure function of the `AnalysisResult`; volumes are sampled in patient LPS millimetres
+through their own affines, so CT, PET and attention may each live on any grid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from inference.result import AnalysisResult, Finding
+from inference.volume import Volume
+
+Plane = Literal["axial", "coronal", "sagittal"]
+PLANES: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
+
+BANNER = "AI RESULT – NOT FOR DIAGNOSTIC USE"
+PUBLISHED_PERFORMANCE = (
+    "Published independent test (Korb et al., Cancers 2025, n=200): accuracy 0.71, sensitivity 0.57, "
+    "specificity 0.89. The authors state the model is not reliable enough for clinical use."
+)
+
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+BACKGROUND = (0, 0, 0)
+PANEL_BACKGROUND = (16, 16, 16)
+TEXT_COLOUR = (255, 255, 255)
+BANNER_BACKGROUND = (170, 0, 0)
+BOX_COLOUR = (255, 215, 0)
+ATTENTION_COLOUR = (0, 255, 255)
+CT_WINDOW = (40.0, 400.0)  # level, width in HU: soft tissue
+ATTENTION_LEVEL = 0.5  # contour at this fraction of the attention map's maximum
+
+# (u axis, v axis) in LPS for each plane: u runs to image right, v runs to image bottom.
+_AXES: dict[Plane, tuple[np.ndarray, np.ndarray, int]] = {
+    "axial": (np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), 2),  # right = L, down = P; fixed z
+    "coronal": (np.array([1.0, 0, 0]), np.array([0, 0, -1.0]), 1),  # right = L, down = I; fixed y
+    "sagittal": (np.array([0, 1.0, 0]), np.array([0, 0, -1.0]), 0),  # right = P, down = I; fixed x
+}
+_EDGE_LABELS: dict[Plane, tuple[str, str, str, str]] = {  # left, right, top, bottom
+    "axial": ("R", "L", "A", "P"),
+    "coronal": ("R", "L", "S", "I"),
+    "sagittal": ("A", "P", "S", "I"),
+}
+
+
+@dataclass
+class TextLine:
+    """One drawn line of text, kept so tests can check sizes, placement and contrast."""
+
+    text: str
+    box: tuple[int, int, int, int]
+    font_px: int
+    colour: tuple[int, int, int]
+    background: tuple[int, int, int]
+
+
+@dataclass
+class Rendered:
+    """An RGB picture and where its parts are, for the SC and for tests."""
+
+    image: Image.Image
+    views: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    overlays: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    lines: list[TextLine] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def pixels(self) -> np.ndarray:
+        return np.asarray(self.image.convert("RGB"), dtype=np.uint8)
+
+
+@dataclass
+class PanelFacts:
+    """Facts the text panel shows that do not come from the analysis itself."""
+
+    accession_number: str = ""
+    study_date: str = ""
+    analysed_at: dt.datetime | None = None
+
+
+@lru_cache(maxsize=16)
+def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans (Debian fonts-dejavu-core), else Pillow's built-in scalable font."""
+    path = FONT_DIR / ("DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf")
+    try:
+        return ImageFont.truetype(str(path), size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def _box_bounds(analysis: AnalysisResult) -> tuple[np.ndarray, np.ndarray] | None:
+    images = analysis.images
+    if images is None or images.crop_box_lps is None:
+        return None
+    a, b = (np.asarray(p, dtype=float) for p in images.crop_box_lps)
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def volume_bounds(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """LPS bounding box of a volume's voxels (outer edges)."""
+    shape = np.array(volume.array.shape[:3], dtype=float)
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    points = volume.index_to_lps(corners)
+    return points.min(axis=0), points.max(axis=0)
+
+
+def display_bounds(analysis: AnalysisResult) -> tuple[np.ndarray, np.ndarray]:
+    """The region the views show: the CT crop, widened to include the analysed cube."""
+    assert analysis.images is not None
+    low, high = volume_bounds(analysis.images.ct_crop)
+    box = _box_bounds(analysis)
+    if box is not None:
+        low, high = np.minimum(low, box[0]), np.maximum(high, box[1])
+    return low, high
+
+
+def focus_point(analysis: AnalysisResult) -> tuple[np.ndarray, str]:
+    """Where the three planes cross: the SUVmax of the region if known and inside it, else the cube centre."""
+    low, high = display_bounds(analysis)
+    quant = analysis.quantification
+    if quant is not None and quant.suv_max_lps is not None:
+        point = np.asarray(quant.suv_max_lps, dtype=float)
+        if np.all(point >= low) and np.all(point <= high):
+            return point, "through SUVmax"
+    box = _box_bounds(analysis)
+    if box is not None:
+        return (box[0] + box[1]) / 2.0, "through cube centre"
+    return np.asarray(analysis.localisation.center_lps, dtype=float), "through cube centre"
+
+
+@dataclass
+class PlaneGrid:
+    """A display plane: pixel (row, col) -> LPS = origin + col*step*u + row*step*v."""
+
+    origin: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    step_mm: float
+    rows: int
+    cols: int
+
+    def to_pixel(self, lps: np.ndarray) -> tuple[float, float]:
+        delta = np.asarray(lps, dtype=float) - self.origin
+        return float(delta @ self.u / self.step_mm), float(delta @ self.v / self.step_mm)
+
+
+def plane_grid(plane: Plane, low: np.ndarray, high: np.ndarray, focus: np.ndarray, size_px: int) -> PlaneGrid:
+    """A square grid of size_px pixels covering the display bounds in `plane`, through `focus`."""
+    u, v, fixed = _AXES[plane]
+    extent = high - low
+    span = float(max(abs(extent @ u), abs(extent @ v)))
+    step = span / size_px
+    centre = (low + high) / 2.0
+    centre[fixed] = focus[fixed]
+    origin = centre - (u + v) * (span / 2.0) + (u + v) * (step / 2.0)
+    return PlaneGrid(origin=origin, u=u, v=v, step_mm=step, rows=size_px, cols=size_px)
+
+
+def sample(volume: Volume, grid: PlaneGrid, order: int = 1) -> np.ndarray:
+    """Values of `volume` at the grid's pixels (NaN outside the volume).
+
+    The plane is affine in voxel space too, so voxel coordinates are built from three vectors instead of
+    mapping every pixel's LPS position through the inverse affine.
+    """
+    inverse = np.linalg.inv(volume.affine_lps)[:3, :3]
+    start = volume.lps_to_index(grid.origin[None, :])[0]
+    per_col = inverse @ grid.u * grid.step_mm
+    per_row = inverse @ grid.v * grid.step_mm
+    rows = np.arange(grid.rows, dtype=np.float32)[:, None]
+    cols = np.arange(grid.cols, dtype=np.float32)[None, :]
+    index = np.stack([start[a] + rows * per_row[a] + cols * per_col[a] for a in range(3)])
+    data = np.asarray(volume.array, dtype=np.float32)
+    return ndimage.map_coordinates(data, index, order=order, mode="constant", cval=np.nan)
+
+
+def suv_display_max(analysis: AnalysisResult) -> float:
+    """Upper end of the PET colour scale: the region's SUVmax (bladder excluded), kept within 5..40."""
+    quant = analysis.quantification
+    if quant is None or not np.isfinite(quant.suv_max):
+        return 10.0
+    return float(np.clip(quant.suv_max, 5.0, 40.0))
+
+
+def hot(t: np.ndarray) -> np.ndarray:
+    """The 'hot' colour map (black, red, yellow, white) for t in [0, 1]."""
+    t = np.clip(t, 0.0, 1.0)
+    return np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], axis=-1)
+
+
+def fuse(ct: np.ndarray, suv: np.ndarray, suv_max: float) -> np.ndarray:
+    """CT in a soft-tissue grey window with PET in hot colours blended over it; uint8 RGB."""
+    level, width = CT_WINDOW
+    grey = np.clip((np.nan_to_num(ct, nan=-1024.0) - (level - width / 2)) / width, 0.0, 1.0)
+    t = np.nan_to_num(suv, nan=0.0) / suv_max
+    alpha = (0.8 * np.clip(t / 0.3, 0.0, 1.0))[..., None]
+    rgb = grey[..., None] * (1 - alpha) + hot(t) * alpha
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def _contour(mask: np.ndarray) -> np.ndarray:
+    """Pixels on the border of a mask, two pixels thick so it survives viewer down-scaling."""
+    inner = ndimage.binary_erosion(mask, iterations=2)
+    return mask & ~inner
+
+
+def render_view(analysis: AnalysisResult, plane: Plane, size_px: int) -> tuple[Image.Image, dict[str, tuple]]:
+    """One fused view with the cube outline and the attention contour; returns overlay boxes in view pixels."""
+    assert analysis.images is not None
+    images = analysis.images
+    low, high = display_bounds(analysis)
+    focus, _ = focus_point(analysis)
+    grid = plane_grid(plane, low, high, focus, size_px)
+    ct = sample(images.ct_crop, grid)
+    suv = sample(images.pet_suv_crop, grid)
+    rgb = fuse(ct, suv, suv_display_max(analysis))
+    overlays: dict[str, tuple] = {}
+    if images.attention is not None:
+        attention = sample(images.attention, grid)
+        peak = float(np.nanmax(images.attention.array)) if images.attention.array.size else 0.0
+        if peak > 0:
+            mask = np.nan_to_num(attention, nan=0.0) >= ATTENTION_LEVEL * peak
+            edge = _contour(mask)
+            if edge.any():
+                rgb[edge] = ATTENTION_COLOUR
+                rows, cols = np.nonzero(edge)
+                overlays["attention"] = (int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))
+    image = Image.fromarray(rgb, "RGB")
+    box = _box_bounds(analysis)
+    if box is not None:
+        _, _, fixed = _AXES[plane]
+        if box[0][fixed] <= focus[fixed] <= box[1][fixed]:
+            corners = [grid.to_pixel(box[0]), grid.to_pixel(box[1])]
+            x0, x1 = sorted(c[0] for c in corners)
+            y0, y1 = sorted(c[1] for c in corners)
+            x0, y0 = max(0, round(x0)), max(0, round(y0))
+            x1, y1 = min(size_px - 1, round(x1)), min(size_px - 1, round(y1))
+            ImageDraw.Draw(image).rectangle((x0, y0, x1, y1), outline=BOX_COLOUR, width=2)
+            overlays["box"] = (x0, y0, x1, y1)
+    _edge_labels(image, plane)
+    return image, overlays
+
+
+def _edge_labels(image: Image.Image, plane: Plane) -> None:
+    draw = ImageDraw.Draw(image)
+    f = font(max(14, image.width // 22), bold=True)
+    left, right, top, bottom = _EDGE_LABELS[plane]
+    w, h = image.size
+    for text, anchor, xy in ((left, "lm", (6, h // 2)), (right, "rm", (w - 6, h // 2)),
+                             (top, "mt", (w // 2, 6)), (bottom, "mb", (w // 2, h - 6))):
+        draw.text(xy, text, font=f, fill=TEXT_COLOUR, anchor=anchor, stroke_width=2, stroke_fill=(0, 0, 0))
+
+
+def _finding_words(analysis: AnalysisResult) -> str:
+    if not analysis.classifier_run or analysis.finding is Finding.UNDETERMINED:
+        return "UNDETERMINED"
+    return "PRESENT" if analysis.finding is Finding.PRESENT else "ABSENT"
+
+
+def _clinical(label: str, value: float | bool | None, source: str, detail: str, unit: str = "") -> str:
+    if isinstance(value, bool):
+        shown = "yes" if value else "no"
+    elif value is None:
+        shown = "unknown"
+    else:
+        shown = f"{value:g}{unit}"
+    where = f"{source}: {detail}" if detail else source
+    return f"{label} {shown} ({where})"
+
+
+def panel_lines(analysis: AnalysisResult, facts: PanelFacts) -> list[tuple[str, bool]]:
+    """The text panel as (text, emphasised) lines, most important first."""
+    lines: list[tuple[str, bool]] = [(f"Local recurrence (AI): {_finding_words(analysis)}", True)]
+    if analysis.classifier_run and analysis.probability is not None:
+        digits = 3 if abs(analysis.probability - analysis.threshold) < 0.01 else 2
+        lines.append((f"Probability {analysis.probability:.{digits}f} (threshold {analysis.threshold:.{digits}f})",
+                      True))
+    else:
+        lines.append((f"Classifier not run: {analysis.classifier_note or 'no model installed'}", True))
+    weights = (analysis.weights_sha256 or "")[:12]
+    model = f"Model {analysis.model_id}" if analysis.model_id else "No classification model"
+    model += f" (weights sha256 {weights}…)" if weights else ""
+    lines.append((f"{model}, Korb et al. Cancers 2025; psma-node {analysis.software_version}", False))
+    lines.append((_clinical("PSA", analysis.psa.value, analysis.psa.source, analysis.psa.detail, " ng/ml")
+                  + "; " + _clinical("prostatectomy", analysis.prostatectomy.value, analysis.prostatectomy.source,
+                                     analysis.prostatectomy.detail), False))
+    loc = analysis.localisation
+    lines.append((f"Region: 200 mm cube centred on {loc.organ} ({loc.method}, confidence {loc.confidence:.2f})",
+                  False))
+    quant = analysis.quantification
+    if quant is not None:
+        lines.append((f"SUVmax {quant.suv_max:.1f}, SUVmean {quant.suv_mean:.1f} (g/ml), focal volume "
+                      f"{quant.focal_volume_ml:.1f} ml, bladder excluded", False))
+    when = facts.analysed_at.strftime("%Y-%m-%d %H:%M UTC") if facts.analysed_at else "unknown"
+    total = analysis.timings.get("total") or (sum(analysis.timings.values()) if analysis.timings else None)
+    took = f" in {total:.1f} s" if total is not None else ""
+    study_date = facts.study_date
+    if len(study_date) == 8 and study_date.isdigit():
+        study_date = f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:]}"
+    lines.append((f"Accession {facts.accession_number or '-'}, study date {study_date or '-'}; "
+                  f"analysed {when}{took}", False))
+    lines.append((f"Colours: PET SUV 0–{suv_display_max(analysis):.0f} hot over CT W400/L40; "
+                  "cyan = model attention; yellow = analysed cube", False))
+    for warning in analysis.warnings:
+        lines.append((f"Warning: {warning}", False))
+    published = analysis.published_performance
+    lines.append((f"Published performance (Korb et al., Cancers 2025): {published}" if published
+                  else PUBLISHED_PERFORMANCE, False))
+    return lines
+
+
+MIN_BODY_PX = 13
+
+
+def _layout(analysis: AnalysisResult, facts: PanelFacts, width: int, body_px: int) -> tuple[list, int]:
+    """Wrapped (text, size, bold) pieces and the height they need at this body size."""
+    pieces: list[tuple[str, int, bool]] = []
+    height = 0
+    for text, emphasised in panel_lines(analysis, facts):
+        size = int(body_px * 1.2) if emphasised else body_px
+        for piece in _wrap(text, font(size, bold=emphasised), width):
+            pieces.append((piece, size, emphasised))
+            height += int(size * 1.35)
+    return pieces, height
+
+
+def _draw_panel(canvas: Image.Image, area: tuple[int, int, int, int], analysis: AnalysisResult,
+                facts: PanelFacts, body_px: int, lines_out: list[TextLine]) -> None:
+    """Banner plus wrapped text inside `area`, shrinking the text until every line fits (none is dropped)."""
+    draw = ImageDraw.Draw(canvas)
+    x0, y0, x1, y1 = area
+    draw.rectangle(area, fill=PANEL_BACKGROUND)
+    margin = max(8, body_px)
+    width = x1 - x0 - 2 * margin
+    banner_px = int(body_px * 1.35)
+    while banner_px > MIN_BODY_PX and font(banner_px, bold=True).getlength(BANNER) > width:
+        banner_px -= 1
+    banner_font = font(banner_px, bold=True)
+    banner_h = int(banner_px * 1.8)
+    draw.rectangle((x0, y0, x1, y0 + banner_h), fill=BANNER_BACKGROUND)
+    bx, by = (x0 + x1) // 2, y0 + banner_h // 2
+    draw.text((bx, by), BANNER, font=banner_font, fill=TEXT_COLOUR, anchor="mm")
+    bbox = draw.textbbox((bx, by), BANNER, font=banner_font, anchor="mm")
+    lines_out.append(TextLine(BANNER, tuple(int(v) for v in bbox), banner_px, TEXT_COLOUR, BANNER_BACKGROUND))
+    top = y0 + banner_h + body_px // 2
+    size = body_px
+    pieces, needed = _layout(analysis, facts, width, size)
+    while needed > y1 - top and size > MIN_BODY_PX:
+        size -= 1
+        pieces, needed = _layout(analysis, facts, width, size)
+    y = top
+    for piece, px, bold in pieces:
+        f = font(px, bold=bold)
+        draw.text((x0 + margin, y), piece, font=f, fill=TEXT_COLOUR)
+        bbox = draw.textbbox((x0 + margin, y), piece, font=f)
+        lines_out.append(TextLine(piece, tuple(int(v) for v in bbox), px, TEXT_COLOUR, PANEL_BACKGROUND))
+        y += int(px * 1.35)
+
+
+def _wrap(text: str, f: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
+    """Greedy word wrap measured with the real font."""
+    words = text.split()
+    pieces: list[str] = []
+    current = ""
+    for word in words:
+        trial = f"{current} {word}".strip()
+        if current and f.getlength(trial) > width:
+            pieces.append(current)
+            current = word
+        else:
+            current = trial
+    if current:
+        pieces.append(current)
+    return pieces or [textwrap.shorten(text, 10)]
+
+
+def _colour_bar(canvas: Image.Image, area: tuple[int, int, int, int], suv_max: float, body_px: int) -> None:
+    x0, y0, x1, y1 = area
+    draw = ImageDraw.Draw(canvas)
+    bar = (hot(np.linspace(0, 1, x1 - x0))[None, :, :] * 255).astype(np.uint8).repeat(y1 - y0, axis=0)
+    canvas.paste(Image.fromarray(bar, "RGB"), (x0, y0))
+    f = font(body_px)
+    draw.text((x0 - 8, (y0 + y1) // 2), "SUV 0", font=f, fill=TEXT_COLOUR, anchor="rm")
+    draw.text((x1 + 8, (y0 + y1) // 2), f"{suv_max:.0f}", font=f, fill=TEXT_COLOUR, anchor="lm")
+
+
+def render_summary(analysis: AnalysisResult, facts: PanelFacts, view_px: int = 400) -> Rendered:
+    """Axial, coronal and sagittal fused views side by side, a colour bar, and the text panel below."""
+    body_px = max(16, view_px // 20)
+    gap = 8
+    width = 3 * view_px + 4 * gap
+    header = body_px * 2
+    bar_h = body_px * 2
+    panel_h = body_px * 19
+    height = header + view_px + bar_h + gap + panel_h
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    rendered = Rendered(image=canvas)
+    title_font = font(body_px, bold=True)
+    if analysis.images is not None:
+        _, how = focus_point(analysis)
+        for n, plane in enumerate(PLANES):
+            x = gap + n * (view_px + gap)
+            view, overlays = render_view(analysis, plane, view_px)
+            canvas.paste(view, (x, header))
+            rendered.views[plane] = (x, header, x + view_px - 1, header + view_px - 1)
+            for key, (a, b, c, d) in overlays.items():
+                rendered.overlays[f"{plane}:{key}"] = (x + a, header + b, x + c, header + d)
+            label = f"{plane.capitalize()} ({how})"
+            draw.text((x + 4, header // 2), label, font=title_font, fill=TEXT_COLOUR, anchor="lm")
+            bbox = draw.textbbox((x + 4, header // 2), label, font=title_font, anchor="lm")
+            rendered.lines.append(TextLine(label, tuple(int(v) for v in bbox), body_px, TEXT_COLOUR, BACKGROUND))
+        bar_w = view_px
+        bx0 = (width - bar_w) // 2
+        _colour_bar(canvas, (bx0, header + view_px + bar_h // 4, bx0 + bar_w, header + view_px + 3 * bar_h // 4),
+                    suv_display_max(analysis), body_px)
+    else:
+        message = "Images of the analysed region are not available for this result."
+        draw.text((width // 2, header + view_px // 2), message, font=font(body_px), fill=TEXT_COLOUR, anchor="mm")
+    panel = (0, header + view_px + bar_h + gap, width - 1, height - 1)
+    _draw_panel(canvas, panel, analysis, facts, body_px, rendered.lines)
+    rendered.description = "AI summary: fused PET/CT views and result"
+    return rendered
+
+
+def render_plane(analysis: AnalysisResult, facts: PanelFacts, plane: Plane, view_px: int = 640) -> Rendered:
+    """One large fused view with a compact text panel beside it."""
+    assert analysis.images is not None
+    body_px = max(16, view_px // 34)
+    panel_w = view_px
+    width, height = view_px + panel_w, view_px
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    view, overlays = render_view(analysis, plane, view_px)
+    canvas.paste(view, (0, 0))
+    rendered = Rendered(image=canvas, views={plane: (0, 0, view_px - 1, view_px - 1)})
+    rendered.overlays = {f"{plane}:{key}": value for key, value in overlays.items()}
+    _draw_panel(canvas, (view_px, 0, width - 1, height - 1), analysis, facts, body_px, rendered.lines)
+    _, how = focus_point(analysis)
+    rendered.description = f"AI {plane} fused PET/CT ({how})"
+    return rendered
+
+
+def render_all(analysis: AnalysisResult, facts: PanelFacts) -> list[Rendered]:
+    """The SC series' pictures: the summary first, then one large view per plane when images exist."""
+    pictures = [render_summary(analysis, facts)]
+    if analysis.images is not None:
+        pictures.extend(render_plane(analysis, facts, plane) for plane in PLANES)
+    return pictures

@@ -1,0 +1,85 @@
+"""Read-side queries the dashboard, API and CLIs share: the same numbers everywhere."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from db import queries
+from db.audit import record
+from db.models import Job
+from db.session import make_engine, make_session_factory, transaction
+from tests.db.seed import migrate, seed_study, seed_worker
+
+
+@pytest.fixture
+def sessions(db_url: str, tmp_path: Path):
+    migrate(db_url)
+    engine = make_engine(db_url)
+    factory = make_session_factory(engine)
+    dirs = {"storage": tmp_path / "s", "results": tmp_path / "r"}
+    with transaction(factory) as session:
+        done = seed_study(session, accession="A-DONE", delivered_at=dt.datetime.now(dt.timezone.utc), **dirs)
+        seed_study(session, accession="A-OUTBOX", outbox_state="failed", **dirs)
+        seed_study(session, accession="A-REJ", state="rejected", reason="tracer FDG not accepted", **dirs)
+        record(session, "association", "refused", outcome="refused", reason="calling AE not allowed: EVIL")
+        session.flush()
+        job = session.query(Job).first()
+        session.add(
+            Job(
+                study_id=job.study_id,
+                generation=2,
+                state="failed",
+                error="CUDA out of memory",
+                finished_at=dt.datetime.now(dt.timezone.utc),
+            )
+        )
+        session.add(Job(study_id=job.study_id, generation=3, state="queued"))
+        seed_worker(session, worker_id="w-old", age_seconds=600)
+    yield factory, done
+    engine.dispose()
+
+
+def test_failures_gather_every_kind_with_its_reason(sessions) -> None:
+    factory, _ = sessions
+    with factory() as session:
+        found = {(f.kind, f.reason) for f in queries.failures(session)}
+    assert ("study rejected", "tracer FDG not accepted") in found
+    assert ("job failed", "CUDA out of memory") in found
+    assert ("delivery failed", "association rejected: called AE not recognised") in found
+    assert ("association refused", "calling AE not allowed: EVIL") in found
+
+
+def test_timeline_by_accession_or_uid(sessions) -> None:
+    factory, done = sessions
+    with factory() as session:
+        by_accession = queries.study_timeline(session, "A-DONE")
+        by_uid = queries.study_timeline(session, done.study_uid)
+        assert queries.study_timeline(session, "nope") is None
+    assert by_accession is not None and by_uid is not None
+    assert by_accession.study.study_uid == by_uid.study.study_uid == done.study_uid
+    assert by_accession.study.probability == 0.83 and len(by_accession.jobs) == 3
+
+
+def test_health_counts_queue_and_stale_workers(sessions) -> None:
+    factory, _ = sessions
+    with factory() as session:
+        health = queries.health(session, worker_stale_after=dt.timedelta(seconds=60))
+    assert health.queue_depth == 1
+    assert health.studies_by_state["done"] == 2 and health.studies_by_state["rejected"] == 1
+    assert health.outbox_by_state == {"delivered": 2, "failed": 2}
+    assert [(w.id, w.alive) for w in health.workers] == [("w-old", False)]
+    assert health.last_association_at is not None and health.last_instance_at is not None
+
+
+def test_audit_events_stream_in_batches_in_order(sessions) -> None:
+    factory, _ = sessions
+    with factory() as session:
+        every = [e.id for e in queries.audit_events(session, batch=3)]
+        assert every == sorted(every) and len(every) == len(set(every)) > 6
+        since = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+        assert list(queries.audit_events(session, since=since)) == []
+        refused = list(queries.audit_events(session, category="association", batch=1))
+        assert {e.action for e in refused} == {"accepted", "refused"}

@@ -1,0 +1,94 @@
+"""Series selection on content: tracer, attenuation correction, half-life, frame of reference, best CT."""
+
+from __future__ import annotations
+
+from dicom_node.config import AssemblySettings
+from dicom_node.series_selection import select_series
+from tests.dicom_node.assemble.rows import ct_summary, pet_summary
+
+CT_POSITIONS = [-104.0 + 2.0 * n for n in range(110)]
+
+
+def test_psma_1007_pet_with_matching_ct_is_selected() -> None:
+    pet, ct = pet_summary(), ct_summary(CT_POSITIONS)
+    selection = select_series([ct, pet], AssemblySettings())
+    assert selection.ok and selection.pet is pet and selection.ct is ct
+    assert selection.flags["tracer_flagged"] is False and selection.flags["ct_match"] == "frame_of_reference"
+
+
+def test_tracer_spelling_variants_are_recognised() -> None:
+    for name in ("[18F]PSMA-1007", "18F-PSMA 1007", "psma1007"):
+        assert select_series([pet_summary(tracer=name), ct_summary(CT_POSITIONS)], AssemblySettings()).ok
+
+
+def test_fdg_is_rejected_naming_the_tracer() -> None:
+    selection = select_series([pet_summary(tracer="FDG -- fluorodeoxyglucose"), ct_summary(CT_POSITIONS)],
+                              AssemblySettings())
+    assert not selection.ok and selection.reason is not None
+    assert "tracer is FDG, not PSMA" in selection.reason
+
+
+def test_non_attenuation_corrected_pet_is_rejected() -> None:
+    selection = select_series([pet_summary(corrected=["DECY"]), ct_summary(CT_POSITIONS)], AssemblySettings())
+    assert selection.reason is not None and "PET not attenuation-corrected" in selection.reason
+
+
+def test_attenuation_corrected_series_wins_over_uncorrected_one() -> None:
+    nac, ac = pet_summary(corrected=["DECY"]), pet_summary()
+    selection = select_series([nac, ac, ct_summary(CT_POSITIONS)], AssemblySettings())
+    assert selection.pet is ac
+
+
+def test_other_psma_tracer_needs_configuration_and_is_then_flagged() -> None:
+    series = [pet_summary(tracer="[18F]DCFPyL"), ct_summary(CT_POSITIONS)]
+    refused = select_series(series, AssemblySettings())
+    assert refused.reason is not None and "PSMA tracer not accepted" in refused.reason
+    flagged = select_series(series, AssemblySettings(flagged_tracers=["DCFPyL"]))
+    assert flagged.ok and flagged.flags["tracer_flagged"] is True
+
+
+def test_implausible_half_life_is_rejected() -> None:
+    selection = select_series([pet_summary(half_life=4063.0), ct_summary(CT_POSITIONS)], AssemblySettings())
+    assert selection.reason is not None and "half-life 4063 s is not F-18's" in selection.reason
+
+
+def test_missing_tracer_is_rejected() -> None:
+    selection = select_series([pet_summary(tracer=""), ct_summary(CT_POSITIONS)], AssemblySettings())
+    assert selection.reason is not None and "tracer unknown" in selection.reason
+
+
+def test_ct_only_study_has_no_pet() -> None:
+    assert select_series([ct_summary(CT_POSITIONS)], AssemblySettings()).reason == "no PET series in the study"
+
+
+def test_pet_without_ct_says_so() -> None:
+    assert select_series([pet_summary()], AssemblySettings()).reason == "no CT in the study"
+
+
+def test_ct_in_another_frame_of_reference_falls_back_to_z_overlap() -> None:
+    selection = select_series([pet_summary(), ct_summary(CT_POSITIONS, for_uid="9.9")], AssemblySettings())
+    assert selection.ok and selection.flags["ct_match"] == "z_overlap"
+
+
+def test_ct_neither_sharing_frame_nor_overlapping_is_refused() -> None:
+    far = [500.0 + 2.0 * n for n in range(50)]
+    selection = select_series([pet_summary(), ct_summary(far, for_uid="9.9")], AssemblySettings())
+    assert selection.reason is not None and "no CT sharing the PET's frame of reference" in selection.reason
+
+
+def test_best_ct_covers_the_pet_is_original_and_thinnest() -> None:
+    pet = pet_summary()  # z -100 .. 96
+    thick = ct_summary([-105.0 + 5.0 * n for n in range(41)])
+    thin = ct_summary([-104.0 + 1.0 * n for n in range(205)])
+    derived = ct_summary([-104.0 + 0.5 * n for n in range(410)], image_type=["DERIVED", "SECONDARY", "AXIAL"])
+    short = ct_summary([-20.0 + 0.5 * n for n in range(80)])
+    coronal = ct_summary([-104.0 + 0.5 * n for n in range(410)], orientation=[1, 0, 0, 0, 0, -1])
+    localizer = ct_summary([0.0, 0.0], image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    selection = select_series([pet, thick, derived, short, coronal, localizer, thin], AssemblySettings())
+    assert selection.ct is thin
+
+
+def test_only_non_axial_ct_is_refused() -> None:
+    coronal = ct_summary(CT_POSITIONS, orientation=[1, 0, 0, 0, 0, -1])
+    selection = select_series([pet_summary(), coronal], AssemblySettings())
+    assert selection.reason is not None and "no axial CT" in selection.reason

@@ -1,0 +1,162 @@
+"""The Secondary Capture: valid, correctly labelled, in radiological orientation, and legible."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dicom_node.config import ResultSettings
+from dicom_node.report.render import (
+    BANNER,
+    PUBLISHED_PERFORMANCE,
+    PanelFacts,
+    Rendered,
+    display_bounds,
+    focus_point,
+    panel_lines,
+    plane_grid,
+    render_all,
+    render_summary,
+)
+from dicom_node.report.sc import build_sc_series
+from dicom_node.report.sr import device_uid
+from tests.dicom_node.report.synthetic import CENTRE, LESION_OFFSET, make_analysis, make_pet_header
+from tests.dicom_node.report.validation import dciodvfy_errors
+
+FACTS = PanelFacts(accession_number="ACC12345", study_date="20240501",
+                   analysed_at=dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc))
+
+
+def _luminance(rgb: tuple[int, int, int]) -> float:
+    def channel(c: int) -> float:
+        v = c / 255.0
+        return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+    r, g, b = (channel(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _contrast(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_sc_series_passes_dciodvfy_with_the_source_patient_and_study(tmp_path: Path) -> None:
+    pet = make_pet_header()
+    settings = ResultSettings(institution_name="Test Hospital")
+    series_uid = generate_uid()
+    pictures = render_all(make_analysis(), FACTS)
+    datasets = build_sc_series(pictures, pet, settings, series_uid, "0.1.0", device_uid(None, "0.1.0"))
+    assert len(datasets) == 4
+    for n, ds in enumerate(datasets, start=1):
+        path = tmp_path / f"sc{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == []
+        back = dcmread(path)
+        assert back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+        assert (back.ConversionType, back.BurnedInAnnotation, back.BodyPartExamined) == ("WSD", "YES", "PELVIS")
+        assert back.PhotometricInterpretation == "RGB" and back.SamplesPerPixel == 3 and back.BitsAllocated == 8
+        assert back.SeriesInstanceUID == series_uid and back.InstanceNumber == n
+        assert back.SeriesNumber == settings.sc_series_number and back.SeriesDescription.startswith("AI")
+        for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+                        "AccessionNumber", "StudyDate", "StudyID"):
+            assert back.get(keyword) == pet.get(keyword), keyword
+        assert str(back.PatientName) == "Müller^Hans"
+        assert back.pixel_array.shape == (pictures[n - 1].image.height, pictures[n - 1].image.width, 3)
+    assert [d.PatientOrientation for d in datasets[1:]] == [["L", "P"], ["L", "F"], ["P", "F"]]
+
+
+def test_text_panel_is_complete_large_and_high_contrast() -> None:
+    analysis = make_analysis()
+    picture = render_summary(analysis, FACTS)
+    width, height = picture.image.size
+    texts = [line.text for line in picture.lines]
+    assert BANNER in texts
+    drawn = " ".join(texts)
+    for text, _ in panel_lines(analysis, FACTS):  # every line made it onto the picture, none cut off
+        assert " ".join(text.split()) in drawn
+    assert PUBLISHED_PERFORMANCE.split(".")[0] in drawn
+    assert "Accession ACC12345" in drawn and "Probability 0.83 (threshold 0.50)" in drawn
+    assert "PSA 4.2 ng/ml (tag: AdditionalPatientHistory)" in drawn
+    pixels = picture.pixels
+    for line in picture.lines:
+        x0, y0, x1, y1 = line.box
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, line.text
+        assert line.font_px >= 14, line.text
+        assert _contrast(line.colour, line.background) >= 7.0, line.text
+        region = pixels[y0:y1, x0:x1].reshape(-1, 3)
+        assert (region == line.colour).all(axis=1).sum() > 10, f"text not drawn: {line.text}"
+        if line.background != (0, 0, 0):
+            assert (region == line.background).all(axis=1).mean() > 0.3, f"background wrong: {line.text}"
+
+
+def test_overlays_lie_inside_their_views_and_the_contour_surrounds_the_lesion() -> None:
+    analysis = make_analysis()
+    picture = render_summary(analysis, FACTS)
+    assert set(picture.views) == {"axial", "coronal", "sagittal"}
+    for key, (x0, y0, x1, y1) in picture.overlays.items():
+        vx0, vy0, vx1, vy1 = picture.views[key.split(":")[0]]
+        assert vx0 <= x0 <= x1 <= vx1 and vy0 <= y0 <= y1 <= vy1, key
+    for plane in ("axial", "coronal", "sagittal"):
+        assert f"{plane}:box" in picture.overlays and f"{plane}:attention" in picture.overlays
+        x, y = _lesion_pixel(picture, plane)
+        ax0, ay0, ax1, ay1 = picture.overlays[f"{plane}:attention"]
+        assert ax0 < x < ax1 and ay0 < y < ay1, plane
+
+
+def _lesion_pixel(picture: Rendered, plane: str) -> tuple[int, int]:
+    """Centre of the PET hot spot in one view: orange-yellow pixels, thin lines (box, text) opened away."""
+    x0, y0, x1, y1 = picture.views[plane]
+    view = picture.pixels[y0:y1 + 1, x0:x1 + 1].astype(int)
+    hot = (view[..., 0] > 200) & (view[..., 1] > 100) & (view[..., 2] < 150)
+    hot = ndimage.binary_opening(hot, iterations=3)
+    rows, cols = np.nonzero(hot)
+    assert rows.size > 0, f"no hot spot in the {plane} view"
+    return x0 + int(round(cols.mean())), y0 + int(round(rows.mean()))
+
+
+def test_views_follow_radiological_convention() -> None:
+    """Lesion is patient-left, anterior and slightly superior: check where each view puts it."""
+    assert LESION_OFFSET[0] > 0 and LESION_OFFSET[1] < 0 and LESION_OFFSET[2] > 0
+    analysis = make_analysis()
+    picture = render_summary(analysis, FACTS)
+    low, high = display_bounds(analysis)
+    focus, how = focus_point(analysis)
+    assert how == "through SUVmax" and np.allclose(focus, CENTRE + LESION_OFFSET)
+    for plane, right_of_centre, above_centre in (("axial", True, True), ("coronal", True, True),
+                                                 ("sagittal", False, True)):
+        x, y = _lesion_pixel(picture, plane)
+        vx0, vy0, vx1, vy1 = picture.views[plane]
+        grid = plane_grid(plane, low, high, focus, vx1 - vx0 + 1)  # type: ignore[arg-type]
+        expected = grid.to_pixel(CENTRE + LESION_OFFSET)
+        assert abs(x - vx0 - expected[0]) <= 4 and abs(y - vy0 - expected[1]) <= 4, plane
+        assert (x > (vx0 + vx1) / 2) == right_of_centre, f"{plane}: left/right or anterior/posterior flipped"
+        assert (y < (vy0 + vy1) / 2) == above_centre, f"{plane}: up/down flipped"
+
+
+def test_result_without_images_still_renders_a_readable_panel(tmp_path: Path) -> None:
+    analysis = make_analysis(classifier_run=False, with_images=False)
+    pictures = render_all(analysis, FACTS)
+    assert len(pictures) == 1 and pictures[0].views == {}
+    drawn = " ".join(line.text for line in pictures[0].lines)
+    assert "UNDETERMINED" in drawn and "Classifier not run" in drawn
+    datasets = build_sc_series(pictures, make_pet_header(), ResultSettings(), generate_uid(), "0.1.0", "2.25.1")
+    path = tmp_path / "sc.dcm"
+    datasets[0].save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+
+
+def test_sc_pixels_saved_as_png_equal_the_rendering_so_text_stays_sharp(tmp_path: Path) -> None:
+    picture = render_summary(make_analysis(prostatectomy=True), FACTS)
+    ds = build_sc_series([picture], make_pet_header(), ResultSettings(), generate_uid(), "0.1.0", "2.25.1")[0]
+    path = tmp_path / "sc.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    png = tmp_path / "sc.png"
+    Image.fromarray(dcmread(path).pixel_array, "RGB").save(png)
+    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), picture.pixels)
