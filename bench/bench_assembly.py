@@ -1,4 +1,4 @@
-"""Latency from the last C-STORE of a study to its analysis job starting, against Orthanc's stable-study event.
+"""Latency from a study's last C-STORE to its analysis job starting, against Orthanc's stable-study event.
 
 A real `psma-node serve` (SQLite, one worker) receives synthetic PSMA PET/CT studies from dcmtk storescu
 (TCP_NODELAY=1); completeness is provable from content, so the study should be queued after the 2 s settle
@@ -44,8 +44,12 @@ MERCURE_SERIES_TIMER_S = 60.0
 
 def storescu(port: int, files: Sequence[Path], called: str) -> float:
     """Send with dcmtk; returns the wall-clock time storescu finished (last C-STORE answered)."""
-    subprocess.run(["storescu", "-aec", called, "127.0.0.1", str(port), *map(str, files)], check=True,
-                   env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True)
+    subprocess.run(
+        ["storescu", "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+        check=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+    )
     return time.time()
 
 
@@ -64,24 +68,33 @@ def node_latency(folder: Path, studies: list[tuple[str, list[Path]]]) -> list[di
                     study = session.scalar(select(Study).where(Study.study_uid == study_uid))
                     job = session.scalar(select(Job).where(Job.study_id == study.id)) if study else None
                     if job is not None and job.started_at is not None:
-                        last = session.scalar(select(func.max(Instance.received_at))
-                                              .where(Instance.study_id == study.id))
-                        complete = session.scalar(select(AuditEvent.created_at).where(
-                            AuditEvent.study_uid == study_uid, AuditEvent.action == "complete"))
+                        last = session.scalar(
+                            select(func.max(Instance.received_at)).where(Instance.study_id == study.id)
+                        )
+                        complete = session.scalar(
+                            select(AuditEvent.created_at).where(
+                                AuditEvent.study_uid == study_uid, AuditEvent.action == "complete"
+                            )
+                        )
                         break
                 time.sleep(0.05)
             else:
                 raise RuntimeError(f"no job started for {study_uid}:\n{node.log_text()[-3000:]}")
             started = as_utc(job.started_at).timestamp()
-            rows.append({
-                "last_instance_to_complete_s": (as_utc(complete) - as_utc(last)).total_seconds(),
-                "last_instance_to_job_start_s": started - as_utc(last).timestamp(),
-                "storescu_end_to_job_start_s": started - sent,
-            })
+            rows.append(
+                {
+                    "last_instance_to_complete_s": (as_utc(complete) - as_utc(last)).total_seconds(),
+                    "last_instance_to_job_start_s": started - as_utc(last).timestamp(),
+                    "storescu_end_to_job_start_s": started - sent,
+                }
+            )
             while True:  # let the analysis finish so the next study is timed on an idle node
                 with sessions() as session:
                     if session.scalar(select(Study.state).where(Study.study_uid == study_uid)) in (
-                            "done", "failed", "rejected"):
+                        "done",
+                        "failed",
+                        "rejected",
+                    ):
                         break
                 time.sleep(0.2)
     finally:
@@ -94,11 +107,22 @@ def orthanc_latency(folder: Path, files: list[Path]) -> float:
     http, dicom = free_port(), free_port()
     (folder / "orthanc").mkdir(parents=True, exist_ok=True)
     config = folder / "orthanc.json"
-    config.write_text(json.dumps({
-        "Name": "bench", "StorageDirectory": str(folder / "orthanc"), "IndexDirectory": str(folder / "orthanc"),
-        "HttpPort": http, "DicomPort": dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "Name": "bench",
+                "StorageDirectory": str(folder / "orthanc"),
+                "IndexDirectory": str(folder / "orthanc"),
+                "HttpPort": http,
+                "DicomPort": dicom,
+                "DicomAet": "ORTHANC",
+                "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False,
+                "DicomCheckCalledAet": False,
+                "Plugins": [],
+            }
+        )
+    )
     process = subprocess.Popen(["Orthanc", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(dicom, 30)
@@ -117,14 +141,25 @@ def orthanc_latency(folder: Path, files: list[Path]) -> float:
 
 
 def tick_cost(folder: Path, settled: int = 5000, receiving: int = 50) -> tuple[float, float]:
-    """Milliseconds per assembly tick with many finished studies and unchanged receiving ones: (first, later)."""
+    """Milliseconds per assembly tick, many finished and unchanged receiving studies: (first, later)."""
     url = f"sqlite:///{folder / 'ticks.db'}"
     sessions = sessions_for(url)
     now = dt.datetime.now(dt.timezone.utc)
     with sessions.begin() as session:
-        session.execute(insert(Study), [
-            {"study_uid": f"2.25.{n}", "state": "done", "instance_count": 300, "assessed_instance_count": 300,
-             "last_received_at": now, "assessed_received_at": now} for n in range(settled)])
+        session.execute(
+            insert(Study),
+            [
+                {
+                    "study_uid": f"2.25.{n}",
+                    "state": "done",
+                    "instance_count": 300,
+                    "assessed_instance_count": 300,
+                    "last_received_at": now,
+                    "assessed_received_at": now,
+                }
+                for n in range(settled)
+            ],
+        )
     for _ in range(receiving):
         study_id, _uid = add_study(sessions)
         add_pet(sessions, study_id, slices=150, skip=[75])  # incomplete: stays receiving, waits for quiet
@@ -152,26 +187,42 @@ def main(argv: Sequence[str] = ()) -> None:
         studies = []
         for seed in range(args.studies):
             out = folder / f"study{seed}"
-            truth = generate_study(out, SynthOptions(seed=100 + seed, ct_matrix=args.ct_matrix,
-                                                     pet_matrix=args.pet_matrix, extent_mm=args.extent))
+            truth = generate_study(
+                out,
+                SynthOptions(
+                    seed=100 + seed,
+                    ct_matrix=args.ct_matrix,
+                    pet_matrix=args.pet_matrix,
+                    extent_mm=args.extent,
+                ),
+            )
             studies.append((truth.study_uid, sorted(out.rglob("*.dcm"))))
-        print(f"{args.studies} studies of {len(studies[0][1])} instances (CT {args.ct_matrix}², "
-              f"PET {args.pet_matrix}², {args.extent:g} mm), {dt.date.today()}")
+        print(
+            f"{args.studies} studies of {len(studies[0][1])} instances (CT {args.ct_matrix}², "
+            f"PET {args.pet_matrix}², {args.extent:g} mm), {dt.date.today()}"
+        )
         rows = node_latency(folder, studies)
         for key in rows[0]:
             values = [r[key] for r in rows]
-            print(f"  psma-node {key:<30} median {statistics.median(values):5.2f} s  "
-                  f"max {max(values):5.2f} s  ({', '.join(f'{v:.2f}' for v in values)})")
+            print(
+                f"  psma-node {key:<30} median {statistics.median(values):5.2f} s  "
+                f"max {max(values):5.2f} s  ({', '.join(f'{v:.2f}' for v in values)})"
+            )
         worst = max(r["storescu_end_to_job_start_s"] for r in rows)
         print(f"  target <= 3 s: {'met' if worst <= 3.0 else 'MISSED'} (worst {worst:.2f} s)")
         if not args.no_orthanc and shutil.which("Orthanc"):
             stable = orthanc_latency(folder, studies[0][1])
-            print(f"  Orthanc 1.10 StableStudy after storescu end   {stable:5.2f} s  "
-                  f"(ratio Orthanc / psma-node median: {stable / statistics.median(r['storescu_end_to_job_start_s'] for r in rows):.0f}x)")
+            ours = statistics.median(r["storescu_end_to_job_start_s"] for r in rows)
+            print(
+                f"  Orthanc 1.10 StableStudy after storescu end   {stable:5.2f} s  "
+                f"(ratio Orthanc / psma-node median: {stable / ours:.0f}x)"
+            )
         print(f"  mercure series timer (default, quoted)       {MERCURE_SERIES_TIMER_S:5.2f} s")
         first, later = tick_cost(folder)
-        print(f"  assembly tick, 5000 finished + 50 receiving studies (17 500 instances): first {first:.0f} ms, "
-              f"then {later:.1f} ms per tick (unchanged studies are not re-read)")
+        print(
+            f"  assembly tick, 5000 finished + 50 receiving studies (17 500 instances): "
+            f"first {first:.0f} ms, then {later:.1f} ms per tick (unchanged studies are not re-read)"
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -57,13 +57,17 @@ def load_series(session: Session, study_id: int) -> list[SeriesSummary]:
             func.min(Instance.slice_position),
             func.max(Instance.slice_position),
             func.min(Instance.id),
-        ).where(*usable).group_by(Instance.series_uid)
+        )
+        .where(*usable)
+        .group_by(Instance.series_uid)
     ).all()
     if not rows:
         return []
-    headers = dict(session.execute(
-        select(Instance.id, Instance.header).where(Instance.id.in_([row[-1] for row in rows]))
-    ).all())
+    headers = dict(
+        session.execute(
+            select(Instance.id, Instance.header).where(Instance.id.in_([row[-1] for row in rows]))
+        ).all()
+    )
     positions: dict[str, list[float]] = {}
     ct_series = [row[0] for row in rows if row[1] == "CT"]
     if ct_series:
@@ -75,12 +79,25 @@ def load_series(session: Session, study_id: int) -> list[SeriesSummary]:
             positions.setdefault(series_uid, []).append(float(position))
     return [
         SeriesSummary(
-            series_uid=row[0], modality=row[1], sop_class_uid=row[2], frame_of_reference_uid=row[3],
-            count=row[4], image_index_count=row[5], distinct_image_index=row[6], min_image_index=row[7],
-            max_image_index=row[8], number_of_slices=row[9], number_of_time_slices=row[10],
-            instance_number_count=row[11], distinct_instance_number=row[12], min_instance_number=row[13],
-            max_instance_number=row[14], min_position=row[15], max_position=row[16],
-            header=dict(headers.get(row[17]) or {}), positions=tuple(positions.get(row[0], ())),
+            series_uid=row[0],
+            modality=row[1],
+            sop_class_uid=row[2],
+            frame_of_reference_uid=row[3],
+            count=row[4],
+            image_index_count=row[5],
+            distinct_image_index=row[6],
+            min_image_index=row[7],
+            max_image_index=row[8],
+            number_of_slices=row[9],
+            number_of_time_slices=row[10],
+            instance_number_count=row[11],
+            distinct_instance_number=row[12],
+            min_instance_number=row[13],
+            max_instance_number=row[14],
+            min_position=row[15],
+            max_position=row[16],
+            header=dict(headers.get(row[17]) or {}),
+            positions=tuple(positions.get(row[0], ())),
         )
         for row in rows
     ]
@@ -98,15 +115,22 @@ class Assessment:
     proven_at: dt.datetime | None
 
 
-def assess(series: list[SeriesSummary], settings: Settings, key: tuple[int, dt.datetime, int],
-           now: dt.datetime, previous: Assessment | None) -> Assessment:
+def assess(
+    series: list[SeriesSummary],
+    settings: Settings,
+    key: tuple[int, dt.datetime, int],
+    now: dt.datetime,
+    previous: Assessment | None,
+) -> Assessment:
     selection = select_series(series, settings.assembly)
     pet = pet_proof(selection.pet) if selection.pet is not None else None
     ct = ct_proof(selection.ct, selection.pet) if selection.ct is not None else None
     pets = [s for s in series if s.modality == "PT"]
     all_pets_complete = bool(pets) and all(pet_proof(s).complete for s in pets)
     proven = pet is not None and ct is not None and pet.complete and ct.complete
-    proven_at = (previous.proven_at if previous is not None and previous.proven_at else now) if proven else None
+    proven_at = (
+        (previous.proven_at if previous is not None and previous.proven_at else now) if proven else None
+    )
     return Assessment(key, selection, pet, ct, all_pets_complete, proven_at)
 
 
@@ -116,8 +140,15 @@ def reopen(session: Session, study: Study, *, reason: str, rule: str, actor: str
     A result of the old generation stays (audit trail) and is superseded when the new analysis finishes.
     """
     previous_state = study.state
-    if not transition(session, study, StudyState.RECEIVING, reason=reason, rule=rule, actor=actor,
-                      previous_state=previous_state):
+    if not transition(
+        session,
+        study,
+        StudyState.RECEIVING,
+        reason=reason,
+        rule=rule,
+        actor=actor,
+        previous_state=previous_state,
+    ):
         return False
     cancelled = cancel_older_jobs(session, study, f"study reopened: {reason}")
     if cancelled:
@@ -157,8 +188,11 @@ class Assembler:
             with transaction(sessions) as session:
                 session.add(study)
                 new = study.instance_count - study.assessed_instance_count
-                reason = (f"{new} new instance(s) after the study was {study.state}" if new > 0
-                          else f"instance(s) re-sent with different content after the study was {study.state}")
+                reason = (
+                    f"{new} new instance(s) after the study was {study.state}"
+                    if new > 0
+                    else f"instance(s) re-sent with different content after the study was {study.state}"
+                )
                 reopen(session, study, reason=reason, rule="new-data")
 
     def judge(self, settings: Settings, sessions: sessionmaker[Session], study: Study) -> None:
@@ -171,8 +205,13 @@ class Assembler:
                 series = load_series(session, study.id)
             previous = self.seen[study.id] = assess(series, settings, key, now, previous)
         decision = decide(
-            previous.selection, previous.pet, previous.ct, all_pets_complete=previous.all_pets_complete,
-            first_received_at=as_utc(study.first_received_at), last_received_at=last, now=now,
+            previous.selection,
+            previous.pet,
+            previous.ct,
+            all_pets_complete=previous.all_pets_complete,
+            first_received_at=as_utc(study.first_received_at),
+            last_received_at=last,
+            now=now,
             settings=settings.assembly,
         )
         if decision.action == "wait":
@@ -181,33 +220,71 @@ class Assembler:
         with transaction(sessions) as session:
             session.add(study)
             if decision.action == "reject":
-                transition(session, study, StudyState.REJECTED, reason=decision.reason, rule=decision.rule,
-                           assessed=assessed, selection=previous.selection.flags)
+                transition(
+                    session,
+                    study,
+                    StudyState.REJECTED,
+                    reason=decision.reason,
+                    rule=decision.rule,
+                    assessed=assessed,
+                    selection=previous.selection.flags,
+                )
             else:
                 self.queue(session, study, previous, decision, assessed)
         self.seen.pop(study.id, None)
 
     @staticmethod
-    def queue(session: Session, study: Study, assessment: Assessment, decision: Decision,
-              assessed: tuple[int, dt.datetime]) -> None:
+    def queue(
+        session: Session,
+        study: Study,
+        assessment: Assessment,
+        decision: Decision,
+        assessed: tuple[int, dt.datetime],
+    ) -> None:
         selection = assessment.selection
         assert selection.pet is not None and selection.ct is not None
         flags = {**selection.flags, **decision.flags, "rule": decision.rule}
-        if not transition(session, study, StudyState.COMPLETE, reason=decision.reason, rule=decision.rule,
-                          assessed=assessed, pet_series_uid=selection.pet.series_uid,
-                          ct_series_uid=selection.ct.series_uid, flags=flags):
+        if not transition(
+            session,
+            study,
+            StudyState.COMPLETE,
+            reason=decision.reason,
+            rule=decision.rule,
+            assessed=assessed,
+            pet_series_uid=selection.pet.series_uid,
+            ct_series_uid=selection.ct.series_uid,
+            flags=flags,
+        ):
             return
         study.pet_series_uid = selection.pet.series_uid
         study.ct_series_uid = selection.ct.series_uid
         study.completeness_proven_at = assessment.proven_at
-        job = Job(study_id=study.id, generation=study.generation, pet_series_uid=selection.pet.series_uid,
-                  ct_series_uid=selection.ct.series_uid, flags=flags)
+        job = Job(
+            study_id=study.id,
+            generation=study.generation,
+            pet_series_uid=selection.pet.series_uid,
+            ct_series_uid=selection.ct.series_uid,
+            flags=flags,
+        )
         session.add(job)
         session.flush()
-        audit.record(session, "job", "queued", study_uid=study.study_uid, job_id=job.id,
-                     generation=study.generation, flags=flags)
-        transition(session, study, StudyState.QUEUED, reason=f"job {job.id} queued", rule="job-created",
-                   job_id=job.id)
+        audit.record(
+            session,
+            "job",
+            "queued",
+            study_uid=study.study_uid,
+            job_id=job.id,
+            generation=study.generation,
+            flags=flags,
+        )
+        transition(
+            session,
+            study,
+            StudyState.QUEUED,
+            reason=f"job {job.id} queued",
+            rule="job-created",
+            job_id=job.id,
+        )
 
 
 _assemblers: "weakref.WeakKeyDictionary[sessionmaker[Session], Assembler]" = weakref.WeakKeyDictionary()

@@ -49,24 +49,30 @@ def pet_proof(pet: SeriesSummary) -> Proof:
     """Received Image Index values exactly {1..N*T} => complete; gaps => missing; others => inconsistent."""
     slices = pet.number_of_slices
     if not slices or pet.image_index_count < pet.count:
-        return Proof(ProofStatus.UNPROVABLE,
-                     "PET: no Number of Slices / Image Index, completeness cannot be proven")
+        return Proof(
+            ProofStatus.UNPROVABLE, "PET: no Number of Slices / Image Index, completeness cannot be proven"
+        )
     series_type = [str(v).upper() for v in as_list(pet.header.get("SeriesType"))]
     kind = series_type[0] if series_type else "STATIC"
     if kind == "GATED":
-        return Proof(ProofStatus.UNPROVABLE, "PET: gated series, completeness cannot be proven by Image Index")
+        return Proof(
+            ProofStatus.UNPROVABLE, "PET: gated series, completeness cannot be proven by Image Index"
+        )
     # Number of Time Slices counts only for DYNAMIC series (GE writes one for static ones as well).
     frames = (pet.number_of_time_slices or 1) if kind == "DYNAMIC" else 1
     expected = slices * frames
     low, high = pet.min_image_index or 0, pet.max_image_index or 0
     if low < 1 or high > expected:
-        return Proof(ProofStatus.INCONSISTENT,
-                     f"PET: Image Index {low}..{high} outside 1..{expected} (Number of Slices {slices}"
-                     + (f" x {frames} time slices)" if frames > 1 else ")"))
+        return Proof(
+            ProofStatus.INCONSISTENT,
+            f"PET: Image Index {low}..{high} outside 1..{expected} (Number of Slices {slices}"
+            + (f" x {frames} time slices)" if frames > 1 else ")"),
+        )
     duplicates = pet.count - pet.distinct_image_index
     if duplicates:
-        return Proof(ProofStatus.INCONSISTENT,
-                     f"PET: {duplicates} instance(s) repeat an Image Index already received")
+        return Proof(
+            ProofStatus.INCONSISTENT, f"PET: {duplicates} instance(s) repeat an Image Index already received"
+        )
     missing = expected - pet.distinct_image_index
     if missing:
         return Proof(ProofStatus.MISSING, f"PET: {missing} of {expected} slices missing")
@@ -86,26 +92,32 @@ def ct_proof(ct: SeriesSummary, pet: SeriesSummary | None) -> Proof:
     if gaps:
         a, b = gaps[0]
         lost = sum(round((y - x) / median) - 1 for x, y in gaps)
-        return Proof(ProofStatus.MISSING,
-                     f"CT: about {lost} slice(s) missing ({len(gaps)} gap(s), first between "
-                     f"z={a:.1f} and z={b:.1f} mm at {median:.2f} mm spacing)")
+        return Proof(
+            ProofStatus.MISSING,
+            f"CT: about {lost} slice(s) missing ({len(gaps)} gap(s), first between "
+            f"z={a:.1f} and z={b:.1f} mm at {median:.2f} mm spacing)",
+        )
     if max(abs(s - median) for s in steps) > EVEN_TOLERANCE * median:
         return Proof(ProofStatus.UNPROVABLE, "CT: uneven slice spacing, completeness cannot be proven")
     numbers_contiguous = (
         ct.instance_number_count == ct.count
         and ct.distinct_instance_number == ct.count
-        and ct.max_instance_number is not None and ct.min_instance_number is not None
+        and ct.max_instance_number is not None
+        and ct.min_instance_number is not None
         and ct.max_instance_number - ct.min_instance_number + 1 == ct.count
     )
     if not numbers_contiguous:
         return Proof(ProofStatus.UNPROVABLE, "CT: instance numbers not contiguous, completeness unproven")
     if pet is not None and not covers(ct, pet):
         pet_range = pet.z_range or (float("nan"), float("nan"))
-        return Proof(ProofStatus.UNPROVABLE,
-                     f"CT: z {positions[0]:.1f}..{positions[-1]:.1f} mm does not cover the PET's "
-                     f"{pet_range[0]:.1f}..{pet_range[1]:.1f} mm")
-    return Proof(ProofStatus.COMPLETE,
-                 f"CT: {ct.count} contiguous slices at {median:.2f} mm covering the PET")
+        return Proof(
+            ProofStatus.UNPROVABLE,
+            f"CT: z {positions[0]:.1f}..{positions[-1]:.1f} mm does not cover the PET's "
+            f"{pet_range[0]:.1f}..{pet_range[1]:.1f} mm",
+        )
+    return Proof(
+        ProofStatus.COMPLETE, f"CT: {ct.count} contiguous slices at {median:.2f} mm covering the PET"
+    )
 
 
 @dataclass

@@ -40,7 +40,8 @@ class CallingAE(_Section):
 
     ae_title: str = Field(description="Calling AE title of the peer.")
     hosts: list[str] = Field(
-        default_factory=list, description="Source IP addresses the AE may connect from; empty = any."
+        default_factory=list,
+        description="Source IP addresses or networks (10.1.2.0/24) the AE may connect from; empty = any.",
     )
     port: int | None = Field(
         default=None, description="Port of the peer's own SCP, used when results go back to the sender."
@@ -78,7 +79,7 @@ class NodeSettings(_Section):
         default=False, description="Accept any calling AE title (testing only); otherwise use allowed_calling_aes."
     )
     allowed_calling_aes: list[CallingAE] = Field(
-        default_factory=lambda: [CallingAE(ae_title="STORESCU"), CallingAE(ae_title="PACS")],
+        default_factory=lambda: [CallingAE(ae_title="STORESCU"), CallingAE(ae_title="PSMA_SYNTH"), CallingAE(ae_title="PACS")],
         description="Calling AE titles allowed to associate (and where results go back to).",
     )
     max_associations: int = Field(default=8, ge=1, description="Concurrent associations before refusing.")

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.session import alembic_config, current_revision, head_revision, make_engine
+from dicom_node.association import keep_responses_for_sender
 from dicom_node.config import Destination, Settings
 
 DCMTK_TOOLS = ("echoscu", "storescu", "findscu", "dcmdump")
@@ -91,6 +92,7 @@ def c_echo(
     assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
     try:
         if assoc.is_established:
+            keep_responses_for_sender(assoc)
             status = assoc.send_c_echo()
             assoc.release()
             if status is not None and int(getattr(status, "Status", -1)) == 0:

@@ -42,8 +42,13 @@ def series_paths(session: Session, study_id: int, series_uid: str) -> list[Path]
     """Files of the series' current instances, in slice order."""
     paths = session.scalars(
         select(Instance.path)
-        .where(Instance.study_id == study_id, Instance.series_uid == series_uid, Instance.current.is_(True),
-               Instance.analysable.is_(True), Instance.missing_file.is_(False))
+        .where(
+            Instance.study_id == study_id,
+            Instance.series_uid == series_uid,
+            Instance.current.is_(True),
+            Instance.analysable.is_(True),
+            Instance.missing_file.is_(False),
+        )
         .order_by(Instance.slice_position, Instance.instance_number, Instance.id)
     ).all()
     found = [Path(p) for p in paths if Path(p).exists()]
@@ -69,9 +74,24 @@ def _plain(value: Any) -> Any:
 
 def summarise(analysis: AnalysisResult, job: ClaimedJob) -> dict[str, Any]:
     """What the Result row keeps of an analysis: everything except pixel data."""
-    keep = ("finding", "probability", "threshold", "model_id", "classifier_run", "classifier_note", "psa",
-            "prostatectomy", "localisation", "quantification", "suv_factor", "pet_series_uid", "ct_series_uid",
-            "device", "timings", "warnings")
+    keep = (
+        "finding",
+        "probability",
+        "threshold",
+        "model_id",
+        "classifier_run",
+        "classifier_note",
+        "psa",
+        "prostatectomy",
+        "localisation",
+        "quantification",
+        "suv_factor",
+        "pet_series_uid",
+        "ct_series_uid",
+        "device",
+        "timings",
+        "warnings",
+    )
     summary = {name: _plain(getattr(analysis, name)) for name in keep}
     summary.update(job_id=job.id, generation=job.generation, assembly=job.flags)
     return summary
@@ -84,27 +104,63 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _fail(sessions: sessionmaker[Session], job: ClaimedJob, worker_id: str, device: str,
-          reason: str, elapsed: float, started: str) -> None:
+def _fail(
+    sessions: sessionmaker[Session],
+    job: ClaimedJob,
+    worker_id: str,
+    device: str,
+    reason: str,
+    elapsed: float,
+    started: str,
+) -> None:
     with transaction(sessions) as session:
-        if not finish_job(session, job.id, worker_id, JobState.FAILED, error=reason,
-                          timings={"total": elapsed}):
-            audit.record(session, "job", "discarded", outcome="cancelled", study_uid=job.study_uid,
-                         reason=f"job was cancelled or taken away while running; its failure ignored: {reason}",
-                         job_id=job.id, worker_id=worker_id)
+        if not finish_job(
+            session, job.id, worker_id, JobState.FAILED, error=reason, timings={"total": elapsed}
+        ):
+            audit.record(
+                session,
+                "job",
+                "discarded",
+                outcome="cancelled",
+                study_uid=job.study_uid,
+                reason=f"job was cancelled or taken away while running; its failure ignored: {reason}",
+                job_id=job.id,
+                worker_id=worker_id,
+            )
             return
-        audit.record(session, "job", "failed", outcome="failed", reason=reason, study_uid=job.study_uid,
-                     actor=worker_id, job_id=job.id, worker_id=worker_id, device=device, started_at=started,
-                     finished_at=utcnow().isoformat(), timings={"total": elapsed}, attempt=job.attempts)
+        audit.record(
+            session,
+            "job",
+            "failed",
+            outcome="failed",
+            reason=reason,
+            study_uid=job.study_uid,
+            actor=worker_id,
+            job_id=job.id,
+            worker_id=worker_id,
+            device=device,
+            started_at=started,
+            finished_at=utcnow().isoformat(),
+            timings={"total": elapsed},
+            attempt=job.attempts,
+        )
         study = session.get(Study, job.study_id)
         if study is not None and study.state == StudyState.RUNNING.value:
-            transition(session, study, StudyState.FAILED, reason=reason, rule="analysis-error",
-                       actor=worker_id, job_id=job.id)
+            transition(
+                session,
+                study,
+                StudyState.FAILED,
+                reason=reason,
+                rule="analysis-error",
+                actor=worker_id,
+                job_id=job.id,
+            )
     log.warning("job failed", extra={"job_id": job.id, "study_uid": job.study_uid, "reason": reason})
 
 
-def run_job(settings: Settings, sessions: sessionmaker[Session], job: ClaimedJob, worker_id: str,
-            device: str) -> str:
+def run_job(
+    settings: Settings, sessions: sessionmaker[Session], job: ClaimedJob, worker_id: str, device: str
+) -> str:
     """Analyse, store and publish; returns the job's outcome: done, failed or discarded."""
     started = utcnow().isoformat()
     clock = time.monotonic()
@@ -115,7 +171,9 @@ def run_job(settings: Settings, sessions: sessionmaker[Session], job: ClaimedJob
             pet_paths = series_paths(session, job.study_id, job.pet_series_uid)
             ct_paths = series_paths(session, job.study_id, job.ct_series_uid)
             registered = lookup_clinical(session, study.accession_number, study.patient_id)
-        analysis = analyse(pet_paths, ct_paths, AnalysisOptions.from_settings(settings), registered=registered)
+        analysis = analyse(
+            pet_paths, ct_paths, AnalysisOptions.from_settings(settings), registered=registered
+        )
     except Exception as exc:
         _fail(sessions, job, worker_id, device, _describe(exc), time.monotonic() - clock, started)
         return JobState.FAILED.value
@@ -130,44 +188,93 @@ def run_job(settings: Settings, sessions: sessionmaker[Session], job: ClaimedJob
         outcome = _store(settings, sessions, job, worker_id, analysis, timings, pet_paths[0], started)
     except Exception as exc:
         log.exception("storing the result failed", extra={"job_id": job.id})
-        _fail(sessions, job, worker_id, device, f"result could not be stored: {_describe(exc)}",
-              time.monotonic() - clock, started)
+        _fail(
+            sessions,
+            job,
+            worker_id,
+            device,
+            f"result could not be stored: {_describe(exc)}",
+            time.monotonic() - clock,
+            started,
+        )
         return JobState.FAILED.value
     return outcome
 
 
-def _store(settings: Settings, sessions: sessionmaker[Session], job: ClaimedJob, worker_id: str,
-           analysis: AnalysisResult, timings: dict[str, float], pet_file: Path, started: str) -> str:
+def _store(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    job: ClaimedJob,
+    worker_id: str,
+    analysis: AnalysisResult,
+    timings: dict[str, float],
+    pet_file: Path,
+    started: str,
+) -> str:
     pet_header = pydicom.dcmread(pet_file, stop_before_pixels=True)
     with transaction(sessions) as session:
         if not finish_job(session, job.id, worker_id, JobState.DONE, timings=timings):
-            audit.record(session, "job", "discarded", outcome="cancelled", study_uid=job.study_uid,
-                         reason="job was cancelled or taken away while running (study reopened or lease "
-                                "lost): its result is not stored", job_id=job.id, worker_id=worker_id)
+            audit.record(
+                session,
+                "job",
+                "discarded",
+                outcome="cancelled",
+                study_uid=job.study_uid,
+                reason="job was cancelled or taken away while running (study reopened or lease "
+                "lost): its result is not stored",
+                job_id=job.id,
+                worker_id=worker_id,
+            )
             log.info("job result discarded", extra={"job_id": job.id, "study_uid": job.study_uid})
             return "discarded"
         study = session.get(Study, job.study_id)
         assert study is not None
         previous = session.scalars(
-            select(Result).where(Result.study_id == study.id, Result.superseded_by_id.is_(None))
+            select(Result)
+            .where(Result.study_id == study.id, Result.superseded_by_id.is_(None))
             .order_by(Result.id.desc())
         ).first()
         result = Result(
-            study_id=study.id, job_id=job.id, model_id=analysis.model_id, weights_sha256=analysis.weights_sha256,
-            software_version=analysis.software_version, probability=analysis.probability,
-            finding=analysis.finding.value, summary=summarise(analysis, job),
+            study_id=study.id,
+            job_id=job.id,
+            model_id=analysis.model_id,
+            weights_sha256=analysis.weights_sha256,
+            software_version=analysis.software_version,
+            probability=analysis.probability,
+            finding=analysis.finding.value,
+            summary=summarise(analysis, job),
         )
         session.add(result)
         session.flush()
         publish_result(session, settings, study, result, analysis, pet_header, superseded=previous)
-        audit.record(session, "job", "done", study_uid=study.study_uid, actor=worker_id, job_id=job.id,
-                     worker_id=worker_id, device=analysis.device, started_at=started,
-                     finished_at=utcnow().isoformat(), timings=timings, attempt=job.attempts,
-                     result_id=result.id, finding=analysis.finding.value, probability=analysis.probability)
+        audit.record(
+            session,
+            "job",
+            "done",
+            study_uid=study.study_uid,
+            actor=worker_id,
+            job_id=job.id,
+            worker_id=worker_id,
+            device=analysis.device,
+            started_at=started,
+            finished_at=utcnow().isoformat(),
+            timings=timings,
+            attempt=job.attempts,
+            result_id=result.id,
+            finding=analysis.finding.value,
+            probability=analysis.probability,
+        )
         probability = "n/a" if analysis.probability is None else f"{analysis.probability:.3f}"
-        transition(session, study, StudyState.DONE,
-                   reason=f"{analysis.finding.value} (probability {probability})"
-                          + (f", supersedes result {previous.id}" if previous is not None else ""),
-                   rule="analysis-done", actor=worker_id, job_id=job.id, result_id=result.id)
+        transition(
+            session,
+            study,
+            StudyState.DONE,
+            reason=f"{analysis.finding.value} (probability {probability})"
+            + (f", supersedes result {previous.id}" if previous is not None else ""),
+            rule="analysis-done",
+            actor=worker_id,
+            job_id=job.id,
+            result_id=result.id,
+        )
     log.info("job done", extra={"job_id": job.id, "study_uid": job.study_uid, "timings": str(timings)})
     return JobState.DONE.value

@@ -231,6 +231,7 @@ class Receiver:
             self._server.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.store.close()
         log.info("DICOM listener stopped", extra={"port": self.port})
 
     # ------------------------------------------------------------------------------------------ association
@@ -354,8 +355,9 @@ class Receiver:
                     f"SOP Class UID {requested_class} sent on a presentation context for {context_class}",
                 )
             data = event.encoded_dataset()
-            parsed = parse_instance(data, requested_class, requested_instance)
-            outcome = self.store.store(parsed, data, state.caller, state.study_ids)
+            with self.store.staging(data) as staged:
+                parsed = parse_instance(data, requested_class, requested_instance)
+                outcome = self.store.store(parsed, data, state.caller, state.study_ids, staged)
         except InstanceRefused as exc:
             return self._refuse(state, requested_instance, exc.status, exc.reason)
         except OSError as exc:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from db import audit
 from db.models import OutboxItem, Study, utcnow
 from db.session import transaction
 from dicom_node import outbox
+from dicom_node.association import keep_responses_for_sender, set_tcp_nodelay
 from dicom_node.config import Destination, Settings
 from dicom_node.report.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, as_comprehensive
 
@@ -180,13 +180,6 @@ def _resolve(session: Session, settings: Settings, name: str,
     return resolved
 
 
-def _nodelay(event: evt.Event) -> None:
-    """TCP_NODELAY on the association socket: without it every DIMSE round trip waits for delayed ACKs."""
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def _tls_args(config: Destination) -> tuple[ssl.SSLContext, str] | None:
     if not config.tls:
         return None
@@ -244,7 +237,7 @@ def _send_dimse(settings: Settings, peer: Peer, items: list[Item]) -> list[Outco
         if getattr(primitive, "result", None) is not None:
             response.setdefault("rsp", primitive)
 
-    handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_ACSE_RECV, remember)]
+    handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_ACSE_RECV, remember)]
     try:
         assoc = ae.associate(config.host, int(config.port or 0), ae_title=config.ae_title or "",
                              evt_handlers=handlers, tls_args=_tls_args(config))
@@ -256,6 +249,7 @@ def _send_dimse(settings: Settings, peer: Peer, items: list[Item]) -> list[Outco
         reason = _association_failure(assoc, response.get("rsp"), peer)
         return outcomes + [Outcome(item, False, "no-association", reason=reason, peer_level=True)
                            for item, _ in datasets]
+    keep_responses_for_sender(assoc)
     try:
         stored: list[tuple[Outcome, Dataset]] = []
         for item, ds in datasets:

@@ -20,8 +20,18 @@ ENHANCED_PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.130"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 
-PSMA_NAME_FRAGMENTS = ("psma", "dcfpyl", "piflufolastat", "pylarify", "flotufolastat", "posluma",
-                       "gozetotide", "illuccix", "locametz", "hbedcc")
+PSMA_NAME_FRAGMENTS = (
+    "psma",
+    "dcfpyl",
+    "piflufolastat",
+    "pylarify",
+    "flotufolastat",
+    "posluma",
+    "gozetotide",
+    "illuccix",
+    "locametz",
+    "hbedcc",
+)
 """Spellings (normalised) that identify a PSMA ligand, to say "not accepted here" rather than "not PSMA"."""
 
 AXIAL_MIN_NORMAL_Z = 0.95
@@ -142,8 +152,10 @@ def _normalise(text: str) -> str:
 
 def tracer_names(header: dict[str, Any]) -> list[str]:
     """The radiopharmaceutical as written (name first, then code meaning), empty strings dropped."""
-    names = [header.get(k) for k in ("RadiopharmaceuticalName", "Radiopharmaceutical",
-                                      "RadiopharmaceuticalCodeMeaning")]
+    names = [
+        header.get(k)
+        for k in ("RadiopharmaceuticalName", "Radiopharmaceutical", "RadiopharmaceuticalCodeMeaning")
+    ]
     return [str(n).strip() for n in names if n is not None and str(n).strip()]
 
 
@@ -160,8 +172,9 @@ def judge_pet(series: SeriesSummary, settings: AssemblySettings) -> PetVerdict:
     if series.sop_class_uid == ENHANCED_PET_IMAGE_STORAGE:
         return PetVerdict(series, "PET is Enhanced PET (multi-frame), which is not supported", tracer)
     if series.sop_class_uid != PET_IMAGE_STORAGE:
-        return PetVerdict(series, f"PET series has SOP class {series.sop_class_uid}, not PET Image Storage",
-                          tracer)
+        return PetVerdict(
+            series, f"PET series has SOP class {series.sop_class_uid}, not PET Image Storage", tracer
+        )
     corrections = [str(v).upper() for v in as_list(header.get("CorrectedImage"))]
     if "ATTN" not in corrections:
         return PetVerdict(series, "PET not attenuation-corrected (Corrected Image lacks ATTN)", tracer)
@@ -176,8 +189,10 @@ def judge_pet(series: SeriesSummary, settings: AssemblySettings) -> PetVerdict:
             if "fdg" in joined or "fluorodeoxyglucose" in joined:
                 refusal = f"tracer is FDG, not PSMA ({tracer!r})"
             elif any(fragment in joined for fragment in PSMA_NAME_FRAGMENTS):
-                refusal = (f"tracer is {tracer!r}, a PSMA tracer not accepted here "
-                           "(assembly.accepted_tracers / flagged_tracers)")
+                refusal = (
+                    f"tracer is {tracer!r}, a PSMA tracer not accepted here "
+                    "(assembly.accepted_tracers / flagged_tracers)"
+                )
             else:
                 refusal = f"tracer is {tracer!r}, not PSMA"
             return PetVerdict(series, refusal, tracer)
@@ -187,8 +202,10 @@ def judge_pet(series: SeriesSummary, settings: AssemblySettings) -> PetVerdict:
         return PetVerdict(series, "PET has no radionuclide half-life", tracer, flagged)
     if not low <= half_life <= high:
         return PetVerdict(
-            series, f"radionuclide half-life {half_life:g} s is not F-18's (expected {low:g}-{high:g} s)",
-            tracer, flagged,
+            series,
+            f"radionuclide half-life {half_life:g} s is not F-18's (expected {low:g}-{high:g} s)",
+            tracer,
+            flagged,
         )
     return PetVerdict(series, None, tracer, flagged)
 
@@ -217,13 +234,19 @@ def covers(ct: SeriesSummary, pet: SeriesSummary) -> bool:
 
 def _ct_candidates(series: Sequence[SeriesSummary]) -> list[SeriesSummary]:
     return [
-        s for s in series
-        if s.modality == "CT" and s.sop_class_uid == CT_IMAGE_STORAGE and s.count >= 2
-        and "LOCALIZER" not in s.image_type and s.is_axial()
+        s
+        for s in series
+        if s.modality == "CT"
+        and s.sop_class_uid == CT_IMAGE_STORAGE
+        and s.count >= 2
+        and "LOCALIZER" not in s.image_type
+        and s.is_axial()
     ]
 
 
-def choose_ct(series: Sequence[SeriesSummary], pet: SeriesSummary) -> tuple[SeriesSummary | None, str, str | None]:
+def choose_ct(
+    series: Sequence[SeriesSummary], pet: SeriesSummary
+) -> tuple[SeriesSummary | None, str, str | None]:
     """The CT to pair with `pet`: (series, how it was matched, refusal).
 
     Same frame of reference first; otherwise (a sender that rewrote the UID) an axial CT of the same study
@@ -236,15 +259,24 @@ def choose_ct(series: Sequence[SeriesSummary], pet: SeriesSummary) -> tuple[Seri
     candidates = _ct_candidates(series)
     if not candidates:
         return None, "", "no axial CT image series in the study (only localizers, enhanced or non-axial CT)"
-    matched = [s for s in candidates if pet.frame_of_reference_uid
-               and s.frame_of_reference_uid == pet.frame_of_reference_uid]
+    matched = [
+        s
+        for s in candidates
+        if pet.frame_of_reference_uid and s.frame_of_reference_uid == pet.frame_of_reference_uid
+    ]
     how = "frame_of_reference"
     if not matched:
         matched = [s for s in candidates if coverage(s, pet) > 0]
         how = "z_overlap"
     if not matched:
-        return None, "", ("no CT sharing the PET's frame of reference "
-                          "(and no CT of the study overlapping the PET's z-range)")
+        return (
+            None,
+            "",
+            (
+                "no CT sharing the PET's frame of reference "
+                "(and no CT of the study overlapping the PET's z-range)"
+            ),
+        )
     best = max(
         matched,
         key=lambda s: (covers(s, pet), s.is_original, -(s.slice_spacing or 1e9), coverage(s, pet), s.count),
@@ -262,8 +294,10 @@ def select_series(series: Sequence[SeriesSummary], settings: AssemblySettings) -
     if not acceptable:
         reasons = list(dict.fromkeys(v.refusal for v in verdicts if v.refusal))
         return Selection(reason="; ".join(reasons), flags={"pet_refusals": reasons})
-    chosen = max(acceptable, key=lambda v: (not v.flagged, v.series.is_original, v.series.count,
-                                           v.series.series_number))
+    chosen = max(
+        acceptable,
+        key=lambda v: (not v.flagged, v.series.is_original, v.series.count, v.series.series_number),
+    )
     pet = chosen.series
     flags: dict[str, Any] = {"tracer": chosen.tracer, "tracer_flagged": chosen.flagged}
     if len(acceptable) > 1:

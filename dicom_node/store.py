@@ -15,7 +15,8 @@ import os
 import re
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -26,7 +27,8 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from sqlalchemy import insert, select, update
+from pydicom.tag import Tag
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -64,12 +66,15 @@ _RADIOPHARMACEUTICAL_FIELDS = (
     "RadiopharmaceuticalName", "RadionuclideHalfLife", "RadionuclideCodeMeaning",
     "RadiopharmaceuticalCodeMeaning",
 )
+_TAGS = {keyword: Tag(keyword) for keyword in (*HEADER_KEYWORDS, "Radiopharmaceutical", "RadionuclideHalfLife",
+                                                 "CodeMeaning")}
 # Native (unencapsulated) transfer syntaxes, whose pixel data length can be checked against the header.
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
                               "1.2.840.10008.1.2.2"})
 UNDEFINED_LENGTH = 0xFFFFFFFF
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TEMP_SUFFIX = ".tmp"
+INCOMING = ".incoming"  # temporary files, on the same filesystem as their final place
 
 
 class InstanceRefused(Exception):
@@ -132,10 +137,11 @@ def _json_value(keyword: str, value: Any) -> Any:
 
 def _element(ds: Dataset, keyword: str) -> Any:
     """A value converted to JSON data, None if absent or empty; a malformed value refuses the instance."""
+    tag = _TAGS[keyword]
     try:
-        if keyword not in ds:
+        if tag not in ds:
             return None
-        value = ds[keyword].value
+        value = ds[tag].value
     except Exception as exc:  # pydicom raises many kinds on corrupt values
         raise InstanceRefused(0xC000, f"cannot read {keyword}: {exc}") from exc
     if value is None or value == "" or (isinstance(value, (MultiValue, list)) and len(value) == 0):
@@ -349,21 +355,20 @@ class StorageFolder:
                 _fsync_directory(folder.parent)
             self._known_dirs.add(directory)
 
-    def write(self, path: Path, data: bytes, sync_folder: bool = True) -> None:
-        """Temporary file, fsync, rename, fsync the folder: after return the file survives a crash.
-
-        With `sync_folder=False` the caller runs `sync_folder(path)` itself (to overlap it with other work)
-        and must not rely on the file before that returns.
-        """
-        self._ensure_directory(path.parent)
-        temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        except FileNotFoundError:
-            # The folder was removed since it was created (e.g. by retention): make it again.
-            self._known_dirs.discard(path.parent)
-            self._ensure_directory(path.parent)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    def write_temporary(self, data: bytes) -> Path:
+        """The bytes in a new temporary file under `.incoming/`, fsynced; renamed into place by `place`."""
+        incoming = self.root / INCOMING
+        for attempt in (1, 2):
+            self._ensure_directory(incoming)
+            temporary = incoming / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
+            try:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                break
+            except FileNotFoundError:
+                # The folder was removed since it was created: make it again.
+                self._known_dirs.discard(incoming)
+                if attempt == 2:
+                    raise
         try:
             try:
                 view = memoryview(data)
@@ -373,12 +378,20 @@ class StorageFolder:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temporary, path)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        if sync_folder:
-            self.sync_folder(path)
+        return temporary
+
+    def place(self, temporary: Path, path: Path) -> None:
+        """Rename a flushed temporary file to its final name; durable once `sync_folder(path)` returns."""
+        self._ensure_directory(path.parent)
+        try:
+            os.replace(temporary, path)
+        except FileNotFoundError:
+            self._known_dirs.discard(path.parent)  # series folder removed meanwhile (e.g. by retention)
+            self._ensure_directory(path.parent)
+            os.replace(temporary, path)
 
     @staticmethod
     def sync_folder(path: Path) -> None:
@@ -398,6 +411,31 @@ class StoreOutcome:
     revision: int
 
 
+class Staged:
+    """A received instance being written to a temporary file (and hashed) in the background."""
+
+    def __init__(self, future: Future[tuple[Path, str]]) -> None:
+        self._future = future
+
+    def result(self) -> tuple[Path, str]:
+        """(flushed temporary file, sha256 of the bytes); raises what writing raised (e.g. disk full)."""
+        return self._future.result()
+
+
+def content_digest(data: bytes) -> str:
+    """sha256 of the data set as sent, without the file meta the receiver adds (whose implementation
+    UID and source AE title differ between senders of the same instance)."""
+    view = memoryview(data)
+    if data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00":  # (0002,0000) group length
+        view = view[144 + int.from_bytes(data[140:144], "little"):]
+    return hashlib.sha256(view).hexdigest()
+
+
+def _write_and_hash(folder: StorageFolder, data: bytes) -> tuple[Path, str]:
+    # hashlib releases the GIL on large buffers, so hashing too overlaps the parsing thread.
+    return folder.write_temporary(data), content_digest(data)
+
+
 @dataclass
 class Caller:
     """Who sent the instance, for the study row and the audit trail."""
@@ -413,33 +451,50 @@ class InstanceStore:
         self.settings = settings
         self.sessions = sessions
         self.folder = StorageFolder(settings.storage.directory)
-        self._syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="folder-fsync")
+        self.engine = sessions.kw["bind"]
+        self._syncer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="storage-flush")
         # Striped locks: one SOP Instance UID is never handled by two associations at once.
         self._sop_locks = [threading.Lock() for _ in range(64)]
+
+    def close(self) -> None:
+        """Wait for folder flushes still running (only during shutdown)."""
+        self._syncer.shutdown(wait=True)
 
     def _sop_lock(self, sop_instance_uid: str) -> threading.Lock:
         return self._sop_locks[hash(sop_instance_uid) % len(self._sop_locks)]
 
-    def store(self, parsed: ParsedInstance, data: bytes, caller: Caller,
-              study_ids: dict[str, int]) -> StoreOutcome:
-        """Write the file and commit its row; returns only when both are durable.
+    @contextmanager
+    def staging(self, data: bytes) -> Iterator[Staged]:
+        """Start writing, flushing and hashing the received bytes in the background right away, so that the
+        disk flush overlaps header parsing; the temporary file is removed on exit unless it was placed."""
+        staged = Staged(self._syncer.submit(_write_and_hash, self.folder, data))
+        try:
+            yield staged
+        finally:
+            try:
+                temporary, _ = staged.result()
+            except Exception:
+                pass  # the failure was reported to whoever used the result; nothing was left behind
+            else:
+                temporary.unlink(missing_ok=True)
+
+    def store(self, parsed: ParsedInstance, data: bytes, caller: Caller, study_ids: dict[str, int],
+              staged: Staged) -> StoreOutcome:
+        """Place the staged file and commit its row; returns only when both are durable.
 
         `study_ids` caches study_uid -> row id for the calling association, sparing a lookup per instance.
         """
-        sha256 = hashlib.sha256(data).hexdigest()
         with self._sop_lock(parsed.sop_instance_uid):
-            with self.sessions() as session:
-                current = session.execute(
-                    select(Instance.id, Instance.sha256, Instance.revision, Instance.path, Instance.missing_file)
-                    .where(Instance.sop_instance_uid == parsed.sop_instance_uid, Instance.current.is_(True))
-                ).first()
+            with self.engine.connect() as connection:
+                current = connection.execute(_CURRENT_REVISION, {"sop": parsed.sop_instance_uid}).first()
+            temporary, sha256 = staged.result()
             if current is not None and current.sha256 == sha256:
                 if not current.missing_file and Path(current.path).exists():
                     return StoreOutcome("duplicate", Path(current.path), current.revision)
-                return self._restore(parsed, data, caller, current.id, Path(current.path), current.revision)
+                return self._restore(parsed, temporary, caller, current.id, Path(current.path), current.revision)
             revision = 1 if current is None else current.revision + 1
             path = self.folder.path_for(parsed, revision, sha256)
-            self.folder.write(path, data, sync_folder=False)
+            self.folder.place(temporary, path)
             # The file's bytes are durable; the folder fsync making its rename durable runs while the row
             # is committed (two disk flushes at once instead of one after the other). Success is answered
             # only after both. A crash between them leaves a row without a file, never an answered one:
@@ -455,10 +510,11 @@ class InstanceStore:
             folder_synced.result()
         return StoreOutcome("stored" if revision == 1 else "revised", path, revision)
 
-    def _restore(self, parsed: ParsedInstance, data: bytes, caller: Caller, instance_id: int,
+    def _restore(self, parsed: ParsedInstance, temporary: Path, caller: Caller, instance_id: int,
                  path: Path, revision: int) -> StoreOutcome:
         """The same content again for a row whose file went missing: put the file back."""
-        self.folder.write(path, data)
+        self.folder.place(temporary, path)
+        self.folder.sync_folder(path)
         with self.sessions.begin() as session:
             session.execute(update(Instance).where(Instance.id == instance_id).values(missing_file=False))
             audit.record(session, "instance", "restored", reason="file was missing; same content re-sent",
@@ -475,33 +531,51 @@ class InstanceStore:
 
     def _record(self, parsed: ParsedInstance, caller: Caller, study_ids: dict[str, int], path: Path,
                 size: int, sha256: str, revision: int, previous_id: int | None) -> None:
-        """One short transaction: the study update comes first so SQLite takes its write lock at once."""
+        """One short transaction: the study update comes first so SQLite takes its write lock at once.
+
+        A plain connection (no ORM session) keeps the per-instance overhead down; the audit row of a
+        revision goes through a session bound to the same connection and transaction.
+        """
         for attempt in (1, 2):
             study_id = self.study_id(parsed, caller, study_ids)
             now = utcnow()
-            with self.sessions.begin() as session:
-                touched = session.execute(
-                    update(Study).where(Study.id == study_id).values(
-                        accession_number=parsed.accession_number, patient_id=parsed.patient_id,
-                        patient_name=parsed.patient_name, study_date=parsed.study_date,
-                        calling_ae=caller.ae_title[:16], calling_host=caller.host[:64], last_received_at=now,
-                        instance_count=Study.instance_count + (1 if previous_id is None else 0),
-                    )
-                ).rowcount
+            with self.engine.begin() as connection:
+                touched = connection.execute(_TOUCH_STUDY, {
+                    "study_id": study_id, "accession_number": parsed.accession_number,
+                    "patient_id": parsed.patient_id, "patient_name": parsed.patient_name,
+                    "study_date": parsed.study_date, "calling_ae": caller.ae_title[:16],
+                    "calling_host": caller.host[:64], "now": now, "added": 1 if previous_id is None else 0,
+                }).rowcount
                 if touched == 0:
                     study_ids.pop(parsed.study_uid, None)
                     if attempt == 1:
                         continue
                     raise RuntimeError(f"study row for {parsed.study_uid} vanished while storing")
                 if previous_id is not None:
-                    session.execute(update(Instance).where(Instance.id == previous_id).values(current=False))
-                    audit.record(session, "instance", "revised", reason="re-sent with different content",
-                                 study_uid=parsed.study_uid, series_uid=parsed.series_uid,
-                                 sop_instance_uid=parsed.sop_instance_uid, actor=caller.ae_title,
-                                 peer=caller.host, revision=revision, sha256=sha256)
-                session.execute(insert(Instance).values(**_instance_values(
-                    parsed, study_id, path, size, sha256, revision, caller.ae_title, now)))
+                    connection.execute(update(Instance).where(Instance.id == previous_id).values(current=False))
+                    with Session(bind=connection) as session:  # joins the connection's transaction
+                        audit.record(session, "instance", "revised", reason="re-sent with different content",
+                                     study_uid=parsed.study_uid, series_uid=parsed.series_uid,
+                                     sop_instance_uid=parsed.sop_instance_uid, actor=caller.ae_title,
+                                     peer=caller.host, revision=revision, sha256=sha256)
+                        session.flush()
+                connection.execute(_INSERT_INSTANCE, _instance_values(
+                    parsed, study_id, path, size, sha256, revision, caller.ae_title, now))
                 return
+
+
+# Statements built once (SQLAlchemy caches their compiled form): they run for every received instance.
+_CURRENT_REVISION = (
+    select(Instance.id, Instance.sha256, Instance.revision, Instance.path, Instance.missing_file)
+    .where(Instance.sop_instance_uid == bindparam("sop"), Instance.current.is_(True))
+)
+_TOUCH_STUDY = update(Study).where(Study.id == bindparam("study_id")).values(
+    accession_number=bindparam("accession_number"), patient_id=bindparam("patient_id"),
+    patient_name=bindparam("patient_name"), study_date=bindparam("study_date"),
+    calling_ae=bindparam("calling_ae"), calling_host=bindparam("calling_host"),
+    last_received_at=bindparam("now"), instance_count=Study.instance_count + bindparam("added"),
+)
+_INSERT_INSTANCE = insert(Instance)
 
 
 def _instance_values(parsed: ParsedInstance, study_id: int, path: Path, size: int, sha256: str,
@@ -603,7 +677,7 @@ def _adopt(path: Path, sessions: sessionmaker[Session]) -> int:
             audit.record(session, "instance", "adopt-failed", outcome="error", reason=exc.reason, path=str(path))
         log.warning("stored file cannot be adopted", extra={"path": str(path), "reason": exc.reason})
         return 0
-    sha256 = hashlib.sha256(data).hexdigest()
+    sha256 = content_digest(data)
     with sessions() as session:
         latest = session.execute(
             select(Instance.sha256, Instance.revision)

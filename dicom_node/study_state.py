@@ -89,8 +89,8 @@ def transition(
     """Move `study` to `to` if it is still where the caller saw it; record the audit event; True if done.
 
     Reopening (to RECEIVING) increments the generation. `assessed` = (instance_count, last_received_at) the
-    caller's decision was based on: the change then applies only if no instance arrived since, and these values
-    are kept so that any later arrival is noticed (see `reopen_candidates`).
+    caller's decision was based on: the change then applies only if no instance arrived since, and these
+    values are kept so that any later arrival is noticed (see `reopen_candidates`).
     """
     current = StudyState(study.state)
     if to not in ALLOWED[current]:
@@ -114,7 +114,9 @@ def transition(
         .execution_options(synchronize_session=False)
     )
     if assessed is not None:
-        statement = statement.where(Study.instance_count == assessed[0], Study.last_received_at == assessed[1])
+        statement = statement.where(
+            Study.instance_count == assessed[0], Study.last_received_at == assessed[1]
+        )
     if session.execute(statement).rowcount != 1:
         log.info(
             "study transition lost a race",
@@ -138,8 +140,15 @@ def transition(
         **detail,
     )
     log.info(
-        "study %s", ACTION[to],
-        extra={"study_uid": study.study_uid, "from_state": current.value, "to_state": to.value,
-               "rule": rule, "reason": reason, "generation": generation},
+        "study %s",
+        ACTION[to],
+        extra={
+            "study_uid": study.study_uid,
+            "from_state": current.value,
+            "to_state": to.value,
+            "rule": rule,
+            "reason": reason,
+            "generation": generation,
+        },
     )
     return True

@@ -31,6 +31,7 @@ from db.session import make_engine, make_session_factory, transaction
 from dicom_node.config import Settings
 from dicom_node.jobs import claim_next_job, renew_lease, requeue_expired_jobs, requeue_worker_jobs
 from dicom_node.log import configure_logging
+from inference.runtime import prefer_passive_openmp
 from dicom_node.study_state import utcnow
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,11 @@ class _Heartbeat(threading.Thread):
             renewed = renew_lease(self.sessions, job_id, self.worker_id, self.settings.workers.lease_seconds)
             if not renewed and self.job_id == job_id:
                 self.lost.add(job_id)
-                log.info("lease not renewed: the job is no longer this worker's (finished, cancelled or "
-                         "re-queued)", extra={"job_id": job_id, "worker_id": self.worker_id})
+                log.info(
+                    "lease not renewed: the job is no longer this worker's (finished, cancelled or "
+                    "re-queued)",
+                    extra={"job_id": job_id, "worker_id": self.worker_id},
+                )
         with transaction(self.sessions) as session:
             row = session.get(WorkerHeartbeat, self.worker_id)
             if row is not None:
@@ -103,6 +107,7 @@ class _Heartbeat(threading.Thread):
 
 def worker_main(settings: Settings, worker_id: str, parent_pid: int | None) -> None:
     """Entry point of a worker process: loop claiming and running jobs until told to stop."""
+    prefer_passive_openmp()  # before pick_device imports torch
     configure_logging(settings.logging)
     stop = threading.Event()
     busy = threading.Event()
@@ -126,8 +131,16 @@ def worker_main(settings: Settings, worker_id: str, parent_pid: int | None) -> N
     from dicom_node.infer import run_job  # heavy imports (torch, monai) only ever in worker processes
 
     with transaction(sessions) as session:
-        session.merge(WorkerHeartbeat(id=worker_id, host=socket.gethostname(), pid=os.getpid(), device=device,
-                                      started_at=utcnow(), heartbeat_at=utcnow()))
+        session.merge(
+            WorkerHeartbeat(
+                id=worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                device=device,
+                started_at=utcnow(),
+                heartbeat_at=utcnow(),
+            )
+        )
     heartbeat = _Heartbeat(settings, sessions, worker_id)
     heartbeat.start()
     log.info("worker started", extra={"worker_id": worker_id, "device": device})
@@ -156,7 +169,9 @@ def worker_main(settings: Settings, worker_id: str, parent_pid: int | None) -> N
                 busy.set()
                 run_job(settings, sessions, job, worker_id, device)
             except WorkerStopping:
-                log.info("worker stopping mid-job: releasing it", extra={"worker_id": worker_id, "job_id": job.id})
+                log.info(
+                    "worker stopping mid-job: releasing it", extra={"worker_id": worker_id, "job_id": job.id}
+                )
             finally:
                 busy.clear()
                 heartbeat.job_id = None
@@ -199,7 +214,9 @@ class WorkerPool:
     def _spawn(self, index: int, quick_deaths: int = 0) -> _Slot:
         worker_id = new_worker_id(index)
         process = self._context.Process(
-            target=worker_main, args=(self.settings, worker_id, os.getpid()), name=f"psma-worker-{index}",
+            target=worker_main,
+            args=(self.settings, worker_id, os.getpid()),
+            name=f"psma-worker-{index}",
         )
         process.start()
         log.info("worker process started", extra={"worker_id": worker_id, "pid": process.pid})
@@ -222,9 +239,15 @@ class WorkerPool:
                 delay = RESTART_BACKOFF_S[min(quick, len(RESTART_BACKOFF_S) - 1)]
                 slot.restart_at = now + delay
                 slot.quick_deaths = quick
-                log.error("worker process died", extra={"worker_id": slot.worker_id,
-                                                        "exitcode": slot.process.exitcode,
-                                                        "jobs_requeued": moved, "restart_in_s": delay})
+                log.error(
+                    "worker process died",
+                    extra={
+                        "worker_id": slot.worker_id,
+                        "exitcode": slot.process.exitcode,
+                        "jobs_requeued": moved,
+                        "restart_in_s": delay,
+                    },
+                )
             if now >= slot.restart_at:
                 self._slots[position] = self._spawn(slot.index, slot.quick_deaths)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +12,7 @@ import numpy as np
 
 from dicom_node.cli.context import CliContext, pass_cli
 from inference.clinical import RegisteredClinical
+from inference.runtime import prefer_passive_openmp
 from inference.discover import DiscoveryError, find_pet_ct
 from inference.model_specs import SPECS
 
@@ -92,9 +92,7 @@ def analyze_command(
     as_json: bool,
 ) -> None:
     """Analyse the PET/CT examination in DICOM_DIR (any layout) and print the result."""
-    # Before torch loads: OpenMP threads that spin-wait are up to 10x slower when the cores are shared
-    # (bench/RESULTS.md, "Inference pipeline").
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    prefer_passive_openmp()  # before torch loads (bench/RESULTS.md, "Inference pipeline")
     from inference.analysis import AnalysisError, AnalysisOptions, analyse  # torch: only when analysing
 
     settings = ctx.settings()

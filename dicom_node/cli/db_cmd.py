@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from db.session import current_revision, head_revision, make_engine, upgrade
+from db.audit import os_user, record
+from db.session import (
+    current_revision,
+    head_revision,
+    make_engine,
+    make_session_factory,
+    transaction,
+    upgrade,
+)
 from dicom_node.cli.context import CliContext, pass_cli
 
 
@@ -18,8 +26,16 @@ def db_group() -> None:
 def upgrade_command(ctx: CliContext) -> None:
     """Apply all pending migrations."""
     url = ctx.settings().database.url.get_secret_value()
+    engine = make_engine(url)
+    before = current_revision(engine)
     upgrade(url)
-    click.echo(f"database at revision {current_revision(make_engine(url))}")
+    after = current_revision(engine)
+    if after != before:
+        with transaction(make_session_factory(engine)) as session:
+            record(session, "admin", "schema-upgraded", actor=os_user(), from_revision=before,
+                   to_revision=after)
+    engine.dispose()
+    click.echo(f"database at revision {after}")
 
 
 @db_group.command("current")

@@ -48,7 +48,9 @@ def studies_group() -> None:
 
 
 @studies_group.command("list")
-@click.option("--state", type=click.Choice([s.value for s in StudyState]), default=None, help="Only this state.")
+@click.option(
+    "--state", type=click.Choice([s.value for s in StudyState]), default=None, help="Only this state."
+)
 @click.option("--since", default=None, help="Received since: ISO date/time or an age (30m, 12h, 7d).")
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="Most recent N.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
@@ -62,18 +64,30 @@ def list_command(ctx: CliContext, state: str | None, since: str | None, limit: i
         rows = [row for row in rows if (as_utc(row.last_received_at) or start) >= start]
     if as_json:
         for row in rows:
-            click.echo(json.dumps({
-                "study_uid": row.study_uid, "accession_number": row.accession_number, "state": row.state,
-                "reason": row.state_reason, "instances": row.instance_count,
-                "last_received_at": _when(row.last_received_at), "finding": row.finding,
-                "probability": row.probability,
-            }))
+            click.echo(
+                json.dumps(
+                    {
+                        "study_uid": row.study_uid,
+                        "accession_number": row.accession_number,
+                        "state": row.state,
+                        "reason": row.state_reason,
+                        "instances": row.instance_count,
+                        "last_received_at": _when(row.last_received_at),
+                        "finding": row.finding,
+                        "probability": row.probability,
+                    }
+                )
+            )
         return
     click.echo(f"{'ACCESSION':<16} {'STATE':<10} {'INST':>5} {'LAST RECEIVED':<19} {'RESULT':<22} REASON")
     for row in rows:
-        result = f"{row.finding} {row.probability:.3f}" if row.probability is not None else (row.finding or "-")
-        click.echo(f"{(row.accession_number or '-')[:16]:<16} {row.state:<10} {row.instance_count:>5} "
-                   f"{_when(row.last_received_at):<19} {result[:22]:<22} {row.state_reason or ''}")
+        result = (
+            f"{row.finding} {row.probability:.3f}" if row.probability is not None else (row.finding or "-")
+        )
+        click.echo(
+            f"{(row.accession_number or '-')[:16]:<16} {row.state:<10} {row.instance_count:>5} "
+            f"{_when(row.last_received_at):<19} {result[:22]:<22} {row.state_reason or ''}"
+        )
     if not rows:
         click.echo("(no studies)")
 
@@ -90,39 +104,60 @@ def show_command(ctx: CliContext, key: str) -> None:
         sys.exit(NOT_FOUND_EXIT)
     study = story.study
     click.echo(f"study {study.study_uid}  accession {study.accession_number or '-'}")
-    click.echo(f"state {study.state} (generation {story.generation})" + (f": {study.state_reason}"
-                                                                          if study.state_reason else ""))
+    click.echo(
+        f"state {study.state} (generation {story.generation})"
+        + (f": {study.state_reason}" if study.state_reason else "")
+    )
     click.echo(f"analysed PET {story.pet_series_uid or '-'}  CT {story.ct_series_uid or '-'}")
     click.echo("\nseries:")
     for series in story.series:
-        chosen = " [PET analysed]" if series.series_uid == story.pet_series_uid else (
-            " [CT analysed]" if series.series_uid == story.ct_series_uid else "")
-        click.echo(f"  {series.modality or '?':<3} {series.instances:>5} instances  {series.series_uid}{chosen}"
-                   + ("" if series.analysable else "  (not analysable)"))
+        chosen = (
+            " [PET analysed]"
+            if series.series_uid == story.pet_series_uid
+            else (" [CT analysed]" if series.series_uid == story.ct_series_uid else "")
+        )
+        click.echo(
+            f"  {series.modality or '?':<3} {series.instances:>5} instances  {series.series_uid}{chosen}"
+            + ("" if series.analysable else "  (not analysable)")
+        )
     click.echo("\njobs:")
     for job in story.jobs:
-        timings = " ".join(f"{k}={v:.2f}s" for k, v in (job.timings or {}).items() if isinstance(v, (int, float)))
-        click.echo(f"  job {job.id} gen {job.generation} {job.state:<9} attempts {job.attempts} "
-                   f"worker {job.worker_id or '-'} started {_when(job.started_at)} finished {_when(job.finished_at)}"
-                   + (f"  {timings}" if timings else "") + (f"  error: {job.error}" if job.error else ""))
+        timings = " ".join(
+            f"{k}={v:.2f}s" for k, v in (job.timings or {}).items() if isinstance(v, (int, float))
+        )
+        click.echo(
+            f"  job {job.id} gen {job.generation} {job.state:<9} attempts {job.attempts} "
+            f"worker {job.worker_id or '-'} started {_when(job.started_at)} finished {_when(job.finished_at)}"
+            + (f"  {timings}" if timings else "")
+            + (f"  error: {job.error}" if job.error else "")
+        )
     click.echo("\nresults:")
     for result in story.results:
         probability = f"{result.probability:.3f}" if result.probability is not None else "n/a"
         superseded = f"  superseded by result {result.superseded_by_id}" if result.superseded_by_id else ""
-        click.echo(f"  result {result.id} (job {result.job_id}) {result.finding} p={probability} "
-                   f"model {result.model_id or '-'}  SR {result.sr_sop_instance_uid or '-'}{superseded}")
+        click.echo(
+            f"  result {result.id} (job {result.job_id}) {result.finding} p={probability} "
+            f"model {result.model_id or '-'}  SR {result.sr_sop_instance_uid or '-'}{superseded}"
+        )
     click.echo("\ntimeline:")
     for event in story.events:
         rule = event.detail.get("rule") if isinstance(event.detail, dict) else None
-        click.echo(f"  {_when(event.created_at)} {event.category:<11} {event.action:<16} {event.outcome:<8} "
-                   + (f"[{rule}] " if rule else "") + (event.reason or "")
-                   + (f"  actor={event.actor}" if event.actor else ""))
+        click.echo(
+            f"  {_when(event.created_at)} {event.category:<11} {event.action:<16} {event.outcome:<8} "
+            + (f"[{rule}] " if rule else "")
+            + (event.reason or "")
+            + (f"  actor={event.actor}" if event.actor else "")
+        )
 
 
 @studies_group.command("reprocess")
 @click.argument("key")
-@click.option("--reason", default="reprocess requested by an administrator", show_default=True,
-              help="Recorded in the audit trail.")
+@click.option(
+    "--reason",
+    default="reprocess requested by an administrator",
+    show_default=True,
+    help="Recorded in the audit trail.",
+)
 @pass_cli
 def reprocess_command(ctx: CliContext, key: str, reason: str) -> None:
     """Analyse a study again (by accession number or UID); the new result supersedes the current one."""
@@ -136,10 +171,20 @@ def reprocess_command(ctx: CliContext, key: str, reason: str) -> None:
             click.echo(f"study {study.study_uid} is being assembled already; nothing to do")
             return
         previous = study.state
-        record(session, "admin", "reprocess", study_uid=study.study_uid, actor=actor, reason=reason,
-               previous_state=previous, generation=study.generation)
+        record(
+            session,
+            "admin",
+            "reprocess",
+            study_uid=study.study_uid,
+            actor=actor,
+            reason=reason,
+            previous_state=previous,
+            generation=study.generation,
+        )
         if not reopen(session, study, reason=f"{reason} (by {actor})", rule="admin-reprocess", actor=actor):
             click.echo("error: the study changed while reopening it; try again", err=True)
             sys.exit(1)
-        click.echo(f"study {study.study_uid} reopened (was {previous}, now generation {study.generation}); "
-                   "it is analysed again once assembly confirms it is complete")
+        click.echo(
+            f"study {study.study_uid} reopened (was {previous}, now generation {study.generation}); "
+            "it is analysed again once assembly confirms it is complete"
+        )

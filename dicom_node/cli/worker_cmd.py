@@ -11,8 +11,12 @@ from dicom_node.cli.context import CliContext, pass_cli
 
 
 @click.command("worker")
-@click.option("--count", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: workers.count, at least 1).")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes (default: workers.count, at least 1).",
+)
 @pass_cli
 def worker_command(ctx: CliContext, count: int | None) -> None:
     """Run analysis workers until SIGTERM/SIGINT; they take jobs from the shared database."""

@@ -7,14 +7,13 @@ association socket: without it Nagle + delayed ACK cost ~40 ms per C-STORE on lo
 from __future__ import annotations
 
 import logging
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE, Association, evt
-from pynetdicom.dimse_primitives import DimseServiceType
-from pynetdicom.events import Event
+from pynetdicom import AE, evt
+
+from dicom_node.association import keep_responses_for_sender, set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +36,6 @@ class SendReport:
         return not self.failures
 
 
-def _nodelay(event: Event) -> None:
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _keep_responses_for_the_sender(assoc: Association) -> None:
-    """Work around a pynetdicom requestor race: its reactor thread may take a C-STORE response off the DIMSE
-    queue before `send_c_store` waits for it (likelier with TCP_NODELAY's fast answers), log "Received
-    unexpected C-STORE service message", and leave the sender to hit the DIMSE timeout. This SCU serves
-    nothing, so any message the reactor picks up is a response: put it back for the waiting sender."""
-
-    def requeue(message: DimseServiceType, context_id: int) -> None:
-        if message.is_valid_request:
-            log.warning("peer sent a DIMSE request to a store-only SCU; ignored",
-                        extra={"dimse": message.msg_type})
-            return
-        log.debug("DIMSE response handed back to the sender", extra={"dimse": message.msg_type})
-        assoc.dimse.msg_queue.put((context_id, message))
-
-    assoc._serve_request = requeue  # type: ignore[method-assign]
-
-
 def send_files(files: list[Path], host: str, port: int, called_aet: str, calling_aet: str = "PSMA_SYNTH",
                timeout_s: float = 30.0) -> SendReport:
     """Send every file over one association; a refused or unsent instance is listed in the report."""
@@ -75,7 +51,7 @@ def send_files(files: list[Path], host: str, port: int, called_aet: str, calling
         for syntax in sorted(syntaxes):
             ae.add_requested_context(sop_class, [syntax])
     seen: set[str] = set()
-    handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_CONN_OPEN, lambda e: seen.add("connected")),
+    handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_CONN_OPEN, lambda e: seen.add("connected")),
                 (evt.EVT_ACCEPTED, lambda e: seen.add("accepted"))]
     assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=handlers)
     if not assoc.is_established:
@@ -89,7 +65,7 @@ def send_files(files: list[Path], host: str, port: int, called_aet: str, calling
         else:
             reason = "association aborted by the peer"
         raise SendError(f"cannot associate with {called_aet}@{host}:{port}: {reason}")
-    _keep_responses_for_the_sender(assoc)
+    keep_responses_for_sender(assoc)
     accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
     report = SendReport()
     try:

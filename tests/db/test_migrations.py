@@ -6,13 +6,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
-from db.models import Base
-from db.session import alembic_config, current_revision, head_revision, make_engine, upgrade
+from db.audit import os_user
+from db.models import AuditEvent, Base
+from db.session import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+    make_session_factory,
+    upgrade,
+)
 from tests.support.node import REPO, write_config
 
 
@@ -62,3 +71,11 @@ def test_db_upgrade_and_current_commands_report_the_revision(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     after = subprocess.run([*run, "db", "current"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert f"current: {head_revision()}" in after.stdout and "up to date" in after.stdout
+    engine = make_engine(yaml.safe_load(config.read_text())["database"]["url"])
+    try:
+        with make_session_factory(engine)() as session:
+            event = session.scalars(select(AuditEvent).where(AuditEvent.action == "schema-upgraded")).one()
+        expected = ("admin", os_user(), head_revision())
+        assert (event.category, event.actor, event.detail["to_revision"]) == expected
+    finally:
+        engine.dispose()

@@ -30,9 +30,13 @@ def _study(sessions: sessionmaker[Session], study_id: int) -> Study:
 
 def _events(sessions: sessionmaker[Session], study_uid: str) -> list[AuditEvent]:
     with sessions() as session:
-        return list(session.scalars(select(AuditEvent).where(AuditEvent.study_uid == study_uid,
-                                                             AuditEvent.category == "study")
-                                    .order_by(AuditEvent.id)))
+        return list(
+            session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.study_uid == study_uid, AuditEvent.category == "study")
+                .order_by(AuditEvent.id)
+            )
+        )
 
 
 def _jobs(sessions: sessionmaker[Session], study_id: int) -> list[Job]:

@@ -26,17 +26,21 @@ def test_pet_with_gaps_says_how_many_slices_are_missing() -> None:
 
 def test_dynamic_pet_counts_time_slices() -> None:
     dynamic = ["DYNAMIC", "IMAGE"]
-    pet = dataclasses.replace(pet_summary(slices=10, received=range(1, 31), SeriesType=dynamic),
-                              number_of_time_slices=3)
+    pet = dataclasses.replace(
+        pet_summary(slices=10, received=range(1, 31), SeriesType=dynamic), number_of_time_slices=3
+    )
     assert pet_proof(pet).status is ProofStatus.COMPLETE
-    partial = dataclasses.replace(pet_summary(slices=10, received=range(1, 21), SeriesType=dynamic),
-                                  number_of_time_slices=3)
+    partial = dataclasses.replace(
+        pet_summary(slices=10, received=range(1, 21), SeriesType=dynamic), number_of_time_slices=3
+    )
     assert pet_proof(partial).detail == "PET: 10 of 30 slices missing"
 
 
 def test_time_slices_of_a_static_series_are_ignored() -> None:
     # GE writes Number of Time Slices (e.g. 6, one per bed) on STATIC series too: Image Index is still 1..N.
-    pet = dataclasses.replace(pet_summary(slices=267, SeriesType=["STATIC", "IMAGE"]), number_of_time_slices=6)
+    pet = dataclasses.replace(
+        pet_summary(slices=267, SeriesType=["STATIC", "IMAGE"]), number_of_time_slices=6
+    )
     assert pet_proof(pet).status is ProofStatus.COMPLETE
 
 
@@ -71,11 +75,14 @@ def _decide(pet, ct, *, now: float, last: float = 0.0, first: float = 0.0, **set
     options = AssemblySettings(**settings)
     selection = select_series([s for s in (pet, ct) if s is not None], options)
     return decide(
-        selection, pet_proof(selection.pet) if selection.pet else None,
+        selection,
+        pet_proof(selection.pet) if selection.pet else None,
         ct_proof(selection.ct, selection.pet) if selection.ct else None,
         all_pets_complete=pet is not None and pet_proof(pet).complete,
-        first_received_at=T0 + dt.timedelta(seconds=first), last_received_at=T0 + dt.timedelta(seconds=last),
-        now=T0 + dt.timedelta(seconds=now), settings=options,
+        first_received_at=T0 + dt.timedelta(seconds=first),
+        last_received_at=T0 + dt.timedelta(seconds=last),
+        now=T0 + dt.timedelta(seconds=now),
+        settings=options,
     )
 
 

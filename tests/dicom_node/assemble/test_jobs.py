@@ -98,16 +98,23 @@ def test_expired_lease_requeues_then_fails_after_max_attempts(sessions: sessionm
         job = claim_next_job(sessions, f"dead-{attempt}", 0.01)
         assert job is not None and job.attempts == attempt
         with transaction(sessions) as session:
-            session.execute(update(Job).values(lease_expires_at=dt.datetime.now(dt.timezone.utc)
-                                               - dt.timedelta(seconds=1)))
+            session.execute(
+                update(Job).values(
+                    lease_expires_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+                )
+            )
         requeue_expired_jobs(SETTINGS, sessions)
         assert not renew_lease(sessions, job.id, f"dead-{attempt}", 30)
     state, jobs = _state(sessions, study_id)
     assert state == "failed" and jobs[0].state == JobState.FAILED.value
     assert "gave up after 2 attempt(s)" in (jobs[0].error or "")
     with sessions() as session:
-        actions = [e.action for e in session.scalars(select(AuditEvent).where(AuditEvent.category == "job")
-                                                     .order_by(AuditEvent.id))]
+        actions = [
+            e.action
+            for e in session.scalars(
+                select(AuditEvent).where(AuditEvent.category == "job").order_by(AuditEvent.id)
+            )
+        ]
     assert actions == ["queued", "claimed", "requeued", "claimed", "failed"]
 
 

@@ -22,8 +22,9 @@ def test_tracer_spelling_variants_are_recognised() -> None:
 
 
 def test_fdg_is_rejected_naming_the_tracer() -> None:
-    selection = select_series([pet_summary(tracer="FDG -- fluorodeoxyglucose"), ct_summary(CT_POSITIONS)],
-                              AssemblySettings())
+    selection = select_series(
+        [pet_summary(tracer="FDG -- fluorodeoxyglucose"), ct_summary(CT_POSITIONS)], AssemblySettings()
+    )
     assert not selection.ok and selection.reason is not None
     assert "tracer is FDG, not PSMA" in selection.reason
 
@@ -58,7 +59,9 @@ def test_missing_tracer_is_rejected() -> None:
 
 
 def test_ct_only_study_has_no_pet() -> None:
-    assert select_series([ct_summary(CT_POSITIONS)], AssemblySettings()).reason == "no PET series in the study"
+    assert (
+        select_series([ct_summary(CT_POSITIONS)], AssemblySettings()).reason == "no PET series in the study"
+    )
 
 
 def test_pet_without_ct_says_so() -> None:

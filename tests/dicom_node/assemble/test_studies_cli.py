@@ -37,8 +37,9 @@ def test_list_filters_by_state(tmp_path: Path) -> None:
     runner = CliRunner()
     everything = runner.invoke(cli, ["--config", str(config), "studies", "list"])
     assert everything.exit_code == 0 and "ACC-Q" in everything.output and "ACC-R" in everything.output
-    rejected = runner.invoke(cli, ["--config", str(config), "studies", "list", "--state", "rejected",
-                                   "--since", "1h"])
+    rejected = runner.invoke(
+        cli, ["--config", str(config), "studies", "list", "--state", "rejected", "--since", "1h"]
+    )
     assert "ACC-R" in rejected.output and "ACC-Q" not in rejected.output
     assert "tracer is FDG, not PSMA" in rejected.output
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
@@ -10,8 +9,16 @@ from pydicom import dcmread
 
 from db.session import make_engine, make_session_factory, upgrade
 from dicom_node.config import Settings
-from dicom_node.store import HEADER_KEYWORDS, reconcile_storage
-from tests.dicom_node.receive.clients import DCMTK_ENV, NodeDatabase, echoscu, parse_storescu, storescu
+from dicom_node.store import HEADER_KEYWORDS, content_digest, reconcile_storage
+from tests.dicom_node.receive.clients import (
+    DCMTK_ENV,
+    NodeDatabase,
+    echoscu,
+    parse_storescu,
+    send_raw_files,
+    storescu,
+    wait_for,
+)
 from tests.dicom_node.receive.dicom_files import image, write_series
 from tests.support.node import NodeProcess
 
@@ -35,7 +42,7 @@ def test_instances_are_stored_with_rows_headers_and_study(tmp_path: Path, db_url
         source = dcmread(next(p for p in pet + ct if dcmread(p).SOPInstanceUID == row.sop_instance_uid))
         path = Path(row.path)
         assert path == _storage(node) / study_uid / row.series_uid / f"{row.sop_instance_uid}.dcm"
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == row.sha256 and row.size_bytes == path.stat().st_size
+        assert content_digest(path.read_bytes()) == row.sha256 and row.size_bytes == path.stat().st_size
         assert row.current and row.revision == 1 and row.analysable and not row.missing_file
         assert row.calling_ae == "MODALITY" and row.study_uid == study_uid
         assert row.slice_position == float(source.ImagePositionPatient[2])  # axial: normal is +z
@@ -65,10 +72,12 @@ def test_resent_identical_is_no_duplicate_and_changed_is_a_new_revision(tmp_path
     db = node_db(node)
     assert len(storescu(node.port, files).succeeded) == 3
     first_last_received = db.studies()[0].last_received_at
-    again = storescu(node.port, files)
-    assert len(again.succeeded) == 3, again.output
+    # Re-sent by another implementation (pynetdicom, not dcmtk): the file meta the node writes differs
+    # (Implementation Class UID), the data set does not.
+    assert send_raw_files(node.port, files, calling="OTHER_SENDER") == [0, 0, 0]
     assert len(db.instances()) == 3
-    assert db.audit("association", "released")[-1].detail["counts"] == {"duplicate": 3}
+    released = wait_for(lambda: len(db.audit("association", "released")) == 2 and db.audit("association", "released"))
+    assert released[-1].detail["counts"] == {"duplicate": 3}
 
     changed = dcmread(files[0])
     changed.SeriesDescription = "corrected"
@@ -112,7 +121,7 @@ def test_kill_during_receive_loses_nothing_acknowledged(tmp_path: Path, db_url: 
             uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             assert uid in rows, f"acknowledged {path} lost"
             stored = Path(rows[uid].path)
-            assert stored.read_bytes() and hashlib.sha256(stored.read_bytes()).hexdigest() == rows[uid].sha256
+            assert content_digest(stored.read_bytes()) == rows[uid].sha256
         assert not list(_storage(node).rglob("*.tmp"))
         assert all(Path(row.path).exists() and not row.missing_file for row in rows.values())
         assert db.studies()[0].instance_count == len(rows)

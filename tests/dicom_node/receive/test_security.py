@@ -20,7 +20,7 @@ def _rejections(db) -> list[str]:
 
 def test_calling_ae_allow_list_with_source_address_binding(receiving_node, node_db) -> None:
     node = receiving_node({"node": {"allow_any_calling_ae": False, "allowed_calling_aes": [
-        {"ae_title": "MODALITY"}, {"ae_title": "PACS", "hosts": ["127.0.0.2"]}]}})
+        {"ae_title": "MODALITY", "hosts": ["127.0.0.0/8"]}, {"ae_title": "PACS", "hosts": ["127.0.0.2"]}]}})
     db = node_db(node)
     assert echoscu(node.port, calling="MODALITY").returncode == 0
     refused = echoscu(node.port, calling="INTRUDER")

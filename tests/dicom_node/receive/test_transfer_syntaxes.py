@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pynetdicom import AE
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 PET_IMAGE = "1.2.840.10008.5.1.4.1.1.128"
 
+from dicom_node.store import content_digest
 from tests.dicom_node.receive.clients import echoscu, storescu
 from tests.dicom_node.receive.dicom_files import write_series
 
@@ -74,7 +74,7 @@ def test_each_transfer_syntax_is_stored_as_sent(tmp_path: Path, receiving_node, 
     assert {uid: rows[uid].transfer_syntax_uid for uid in expected} == expected
     for row in rows.values():
         stored = Path(row.path).read_bytes()
-        assert hashlib.sha256(stored).hexdigest() == row.sha256
+        assert content_digest(stored) == row.sha256
         assert dcmread(row.path).pixel_array.shape == (32, 32)  # the bytes decode: nothing was lost
     assert echoscu(node.port).returncode == 0
 
