@@ -165,7 +165,8 @@ def run_node(files: list[Path], megabytes: float, work: Path, associations: int)
 def disk_floor(work: Path, size: int, samples: int = 60) -> dict[str, float]:
     """Median latency (ms) of the flushes one durable instance needs, on the benchmark's filesystem."""
     data = os.urandom(size)
-    timings: dict[str, list[float]] = {"file write+fsync": [], "rename+folder fsync": [], "SQLite commit (FULL)": []}
+    names = ("file write+fsync", "rename+folder fsync", "SQLite commit (FULL)")
+    timings: dict[str, list[float]] = {name: [] for name in names}
     connection = sqlite3.connect(work / "probe.db", isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
@@ -224,23 +225,27 @@ def main() -> None:
         top = best(runs)
         spread = f"{min(r.seconds for r in runs):.2f}-{max(r.seconds for r in runs):.2f}"
         rss = f"{max(r.peak_rss_mb or 0 for r in runs):.0f} MB" if top.peak_rss_mb else ""
-        print(f"{name:34} {top.seconds:6.2f} {top.per_second:8.0f} {top.mb_per_second:7.0f} {spread:>12} {rss:>9}")
+        print(f"{name:34} {top.seconds:6.2f} {top.per_second:8.0f} {top.mb_per_second:7.0f} {spread:>12} "
+              f"{rss:>9}")
     with tempfile.TemporaryDirectory(prefix="bench-receive-", dir=OUT.parent) as work:
         floor = disk_floor(Path(work), int(megabytes * 1e6 / len(files)))
     print("disk flush latency on this filesystem (median, ms): "
           + ", ".join(f"{name} {value:.2f}" for name, value in floor.items()))
     node, node4 = best(results["node"]), best(results["node, 4 assoc"])
     minimal, storescp = best(results["minimal pynetdicom SCP"]), best(results["dcmtk storescp"])
-    print(f"node / minimal pynetdicom SCP (1 assoc): {node.per_second / minimal.per_second:.2f}  (target >= 0.8)")
-    print(f"node 4 assoc / node 1 assoc:             {node4.per_second / node.per_second:.2f}  (target >= 1.3)")
+    print(f"node / minimal pynetdicom SCP (1 assoc): {node.per_second / minimal.per_second:.2f}  "
+          "(target >= 0.8)")
+    print(f"node 4 assoc / node 1 assoc:             {node4.per_second / node.per_second:.2f}  "
+          "(target >= 1.3)")
     print(f"node / dcmtk storescp:                   {node.per_second / storescp.per_second:.2f}")
     extra = 1000 / node.per_second - 1000 / minimal.per_second
     flushes = floor["file write+fsync"] + floor["rename+folder fsync"] + floor["SQLite commit (FULL)"]
     print(f"node's extra time per instance over the minimal SCP: {extra:.1f} ms; its three disk flushes take "
-          f"{flushes:.1f} ms in series (the node overlaps the file's with header parsing and the folder's with "
-          "the commit); the rest is header parsing and database statements")
+          f"{flushes:.1f} ms in series (the node overlaps the file's with header parsing and the folder's "
+          "with the commit); the rest is header parsing and database statements")
     print(f"median node 1 assoc: {statistics.median(r.per_second for r in results['node']):.0f} inst/s; "
-          f"peak node RSS {max(r.peak_rss_mb or 0 for r in results['node'] + results['node, 4 assoc']):.0f} MB "
+          f"peak node RSS {max(r.peak_rss_mb or 0 for r in results['node'] + results['node, 4 assoc']):.0f} "
+          "MB "
           "(target < 500 MB)")
 
 

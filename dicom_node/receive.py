@@ -296,8 +296,8 @@ class Receiver:
             detail["peer_certificate"] = _certificate_subject(assoc.dul.socket.socket)
         if refused_classes:
             detail["refused_sop_classes"] = refused_classes
-        log.info("association accepted", extra={"calling_ae": caller.ae_title, "peer": caller.host, "tls": tls,
-                                                 "refused_contexts": len(refused_classes)})
+        log.info("association accepted", extra={"calling_ae": caller.ae_title, "peer": caller.host,
+                                                 "tls": tls, "refused_contexts": len(refused_classes)})
         self._audit("association", "accepted", actor=caller.ae_title, peer=caller.host, **detail)
 
     def _on_closed(self, event: Event) -> None:
@@ -329,7 +329,8 @@ class Receiver:
         node = self.settings.node
         if size > node.max_instance_bytes:
             raise InstanceRefused(
-                STATUS_OUT_OF_RESOURCES, f"instance of {size} bytes exceeds max_instance_bytes {node.max_instance_bytes}"
+                STATUS_OUT_OF_RESOURCES,
+                f"instance of {size} bytes exceeds max_instance_bytes {node.max_instance_bytes}",
             )
         root = self.settings.storage.directory
         if not root.is_dir():  # removed while running: recreate rather than fail every instance
@@ -361,7 +362,8 @@ class Receiver:
         except InstanceRefused as exc:
             return self._refuse(state, requested_instance, exc.status, exc.reason)
         except OSError as exc:
-            status = STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_PROCESSING_FAILURE
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            status = STATUS_OUT_OF_RESOURCES if full else STATUS_PROCESSING_FAILURE
             log.exception("cannot write instance", extra={"sop_instance_uid": requested_instance})
             return self._refuse(state, requested_instance, status, f"storage error: {exc}")
         except Exception as exc:
@@ -377,9 +379,9 @@ class Receiver:
 
     def _refuse(self, state: _AssociationState, sop_instance_uid: str, status: int, reason: str) -> int:
         state.count("refused")
-        log.warning("instance refused", extra={"sop_instance_uid": sop_instance_uid, "status": f"0x{status:04X}",
-                                               "reason": reason, "calling_ae": state.caller.ae_title,
-                                               "peer": state.caller.host})
+        log.warning("instance refused", extra={
+            "sop_instance_uid": sop_instance_uid, "status": f"0x{status:04X}", "reason": reason,
+            "calling_ae": state.caller.ae_title, "peer": state.caller.host})
         self._audit("instance", "refused", outcome="refused", reason=clean_text(reason),
                     sop_instance_uid=clean_text(sop_instance_uid)[:64] or None, actor=state.caller.ae_title,
                     peer=state.caller.host, status=f"0x{status:04X}")

@@ -66,8 +66,8 @@ _RADIOPHARMACEUTICAL_FIELDS = (
     "RadiopharmaceuticalName", "RadionuclideHalfLife", "RadionuclideCodeMeaning",
     "RadiopharmaceuticalCodeMeaning",
 )
-_TAGS = {keyword: Tag(keyword) for keyword in (*HEADER_KEYWORDS, "Radiopharmaceutical", "RadionuclideHalfLife",
-                                                 "CodeMeaning")}
+_TAGS = {keyword: Tag(keyword)
+         for keyword in (*HEADER_KEYWORDS, "Radiopharmaceutical", "RadionuclideHalfLife", "CodeMeaning")}
 # Native (unencapsulated) transfer syntaxes, whose pixel data length can be checked against the header.
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
                               "1.2.840.10008.1.2.2"})
@@ -222,10 +222,12 @@ def _check_complete(ds: Dataset) -> None:
     """pydicom quietly accepts a value shorter than its declared length: that is a truncated stream."""
     for tag in ds.keys():
         raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) and raw.length != UNDEFINED_LENGTH \
-                and len(raw.value) < raw.length:
+        if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+            continue
+        if raw.length != UNDEFINED_LENGTH and len(raw.value) < raw.length:
             raise InstanceRefused(
-                0xC000, f"dataset truncated: element {tag} declares {raw.length} bytes, {len(raw.value)} present"
+                0xC000,
+                f"dataset truncated: element {tag} declares {raw.length} bytes, {len(raw.value)} present",
             )
 
 
@@ -336,7 +338,7 @@ class StorageFolder:
         self._lock = threading.Lock()
 
     def path_for(self, parsed: ParsedInstance, revision: int, sha256: str) -> Path:
-        """Revision 1 is `<SOPUID>.dcm`; later revisions carry their content hash, so none overwrites another."""
+        """Revision 1 is `<SOPUID>.dcm`; later ones carry their content hash, so none overwrites another."""
         name = parsed.sop_instance_uid + (".dcm" if revision == 1 else f".{sha256[:16]}.dcm")
         return self.root / parsed.study_uid / parsed.series_uid / name
 
@@ -491,7 +493,8 @@ class InstanceStore:
             if current is not None and current.sha256 == sha256:
                 if not current.missing_file and Path(current.path).exists():
                     return StoreOutcome("duplicate", Path(current.path), current.revision)
-                return self._restore(parsed, temporary, caller, current.id, Path(current.path), current.revision)
+                return self._restore(parsed, temporary, caller, current.id, Path(current.path),
+                                     current.revision)
             revision = 1 if current is None else current.revision + 1
             path = self.folder.path_for(parsed, revision, sha256)
             self.folder.place(temporary, path)
@@ -552,7 +555,8 @@ class InstanceStore:
                         continue
                     raise RuntimeError(f"study row for {parsed.study_uid} vanished while storing")
                 if previous_id is not None:
-                    connection.execute(update(Instance).where(Instance.id == previous_id).values(current=False))
+                    connection.execute(
+                        update(Instance).where(Instance.id == previous_id).values(current=False))
                     with Session(bind=connection) as session:  # joins the connection's transaction
                         audit.record(session, "instance", "revised", reason="re-sent with different content",
                                      study_uid=parsed.study_uid, series_uid=parsed.series_uid,
@@ -620,8 +624,8 @@ def reconcile_storage(settings: Settings, sessions: sessionmaker[Session]) -> No
             path.unlink(missing_ok=True)
             removed += 1
             with sessions.begin() as session:
-                audit.record(session, "instance", "temporary-removed", reason="left over by an interrupted write",
-                             path=str(path))
+                audit.record(session, "instance", "temporary-removed",
+                             reason="left over by an interrupted write", path=str(path))
         elif path.suffix == ".dcm" and str(path) not in known:
             orphans.append(path)
     for path in sorted(orphans, key=lambda p: p.stat().st_mtime):
@@ -664,7 +668,8 @@ def ensure_study(sessions: sessionmaker[Session], parsed: ParsedInstance, caller
     except IntegrityError:
         # Another association created it at the same moment (unique study_uid): use that row.
         with sessions() as session:
-            return int(session.execute(select(Study.id).where(Study.study_uid == parsed.study_uid)).scalar_one())
+            found = session.execute(select(Study.id).where(Study.study_uid == parsed.study_uid)).scalar_one()
+            return int(found)
 
 
 def _adopt(path: Path, sessions: sessionmaker[Session]) -> int:
@@ -674,7 +679,8 @@ def _adopt(path: Path, sessions: sessionmaker[Session]) -> int:
         parsed = parse_instance(data)
     except InstanceRefused as exc:
         with sessions.begin() as session:
-            audit.record(session, "instance", "adopt-failed", outcome="error", reason=exc.reason, path=str(path))
+            audit.record(session, "instance", "adopt-failed", outcome="error", reason=exc.reason,
+                         path=str(path))
         log.warning("stored file cannot be adopted", extra={"path": str(path), "reason": exc.reason})
         return 0
     sha256 = content_digest(data)

@@ -15,7 +15,7 @@ import click
 
 from db.audit import os_user, record
 from db.queries import as_utc, audit_events
-from db.session import SchemaOutOfDate, ensure_schema, make_engine, make_session_factory, transaction
+from db.session import transaction
 from dicom_node.cli.context import CliContext, pass_cli
 
 COLUMNS = [
@@ -113,15 +113,7 @@ def export_command(
     """Export audit events (they hold patient identifiers: handle the output accordingly)."""
     start = parse_time(since)
     end = parse_time(until) if until else None
-    settings = ctx.settings()
-    url = settings.database.url.get_secret_value()
-    engine = make_engine(url)
-    try:
-        ensure_schema(engine, url, auto_upgrade=False)
-    except SchemaOutOfDate as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    sessions = make_session_factory(engine)
+    sessions = ctx.sessions()
     with ExitStack() as stack:
         try:
             out = (
@@ -145,5 +137,4 @@ def export_command(
             events=count,
             output=str(output) if output else "stdout",
         )
-    engine.dispose()
     click.echo(f"exported {count} audit events", err=True)

@@ -6,27 +6,13 @@ import logging
 import sys
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
 from db.clinical import ClinicalInputError, clinical_history, lookup_clinical, register_clinical_info
-from db.session import SchemaOutOfDate, ensure_schema, make_engine, make_session_factory, transaction
+from db.session import transaction
 from dicom_node.cli.context import CliContext, pass_cli
 
 log = logging.getLogger(__name__)
 INPUT_ERROR_EXIT = 1
-DATABASE_EXIT = 2
-
-
-def _sessions(ctx: CliContext) -> sessionmaker[Session]:
-    settings = ctx.settings()
-    url = settings.database.url.get_secret_value()
-    engine = make_engine(url)
-    try:
-        ensure_schema(engine, url, settings.database.auto_upgrade)
-    except SchemaOutOfDate as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(DATABASE_EXIT)
-    return make_session_factory(engine)
 
 
 @click.group("clinical")
@@ -44,7 +30,7 @@ def set_command(
     ctx: CliContext, accession: str, psa: float | None, prostatectomy: str | None, patient_id: str | None
 ) -> None:
     """Register PSA and/or prostatectomy status for ACCESSION (audited; newest value wins)."""
-    sessions = _sessions(ctx)
+    sessions = ctx.sessions(may_upgrade=True)
     try:
         with transaction(sessions) as session:
             row = register_clinical_info(
@@ -73,7 +59,7 @@ def set_command(
 @pass_cli
 def show_command(ctx: CliContext, accession: str, patient_id: str | None) -> None:
     """What the model will be told for ACCESSION, and the registration history."""
-    sessions = _sessions(ctx)
+    sessions = ctx.sessions(may_upgrade=True)
     with transaction(sessions) as session:
         current = lookup_clinical(session, accession, patient_id)
         history = clinical_history(session, accession, patient_id)

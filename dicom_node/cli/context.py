@@ -1,4 +1,5 @@
-"""What every command receives: the validated settings, loaded once from --config and the environment."""
+"""What every command receives: the validated settings, loaded once from --config and the environment, and
+sessions on the configured database."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from sqlalchemy.orm import Session, sessionmaker
 
+from db.session import SchemaOutOfDate, ensure_schema, make_engine, make_session_factory
 from dicom_node.config import ConfigError, Settings, load_settings
 
 CONFIG_ERROR_EXIT = 2
@@ -24,6 +27,22 @@ class CliContext:
         except ConfigError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(CONFIG_ERROR_EXIT)
+
+    def sessions(self, settings: Settings | None = None, *, may_upgrade: bool = False) -> sessionmaker[Session]:
+        """Sessions on the configured database once its schema is current.
+
+        An older schema ends the command with exit status 2 and the command that fixes it; commands that
+        may change the schema (workers, registrations) upgrade it when `database.auto_upgrade` says so.
+        """
+        settings = settings or self.settings()
+        url = settings.database.url.get_secret_value()
+        engine = make_engine(url)
+        try:
+            ensure_schema(engine, url, may_upgrade and settings.database.auto_upgrade)
+        except SchemaOutOfDate as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(CONFIG_ERROR_EXIT)
+        return make_session_factory(engine)
 
 
 pass_cli = click.make_pass_decorator(CliContext)

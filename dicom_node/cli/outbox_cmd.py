@@ -8,7 +8,7 @@ import click
 from sqlalchemy import select
 
 from db.models import OutboxItem, OutboxState
-from db.session import make_engine, make_session_factory, transaction
+from db.session import transaction
 from dicom_node import outbox
 from dicom_node.cli.context import CliContext, pass_cli
 
@@ -31,8 +31,7 @@ def outbox_group() -> None:
 @pass_cli
 def list_command(ctx: CliContext, state: str | None, study_uid: str | None, limit: int) -> None:
     """One line per object and destination, newest first, with the last error."""
-    settings = ctx.settings()
-    sessions = make_session_factory(make_engine(settings.database.url.get_secret_value()))
+    sessions = ctx.sessions()
     with transaction(sessions) as session:
         query = select(OutboxItem).order_by(OutboxItem.id.desc()).limit(limit)
         if state:
@@ -58,8 +57,7 @@ def list_command(ctx: CliContext, state: str | None, study_uid: str | None, limi
 @pass_cli
 def retry_command(ctx: CliContext, item_id: int | None) -> None:
     """Send FAILED items again now (or one item by ID), with a fresh retry window."""
-    settings = ctx.settings()
-    sessions = make_session_factory(make_engine(settings.database.url.get_secret_value()))
+    sessions = ctx.sessions()
     with transaction(sessions) as session:
         if item_id is not None:
             row = session.get(OutboxItem, item_id)

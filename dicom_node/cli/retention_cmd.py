@@ -7,7 +7,6 @@ import sys
 import click
 
 from db.audit import os_user
-from db.session import SchemaOutOfDate, ensure_schema, make_engine, make_session_factory
 from dicom_node.cli.context import CliContext, pass_cli
 from dicom_node.retention import run_retention
 
@@ -29,22 +28,15 @@ def retention_group() -> None:
 def run_command(ctx: CliContext, dry_run: bool, keep_days: float | None) -> None:
     """Purge instance files of delivered studies; rows and audit events stay."""
     settings = ctx.settings()
-    url = settings.database.url.get_secret_value()
-    engine = make_engine(url)
-    try:
-        ensure_schema(engine, url, auto_upgrade=False)
-    except SchemaOutOfDate as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    sessions = ctx.sessions(settings)
     if not settings.retention.enabled and not dry_run:
         click.echo(
             "note: retention.enabled is false, so `serve` does not purge on its own; purging now as asked",
             err=True,
         )
     report = run_retention(
-        settings, make_session_factory(engine), dry_run=dry_run, actor=os_user(), keep_days=keep_days
+        settings, sessions, dry_run=dry_run, actor=os_user(), keep_days=keep_days
     )
-    engine.dispose()
     verb = "would purge" if dry_run else "purged"
     for study in report.studies:
         click.echo(

@@ -13,28 +13,16 @@ import json
 import sys
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
 from db.audit import os_user, record
 from db.models import StudyState
 from db.queries import as_utc, find_study, list_studies, study_timeline
-from db.session import SchemaOutOfDate, ensure_schema, make_engine, make_session_factory, transaction
+from db.session import transaction
 from dicom_node.assemble import reopen
 from dicom_node.cli.audit_cmd import parse_time
 from dicom_node.cli.context import CliContext, pass_cli
 
 NOT_FOUND_EXIT = 3
-
-
-def _sessions(ctx: CliContext) -> sessionmaker[Session]:
-    url = ctx.settings().database.url.get_secret_value()
-    engine = make_engine(url)
-    try:
-        ensure_schema(engine, url, auto_upgrade=False)
-    except SchemaOutOfDate as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    return make_session_factory(engine)
 
 
 def _when(value: dt.datetime | None) -> str:
@@ -58,7 +46,7 @@ def studies_group() -> None:
 def list_command(ctx: CliContext, state: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """Studies, most recently received first."""
     start = parse_time(since) if since else None
-    with _sessions(ctx)() as session:
+    with ctx.sessions()() as session:
         rows = list_studies(session, state=state, limit=limit)
     if start is not None:
         rows = [row for row in rows if (as_utc(row.last_received_at) or start) >= start]
@@ -97,7 +85,7 @@ def list_command(ctx: CliContext, state: str | None, since: str | None, limit: i
 @pass_cli
 def show_command(ctx: CliContext, key: str) -> None:
     """The story of one study (by accession number or Study Instance UID)."""
-    with _sessions(ctx)() as session:
+    with ctx.sessions()() as session:
         story = study_timeline(session, key)
     if story is None:
         click.echo(f"error: no study with accession number or UID {key!r}", err=True)
@@ -162,7 +150,7 @@ def show_command(ctx: CliContext, key: str) -> None:
 def reprocess_command(ctx: CliContext, key: str, reason: str) -> None:
     """Analyse a study again (by accession number or UID); the new result supersedes the current one."""
     actor = os_user()
-    with transaction(_sessions(ctx)) as session:
+    with transaction(ctx.sessions()) as session:
         study = find_study(session, key)
         if study is None:
             click.echo(f"error: no study with accession number or UID {key!r}", err=True)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
-from db.session import SchemaOutOfDate, ensure_schema, make_engine
 from dicom_node.cli.context import CliContext, pass_cli
 
 
@@ -23,13 +21,5 @@ def worker_command(ctx: CliContext, count: int | None) -> None:
     from dicom_node.worker import run_workers
 
     settings = ctx.settings()
-    url = settings.database.url.get_secret_value()
-    engine = make_engine(url)
-    try:
-        ensure_schema(engine, url, settings.database.auto_upgrade)
-    except SchemaOutOfDate as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    finally:
-        engine.dispose()
+    ctx.sessions(settings, may_upgrade=True).kw["bind"].dispose()  # schema gate only: workers open their own
     run_workers(settings, count or max(1, settings.workers.count))

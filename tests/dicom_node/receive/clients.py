@@ -62,7 +62,8 @@ def storescu(port: int, files: list[Path], *args: str, called: str = "PSMA_NODE"
     return StoreRun(result.returncode, output, parse_storescu(output))
 
 
-def echoscu(port: int, *args: str, called: str = "PSMA_NODE", calling: str = "ECHOSCU") -> subprocess.CompletedProcess[str]:
+def echoscu(port: int, *args: str, called: str = "PSMA_NODE",
+            calling: str = "ECHOSCU") -> subprocess.CompletedProcess[str]:
     return subprocess.run(["echoscu", "-v", "-aec", called, "-aet", calling, *args, "127.0.0.1", str(port)],
                           capture_output=True, text=True, env=DCMTK_ENV, timeout=30)
 

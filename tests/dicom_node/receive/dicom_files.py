@@ -19,7 +19,8 @@ UNCOMPRESSED = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
 
 
 def image(modality: str, study_uid: str, series_uid: str, index: int, size: int = 32,
-          patient_name: str = "Doe^John", seed: int = 0, frame_of_reference_uid: str | None = None) -> Dataset:
+          patient_name: str = "Doe^John", seed: int = 0,
+          frame_of_reference_uid: str | None = None) -> Dataset:
     """One axial slice (index along z); PET carries the radiopharmaceutical sequence."""
     ds = Dataset()
     ds.SOPClassUID = PositronEmissionTomographyImageStorage if modality == "PT" else CTImageStorage
@@ -58,7 +59,8 @@ def image(modality: str, study_uid: str, series_uid: str, index: int, size: int 
         ds.ImageIndex = index + 1
         ds.NumberOfSlices = 10
         nuclide = Dataset()
-        nuclide.CodeValue, nuclide.CodingSchemeDesignator, nuclide.CodeMeaning = "C-111A1", "SRT", "^18^Fluorine"
+        nuclide.CodeValue, nuclide.CodingSchemeDesignator = "C-111A1", "SRT"
+        nuclide.CodeMeaning = "^18^Fluorine"
         info = Dataset()
         info.Radiopharmaceutical = "PSMA-1007"
         info.RadionuclideHalfLife = 6586.2

@@ -135,7 +135,8 @@ def test_missing_or_invalid_uids_are_refused_with_a900(
     assert not list(Path(node.config["storage"]["directory"]).rglob("etc"))
 
 
-def test_truncated_pixel_data_is_refused_with_c000(tmp_path: Path, node: NodeProcess, db: NodeDatabase) -> None:
+def test_truncated_pixel_data_is_refused_with_c000(tmp_path: Path, node: NodeProcess,
+                                                   db: NodeDatabase) -> None:
     ds = image("PT", generate_uid(), generate_uid(), 0)
     ds.PixelData = ds.PixelData[:1000]
     path = _file(tmp_path, "truncated.dcm", ds)

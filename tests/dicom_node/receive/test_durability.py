@@ -46,8 +46,9 @@ def test_instances_are_stored_with_rows_headers_and_study(tmp_path: Path, db_url
         assert row.current and row.revision == 1 and row.analysable and not row.missing_file
         assert row.calling_ae == "MODALITY" and row.study_uid == study_uid
         assert row.slice_position == float(source.ImagePositionPatient[2])  # axial: normal is +z
-        assert set(row.header) <= set(HEADER_KEYWORDS) | {"RadiopharmaceuticalName", "RadionuclideHalfLife",
-                                                          "RadionuclideCodeMeaning", "RadiopharmaceuticalCodeMeaning"}
+        assert set(row.header) <= set(HEADER_KEYWORDS) | {
+            "RadiopharmaceuticalName", "RadionuclideHalfLife", "RadionuclideCodeMeaning",
+            "RadiopharmaceuticalCodeMeaning"}
         assert row.header["InstanceNumber"] == source.InstanceNumber
         assert row.header["PixelSpacing"] == [4.0, 4.0] and row.header["Modality"] == row.modality
     pet_row = next(row for row in rows if row.modality == "PT")
@@ -76,7 +77,8 @@ def test_resent_identical_is_no_duplicate_and_changed_is_a_new_revision(tmp_path
     # (Implementation Class UID), the data set does not.
     assert send_raw_files(node.port, files, calling="OTHER_SENDER") == [0, 0, 0]
     assert len(db.instances()) == 3
-    released = wait_for(lambda: len(db.audit("association", "released")) == 2 and db.audit("association", "released"))
+    released = wait_for(lambda: len(db.audit("association", "released")) == 2
+                        and db.audit("association", "released"))
     assert released[-1].detail["counts"] == {"duplicate": 3}
 
     changed = dcmread(files[0])
@@ -148,7 +150,8 @@ def test_reconciliation_adopts_flags_and_cleans(tmp_path: Path, db_url: str) -> 
         reconcile_storage(settings, sessions)
         db = NodeDatabase(db_url)
         (row,) = db.instances()
-        assert (row.sop_instance_uid, row.path, row.current, row.revision) == (ds.SOPInstanceUID, str(orphan), True, 1)
+        assert (row.sop_instance_uid, row.path, row.current, row.revision) == (
+            ds.SOPInstanceUID, str(orphan), True, 1)
         assert db.studies()[0].instance_count == 1
         assert not leftover.exists()
         assert [row.category for row in db.audit("instance", "adopted")] == ["instance"]

@@ -37,7 +37,8 @@ def _bases() -> list[bytes]:
     """Encoded datasets to mutate: small synthetic PET and CT slices and two real PET slices."""
     datasets = [image("PT", generate_uid(), generate_uid(), 0, size=16),
                 image("CT", generate_uid(), generate_uid(), 1, size=16)]
-    for path in (SHARED_DATA / "real-pet-slices" / "1.dcm", SHARED_DATA / "real-pet-ge-sts001" / "PT" / "1-001.dcm"):
+    for path in (SHARED_DATA / "real-pet-slices" / "1.dcm",
+                 SHARED_DATA / "real-pet-ge-sts001" / "PT" / "1-001.dcm"):
         if path.exists():
             datasets.append(dcmread(path))
     return [_explicit(ds) for ds in datasets]
@@ -84,7 +85,8 @@ def mutated(draw: st.DrawFn) -> tuple[str, str, bytes]:
         if kind == "value-corruption":  # same length, random content
             body[start:start + length] = draw(st.binary(min_size=length, max_size=length))
         else:  # different length than the element declares: everything after it shifts
-            body[start:start + length] = draw(st.binary(max_size=length + 16).filter(lambda b: len(b) != length))
+            replacement = st.binary(max_size=length + 16).filter(lambda b: len(b) != length)
+            body[start:start + length] = draw(replacement)
     return str(ds.SOPClassUID), uid, bytes(body)
 
 

@@ -111,7 +111,8 @@ def test_tls_with_server_certificate(tmp_path: Path, certificates: Path, receivi
 def test_tls_client_certificate_required(certificates: Path, receiving_node, node_db) -> None:
     node = _tls_node(receiving_node, certificates, require_client=True)
     ca = ("+cf", str(certificates / "ca.crt"))
-    with_certificate = ("+tls", str(certificates / "client.key"), str(certificates / "client.crt"), "-pw", *ca)
+    client = (str(certificates / "client.key"), str(certificates / "client.crt"))
+    with_certificate = ("+tls", *client, "-pw", *ca)
     assert echoscu(node.port, *with_certificate).returncode == 0
     assert echoscu(node.port, "+tla", *ca).returncode != 0  # no client certificate: refused
     assert echoscu(node.port, *with_certificate).returncode == 0
@@ -121,3 +122,11 @@ def test_tls_client_certificate_required(certificates: Path, receiving_node, nod
     assert rejected[0].detail == {"tls": True} and rejected[0].peer == "127.0.0.1"
     accepted = db.audit("association", "accepted")
     assert accepted[0].detail["peer_certificate"] == "commonName=client"
+
+
+def test_max_pdu_size_is_what_the_node_offers(tmp_path: Path, receiving_node) -> None:
+    node = receiving_node({"node": {"max_pdu_bytes": 16384}})
+    files = write_series(tmp_path, "PT", 2, size=128)  # 32 kB each: several PDUs per instance
+    run = storescu(node.port, files)
+    assert "Max Send PDV: 16372" in run.output  # 16384 minus the PDV item header
+    assert len(run.succeeded) == 2, run.output

@@ -60,7 +60,8 @@ def test_slice_position_follows_the_slice_normal_for_oblique_and_sagittal_slices
     ("InstanceNumber", 918273, b"918273", b"abcdef", "InstanceNumber"),
     ("ImagePositionPatient", [111.5, 222.5, 333.5], b"111.5\\222.5\\333.5 ", b"111.5\\222.5       ",
      "ImagePositionPatient must be 3 numbers"),
-    ("ImageOrientationPatient", [0.123456, 0, 0, 0, 1, 0], b"0.123456", b"xxxxxxxx", "ImageOrientationPatient"),
+    ("ImageOrientationPatient", [0.123456, 0, 0, 0, 1, 0], b"0.123456", b"xxxxxxxx",
+     "ImageOrientationPatient"),
     ("PixelSpacing", [4.125, 1], b"4.125", b"nan  ", "PixelSpacing is not a finite number"),
 ])
 def test_malformed_numeric_values_refuse_the_instance(keyword: str, placeholder: object, raw: bytes,
