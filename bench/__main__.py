@@ -18,6 +18,7 @@ def main(selected: list[str]) -> int:
     for name in names:
         print(f"=== {name} ===", flush=True)
         started = time.perf_counter()
+        sys.argv = [f"bench.{name}"]  # each benchmark parses its own (here: default) arguments
         try:
             importlib.import_module(f"bench.{name}").main()
         except Exception as exc:  # one broken benchmark must not hide the others' figures

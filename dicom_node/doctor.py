@@ -383,11 +383,11 @@ def check_destinations(settings: Settings, timeout: float) -> list[CheckResult]:
 def check_models(settings: Settings) -> list[CheckResult]:
     """The checkpoints the routing will use are imported and unchanged since import (sha256)."""
     from inference.checkpoints import CheckpointError, verify_installed
-    from inference.model_specs import UnknownModel, get_spec, route
+    from inference.model_specs import UnknownModel, get_spec, routable_models
 
     models = settings.models
     try:
-        needed = sorted({route(models.routing, models.default_model, operated) for operated in (False, True)})
+        needed = routable_models(models.routing, models.default_model)
     except UnknownModel as exc:
         return [CheckResult("model", Status.FAIL, str(exc), "set models.default_model to a published model")]
     checks = []

@@ -20,7 +20,7 @@ from dicom_node.jobs import requeue_expired_jobs
 from dicom_node.log import configure_logging
 from dicom_node.receive import Receiver
 from dicom_node.retention import retention_tick
-from dicom_node.send import send_tick
+from dicom_node.send import send_tick, wait_idle
 from dicom_node.store import reconcile_storage
 from dicom_node.web.server import start_dashboard
 from dicom_node.worker import WorkerPool
@@ -75,6 +75,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
             dashboard.stop()
         receiver.stop()
         scheduler.shutdown(wait=True)
+        wait_idle(timeout=settings.node.network_timeout_s)  # a delivery under way finishes, not resent
         workers.stop()
         engine.dispose()
         log.info("node stopped")

@@ -16,7 +16,8 @@ import re
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import wait as futures_wait
+from contextlib import contextmanager, nullcontext
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -67,7 +68,9 @@ _RADIOPHARMACEUTICAL_FIELDS = (
     "RadiopharmaceuticalCodeMeaning",
 )
 _TAGS = {keyword: Tag(keyword)
-         for keyword in (*HEADER_KEYWORDS, "Radiopharmaceutical", "RadionuclideHalfLife", "CodeMeaning")}
+         for keyword in (*HEADER_KEYWORDS, "Radiopharmaceutical", "RadionuclideHalfLife", "CodeMeaning",
+                         "RadiopharmaceuticalInformationSequence", "StudyInstanceUID", "SOPInstanceUID",
+                         "PatientName", "PatientID", "StudyDate")}
 # Native (unencapsulated) transfer syntaxes, whose pixel data length can be checked against the header.
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
                               "1.2.840.10008.1.2.2"})
@@ -135,12 +138,76 @@ def _json_value(keyword: str, value: Any) -> Any:
     return clean_text(str(value))
 
 
-def _element(ds: Dataset, keyword: str) -> Any:
-    """A value converted to JSON data, None if absent or empty; a malformed value refuses the instance."""
-    tag = _TAGS[keyword]
-    try:
-        if tag not in ds:
+class _HeaderValues:
+    """Converted header values of one dataset, memoised per process by their encoded bytes.
+
+    pydicom's value conversion costs far more than reading the file; most header values repeat across a
+    series (geometry, descriptions, the radiopharmaceutical sequence), so each distinct encoding is
+    converted once. The key holds everything conversion depends on: tag, VR, the bytes, the encoding and
+    the character set.
+    """
+
+    _memo: dict[tuple[Any, ...], Any] = {}
+    _MEMO_LIMIT = 50_000
+    _VALUE_LIMIT = 1024  # bytes; longer values (unusual in these fields) are converted every time
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        charset = ds.get_item(0x00080005)
+        self.context = (ds.is_implicit_VR, ds.is_little_endian,
+                        charset.value if isinstance(charset, RawDataElement) else None)
+
+    def _memoised(self, ds: Dataset, tag: Any, convert: Any) -> Any:
+        raw = ds.get_item(tag)
+        if raw is None:
             return None
+        if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes) \
+                or len(raw.value) > self._VALUE_LIMIT:
+            return convert(ds, tag)
+        key = (tag, raw.VR, raw.value, self.context)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        value = convert(ds, tag)
+        if len(self._memo) >= self._MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = value
+        return value
+
+    def json(self, keyword: str, ds: Dataset | None = None) -> Any:
+        """A value converted to JSON data, None if absent or empty; a malformed value refuses the instance."""
+        return self._memoised(self.ds if ds is None else ds, _TAGS[keyword],
+                              lambda source, tag: _json_element(source, tag, keyword))
+
+    def text(self, keyword: str) -> str | None:
+        """A value as pydicom's text form (None if absent); used for UIDs and patient fields."""
+        return self._memoised(self.ds, _TAGS[keyword], _text_element)
+
+    def radiopharmaceutical(self) -> dict[str, Any]:
+        fields = self._memoised(self.ds, _TAGS["RadiopharmaceuticalInformationSequence"],
+                                lambda source, _tag: self._read_radiopharmaceutical(source))
+        return dict(fields or {})
+
+    def _read_radiopharmaceutical(self, ds: Dataset) -> dict[str, Any]:
+        item = _first_item(ds, "RadiopharmaceuticalInformationSequence")
+        if item is None:
+            return {}
+        fields: dict[str, Any] = {
+            "RadiopharmaceuticalName": self.json("Radiopharmaceutical", item),
+            "RadionuclideHalfLife": self.json("RadionuclideHalfLife", item),
+        }
+        nuclide = _first_item(item, "RadionuclideCodeSequence")
+        if nuclide is not None:
+            fields["RadionuclideCodeMeaning"] = self.json("CodeMeaning", nuclide)
+        pharmaceutical = _first_item(item, "RadiopharmaceuticalCodeSequence")
+        if pharmaceutical is not None:
+            fields["RadiopharmaceuticalCodeMeaning"] = self.json("CodeMeaning", pharmaceutical)
+        return fields
+
+
+def _json_element(ds: Dataset, tag: Any, keyword: str) -> Any:
+    try:
         value = ds[tag].value
     except Exception as exc:  # pydicom raises many kinds on corrupt values
         raise InstanceRefused(0xC000, f"cannot read {keyword}: {exc}") from exc
@@ -149,29 +216,17 @@ def _element(ds: Dataset, keyword: str) -> Any:
     return _json_value(keyword, value)
 
 
+def _text_element(ds: Dataset, tag: Any) -> str | None:
+    value = ds[tag].value
+    return None if value is None else str(value)
+
+
 def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
     try:
         sequence = ds.get(keyword)
         return sequence[0] if sequence else None
     except Exception as exc:
         raise InstanceRefused(0xC000, f"cannot read {keyword}: {exc}") from exc
-
-
-def _radiopharmaceutical(ds: Dataset) -> dict[str, Any]:
-    item = _first_item(ds, "RadiopharmaceuticalInformationSequence")
-    if item is None:
-        return {}
-    fields: dict[str, Any] = {
-        "RadiopharmaceuticalName": _element(item, "Radiopharmaceutical"),
-        "RadionuclideHalfLife": _element(item, "RadionuclideHalfLife"),
-    }
-    nuclide = _first_item(item, "RadionuclideCodeSequence")
-    if nuclide is not None:
-        fields["RadionuclideCodeMeaning"] = _element(nuclide, "CodeMeaning")
-    pharmaceutical = _first_item(item, "RadiopharmaceuticalCodeSequence")
-    if pharmaceutical is not None:
-        fields["RadiopharmaceuticalCodeMeaning"] = _element(pharmaceutical, "CodeMeaning")
-    return fields
 
 
 def _as_int(header: dict[str, Any], keyword: str) -> int | None:
@@ -220,8 +275,7 @@ def _uid(value: Any, name: str) -> str:
 
 def _check_complete(ds: Dataset) -> None:
     """pydicom quietly accepts a value shorter than its declared length: that is a truncated stream."""
-    for tag in ds.keys():
-        raw = ds.get_item(tag)
+    for tag, raw in ds.items():  # items() hands out the elements unconverted
         if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
             continue
         if raw.length != UNDEFINED_LENGTH and len(raw.value) < raw.length:
@@ -259,17 +313,18 @@ def parse_instance(data: bytes, sop_class_uid: str | None = None,
         ds = dcmread(BytesIO(data), force=False)
         _check_complete(ds)
         transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
-        header = {keyword: _element(ds, keyword) for keyword in HEADER_KEYWORDS}
-        header.update(_radiopharmaceutical(ds))
-        study_uid_raw = ds.get("StudyInstanceUID")
-        series_uid_raw = ds.get("SeriesInstanceUID")
-        own_class = str(ds.get("SOPClassUID") or "").strip()
-        own_instance = str(ds.get("SOPInstanceUID") or "").strip()
+        values = _HeaderValues(ds)
+        header = {keyword: values.json(keyword) for keyword in HEADER_KEYWORDS}
+        header.update(values.radiopharmaceutical())
+        study_uid_raw = values.text("StudyInstanceUID")
+        series_uid_raw = values.text("SeriesInstanceUID")
+        own_class = (values.text("SOPClassUID") or "").strip()
+        own_instance = (values.text("SOPInstanceUID") or "").strip()
         meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID") or "").strip()
         meta_instance = str(ds.file_meta.get("MediaStorageSOPInstanceUID") or "").strip()
-        patient_name = ds.get("PatientName")
-        patient_id = ds.get("PatientID")
-        study_date = ds.get("StudyDate")
+        patient_name = values.text("PatientName")
+        patient_id = values.text("PatientID")
+        study_date = values.text("StudyDate")
         _check_pixel_length(ds, transfer_syntax)
     except InstanceRefused:
         raise
@@ -357,8 +412,9 @@ class StorageFolder:
                 _fsync_directory(folder.parent)
             self._known_dirs.add(directory)
 
-    def write_temporary(self, data: bytes) -> Path:
-        """The bytes in a new temporary file under `.incoming/`, fsynced; renamed into place by `place`."""
+    def write_temporary(self, data: bytes) -> tuple[Path, int]:
+        """The bytes in a new temporary file under `.incoming/` (not yet flushed) and its open descriptor;
+        renamed into place by `place`, flushed through the descriptor."""
         incoming = self.root / INCOMING
         for attempt in (1, 2):
             self._ensure_directory(incoming)
@@ -372,18 +428,15 @@ class StorageFolder:
                 if attempt == 2:
                     raise
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         except BaseException:
+            os.close(fd)
             temporary.unlink(missing_ok=True)
             raise
-        return temporary
+        return temporary, fd
 
     def place(self, temporary: Path, path: Path) -> None:
         """Rename a flushed temporary file to its final name; durable once `sync_folder(path)` returns."""
@@ -414,14 +467,44 @@ class StoreOutcome:
 
 
 class Staged:
-    """A received instance being written to a temporary file (and hashed) in the background."""
+    """A received instance being written to a temporary file, flushed and hashed in the background.
 
-    def __init__(self, future: Future[tuple[Path, str]]) -> None:
-        self._future = future
+    Three stages, each waited for only where it is needed: `written()` once the bytes are in the file
+    (enough to rename it into place), `digest()` once hashed, `flushed()` once the file's data is on disk.
+    """
 
-    def result(self) -> tuple[Path, str]:
-        """(flushed temporary file, sha256 of the bytes); raises what writing raised (e.g. disk full)."""
-        return self._future.result()
+    def __init__(self, folder: StorageFolder, data: bytes, executor: ThreadPoolExecutor) -> None:
+        self._written: Future[Path] = Future()
+        self._flushed = executor.submit(self._write_and_flush, folder, data)
+        self._digest = executor.submit(content_digest, data)
+
+    def _write_and_flush(self, folder: StorageFolder, data: bytes) -> None:
+        try:
+            temporary, fd = folder.write_temporary(data)
+        except BaseException as exc:
+            self._written.set_exception(exc)
+            raise
+        self._written.set_result(temporary)
+        try:
+            os.fsync(fd)  # also valid after the file was renamed: the descriptor follows the file
+        finally:
+            os.close(fd)
+
+    def written(self) -> Path:
+        """The temporary file holding all the bytes (maybe not yet on disk); raises what writing raised."""
+        return self._written.result()
+
+    def digest(self) -> str:
+        return self._digest.result()
+
+    def flushed(self) -> None:
+        """Returns once the file's bytes are on disk; raises what writing or flushing raised."""
+        self._flushed.result()
+
+    def settle(self) -> Path | None:
+        """Wait for the background work, whatever its outcome; the temporary file's path if it was made."""
+        futures_wait([self._flushed, self._digest])
+        return None if self._written.exception() is not None else self._written.result()
 
 
 def content_digest(data: bytes) -> str:
@@ -431,11 +514,6 @@ def content_digest(data: bytes) -> str:
     if data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00":  # (0002,0000) group length
         view = view[144 + int.from_bytes(data[140:144], "little"):]
     return hashlib.sha256(view).hexdigest()
-
-
-def _write_and_hash(folder: StorageFolder, data: bytes) -> tuple[Path, str]:
-    # hashlib releases the GIL on large buffers, so hashing too overlaps the parsing thread.
-    return folder.write_temporary(data), content_digest(data)
 
 
 @dataclass
@@ -454,9 +532,16 @@ class InstanceStore:
         self.sessions = sessions
         self.folder = StorageFolder(settings.storage.directory)
         self.engine = sessions.kw["bind"]
-        self._syncer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="storage-flush")
+        # Three background tasks per instance in flight (write+flush, hash, folder flush), none waiting
+        # for another, so any pool size is deadlock-free; this one never makes an association queue.
+        self._syncer = ThreadPoolExecutor(max_workers=3 * settings.node.max_associations + 4,
+                                          thread_name_prefix="storage-flush")
         # Striped locks: one SOP Instance UID is never handled by two associations at once.
         self._sop_locks = [threading.Lock() for _ in range(64)]
+        # SQLite has one writer at a time anyway; queueing our own writers on a lock hands the database
+        # over the moment a commit ends, where SQLite's busy handler would sleep for milliseconds.
+        self._writer: threading.Lock | nullcontext[None] = (
+            threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext())
 
     def close(self) -> None:
         """Wait for folder flushes still running (only during shutdown)."""
@@ -467,17 +552,14 @@ class InstanceStore:
 
     @contextmanager
     def staging(self, data: bytes) -> Iterator[Staged]:
-        """Start writing, flushing and hashing the received bytes in the background right away, so that the
-        disk flush overlaps header parsing; the temporary file is removed on exit unless it was placed."""
-        staged = Staged(self._syncer.submit(_write_and_hash, self.folder, data))
+        """Start writing, flushing and hashing the received bytes in the background right away, so that
+        this work overlaps header parsing; the temporary file is removed on exit unless it was placed."""
+        staged = Staged(self.folder, data, self._syncer)
         try:
             yield staged
         finally:
-            try:
-                temporary, _ = staged.result()
-            except Exception:
-                pass  # the failure was reported to whoever used the result; nothing was left behind
-            else:
+            temporary = staged.settle()
+            if temporary is not None:
                 temporary.unlink(missing_ok=True)
 
     def store(self, parsed: ParsedInstance, data: bytes, caller: Caller, study_ids: dict[str, int],
@@ -487,30 +569,87 @@ class InstanceStore:
         `study_ids` caches study_uid -> row id for the calling association, sparing a lookup per instance.
         """
         with self._sop_lock(parsed.sop_instance_uid):
-            with self.engine.connect() as connection:
-                current = connection.execute(_CURRENT_REVISION, {"sop": parsed.sop_instance_uid}).first()
-            temporary, sha256 = staged.result()
-            if current is not None and current.sha256 == sha256:
-                if not current.missing_file and Path(current.path).exists():
-                    return StoreOutcome("duplicate", Path(current.path), current.revision)
-                return self._restore(parsed, temporary, caller, current.id, Path(current.path),
-                                     current.revision)
-            revision = 1 if current is None else current.revision + 1
-            path = self.folder.path_for(parsed, revision, sha256)
-            self.folder.place(temporary, path)
-            # The file's bytes are durable; the folder fsync making its rename durable runs while the row
-            # is committed (two disk flushes at once instead of one after the other). Success is answered
-            # only after both. A crash between them leaves a row without a file, never an answered one:
-            # reconcile_storage flags it and the sender, never answered, sends the instance again.
-            folder_synced = self._syncer.submit(self.folder.sync_folder, path)
-            try:
-                self._record(parsed, caller, study_ids, path, len(data), sha256, revision,
-                             None if current is None else current.id)
-            except BaseException:
-                folder_synced.exception()
-                path.unlink(missing_ok=True)
-                raise
+            first_path = self.folder.path_for(parsed, 1, "")
+            if not os.path.lexists(first_path):
+                outcome = self._store_new(parsed, data, caller, study_ids, staged, first_path)
+                if outcome is not None:
+                    return outcome
+            return self._store_known(parsed, data, caller, study_ids, staged)
+
+    def _store_new(self, parsed: ParsedInstance, data: bytes, caller: Caller, study_ids: dict[str, int],
+                   staged: Staged, path: Path) -> StoreOutcome | None:
+        """The common case, an instance never seen (its revision-1 file does not exist): no lookup first.
+
+        The complete file is renamed into place before its row is committed, so no row ever points to a
+        missing or partly written file while the node runs. The three disk flushes (file data, folder
+        entry, database commit) then run at once, and success is answered only after all three: the sum
+        of their latencies would otherwise dominate the time per instance. A power loss before the
+        answer can leave a committed row whose file is short or empty (ext4/XFS never show a full-length
+        file with other content): `reconcile_storage` flags it by its size, and the re-send the
+        unanswered sender makes restores it. Returns None when a row for revision 1 exists after all
+        (its file went missing); the general path then handles the instance.
+        """
+        temporary = staged.written()
+        self.folder.place(temporary, path)
+        folder_synced = self._syncer.submit(self.folder.sync_folder, path)
+        try:
+            self._record(parsed, caller, study_ids, path, len(data), staged.digest(), 1, None)
+        except IntegrityError:
+            futures_wait([folder_synced])
+            os.replace(path, temporary)  # back to staging, as if never placed
+            return None
+        except BaseException:
+            futures_wait([folder_synced])
+            path.unlink(missing_ok=True)
+            raise
+        try:
+            staged.flushed()
             folder_synced.result()
+        except BaseException as exc:
+            self._unflushed(parsed, caller, path, exc)
+            raise
+        return StoreOutcome("stored", path, 1)
+
+    def _unflushed(self, parsed: ParsedInstance, caller: Caller, path: Path, exc: BaseException) -> None:
+        """A committed row whose file could not be flushed: the instance is refused, so its file goes and
+        its row is flagged missing; the sender's re-send restores it through the usual path."""
+        path.unlink(missing_ok=True)
+        with self._writer, self.sessions.begin() as session:
+            session.execute(update(Instance).where(Instance.path == str(path)).values(missing_file=True))
+            audit.record(session, "instance", "file-missing", outcome="error",
+                         reason=clean_text(f"stored file could not be flushed: {exc}"),
+                         study_uid=parsed.study_uid, series_uid=parsed.series_uid,
+                         sop_instance_uid=parsed.sop_instance_uid, actor=caller.ae_title, peer=caller.host,
+                         path=str(path))
+
+    def _store_known(self, parsed: ParsedInstance, data: bytes, caller: Caller, study_ids: dict[str, int],
+                     staged: Staged) -> StoreOutcome:
+        """An instance with an earlier revision: identical content is a duplicate (or restores a missing
+        file), different content a new revision. Rare, so kept simple: the file is flushed first."""
+        with self.engine.connect() as connection:
+            current = connection.execute(_CURRENT_REVISION, {"sop": parsed.sop_instance_uid}).first()
+        temporary = staged.written()
+        sha256 = staged.digest()
+        staged.flushed()
+        if current is not None and current.sha256 == sha256:
+            if not current.missing_file and _intact(Path(current.path), current.size_bytes):
+                return StoreOutcome("duplicate", Path(current.path), current.revision)
+            return self._restore(parsed, temporary, caller, current.id, Path(current.path),
+                                 current.revision)
+        revision = 1 if current is None else current.revision + 1
+        path = self.folder.path_for(parsed, revision, sha256)
+        self.folder.place(temporary, path)
+        # The folder fsync making the rename durable runs while the row is committed; success is
+        # answered only after both.
+        folder_synced = self._syncer.submit(self.folder.sync_folder, path)
+        try:
+            self._record(parsed, caller, study_ids, path, len(data), sha256, revision,
+                         None if current is None else current.id)
+        except BaseException:
+            futures_wait([folder_synced])
+            path.unlink(missing_ok=True)
+            raise
+        folder_synced.result()
         return StoreOutcome("stored" if revision == 1 else "revised", path, revision)
 
     def _restore(self, parsed: ParsedInstance, temporary: Path, caller: Caller, instance_id: int,
@@ -518,7 +657,7 @@ class InstanceStore:
         """The same content again for a row whose file went missing: put the file back."""
         self.folder.place(temporary, path)
         self.folder.sync_folder(path)
-        with self.sessions.begin() as session:
+        with self._writer, self.sessions.begin() as session:
             session.execute(update(Instance).where(Instance.id == instance_id).values(missing_file=False))
             audit.record(session, "instance", "restored", reason="file was missing; same content re-sent",
                          study_uid=parsed.study_uid, series_uid=parsed.series_uid,
@@ -537,12 +676,14 @@ class InstanceStore:
         """One short transaction: the study update comes first so SQLite takes its write lock at once.
 
         A plain connection (no ORM session) keeps the per-instance overhead down; the audit row of a
-        revision goes through a session bound to the same connection and transaction.
+        revision goes through a session bound to the same connection and transaction. Everything else
+        (file I/O, hashing, parsing) happens outside it.
         """
         for attempt in (1, 2):
             study_id = self.study_id(parsed, caller, study_ids)
             now = utcnow()
-            with self.engine.begin() as connection:
+            values = _instance_values(parsed, study_id, path, size, sha256, revision, caller.ae_title, now)
+            with self._writer, self.engine.begin() as connection:
                 touched = connection.execute(_TOUCH_STUDY, {
                     "study_id": study_id, "accession_number": parsed.accession_number,
                     "patient_id": parsed.patient_id, "patient_name": parsed.patient_name,
@@ -563,14 +704,22 @@ class InstanceStore:
                                      sop_instance_uid=parsed.sop_instance_uid, actor=caller.ae_title,
                                      peer=caller.host, revision=revision, sha256=sha256)
                         session.flush()
-                connection.execute(_INSERT_INSTANCE, _instance_values(
-                    parsed, study_id, path, size, sha256, revision, caller.ae_title, now))
+                connection.execute(_INSERT_INSTANCE, values)
                 return
+
+
+def _intact(path: Path, size: int) -> bool:
+    """The stored file is there with its recorded length (a flush cut short by power loss shortens it)."""
+    try:
+        return os.stat(path).st_size == size
+    except OSError:
+        return False
 
 
 # Statements built once (SQLAlchemy caches their compiled form): they run for every received instance.
 _CURRENT_REVISION = (
-    select(Instance.id, Instance.sha256, Instance.revision, Instance.path, Instance.missing_file)
+    select(Instance.id, Instance.sha256, Instance.revision, Instance.path, Instance.missing_file,
+           Instance.size_bytes)
     .where(Instance.sop_instance_uid == bindparam("sop"), Instance.current.is_(True))
 )
 _TOUCH_STUDY = update(Study).where(Study.id == bindparam("study_id")).values(
@@ -607,15 +756,18 @@ def _walk_storage(root: Path) -> Iterator[Path]:
 
 
 def reconcile_storage(settings: Settings, sessions: sessionmaker[Session]) -> None:
-    """At start-up: adopt stored files without rows, flag rows without files, remove temporary files.
+    """At start-up: adopt stored files without rows, flag rows without (intact) files, remove temporary
+    files.
 
-    After a crash the folder and the database can disagree only in these ways, because a file is renamed
-    into place before its row is committed and the sender is answered only after both.
+    After a crash the folder and the database can disagree only in these ways, because a complete file is
+    renamed into place before its row is committed, and the sender is answered only after both are on
+    disk; a file whose flush a power loss cut short is shorter than its row says.
     """
     root = settings.storage.directory
     root.mkdir(parents=True, exist_ok=True)
     with sessions() as session:
-        rows = session.execute(select(Instance.id, Instance.path, Instance.missing_file)).all()
+        rows = session.execute(
+            select(Instance.id, Instance.path, Instance.missing_file, Instance.size_bytes)).all()
     known = {row.path for row in rows}
     adopted = removed = flagged = 0
     orphans: list[Path] = []
@@ -631,16 +783,19 @@ def reconcile_storage(settings: Settings, sessions: sessionmaker[Session]) -> No
     for path in sorted(orphans, key=lambda p: p.stat().st_mtime):
         adopted += _adopt(path, sessions)
     for row in rows:
-        exists = os.path.exists(row.path)
-        if exists == (not row.missing_file):
+        intact = _intact(Path(row.path), row.size_bytes)
+        if intact == (not row.missing_file):
             continue
+        reason = None
+        if not intact:
+            reason = ("stored file shorter than recorded (flush cut short)" if os.path.exists(row.path)
+                      else "stored file not found at start-up")
         with sessions.begin() as session:
-            session.execute(update(Instance).where(Instance.id == row.id).values(missing_file=not exists))
-            audit.record(session, "instance", "file-missing" if not exists else "file-restored",
-                         outcome="error" if not exists else "ok",
-                         reason="stored file not found at start-up" if not exists else None,
+            session.execute(update(Instance).where(Instance.id == row.id).values(missing_file=not intact))
+            audit.record(session, "instance", "file-missing" if not intact else "file-restored",
+                         outcome="error" if not intact else "ok", reason=reason,
                          path=row.path, instance_id=row.id)
-        flagged += 1 if not exists else 0
+        flagged += 1 if not intact else 0
     log.info("storage reconciled", extra={"adopted": adopted, "temporary_removed": removed,
                                           "missing_files": flagged, "rows": len(rows)})
 

@@ -105,6 +105,18 @@ class _Heartbeat(threading.Thread):
                 log.exception("heartbeat failed", extra={"worker_id": self.worker_id})
 
 
+def _warn_about_missing_weights(settings: Settings) -> None:
+    """Say at start-up, not at the first study, that results will carry no classification."""
+    from inference.checkpoints import installed_model, missing_weights_message
+    from inference.model_specs import routable_models
+
+    models = settings.models
+    for model_id in routable_models(models.routing, models.default_model):
+        if installed_model(models.models_dir, model_id) is None:
+            log.warning("classifier weights missing: analyses report quantitative findings only",
+                        extra={"model": model_id, "fix": missing_weights_message(model_id, models.models_dir)})
+
+
 def worker_main(settings: Settings, worker_id: str, parent_pid: int | None) -> None:
     """Entry point of a worker process: loop claiming and running jobs until told to stop."""
     prefer_passive_openmp()  # before pick_device imports torch
@@ -129,6 +141,8 @@ def worker_main(settings: Settings, worker_id: str, parent_pid: int | None) -> N
 
         torch.set_num_threads(settings.workers.torch_threads)
     from dicom_node.infer import run_job  # heavy imports (torch, monai) only ever in worker processes
+
+    _warn_about_missing_weights(settings)
 
     with transaction(sessions) as session:
         session.merge(

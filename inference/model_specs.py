@@ -178,3 +178,8 @@ def route(routing: str, default_model: str, prostatectomy: bool | None) -> str:
     if routing == "by-prostatectomy":
         return "C" if prostatectomy else get_spec(default_model).id
     raise ValueError(f"unknown routing {routing!r} (published-test or by-prostatectomy)")
+
+
+def routable_models(routing: str, default_model: str) -> list[str]:
+    """Every model `route` can pick under this routing: the checkpoints a site must install."""
+    return sorted({route(routing, default_model, operated) for operated in (False, True)})

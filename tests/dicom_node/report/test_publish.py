@@ -26,7 +26,8 @@ WEB = {"name": "web", "kind": "stow", "url": "http://127.0.0.1:8042/dicom-web"}
 
 def test_publish_writes_objects_and_queues_one_row_per_object_and_destination(tmp_path: Path, db_url: str) -> None:
     settings = make_settings(tmp_path, db_url, destinations=[PACS, WEB], return_to_sender=True)
-    settings.node.allowed_calling_aes[1].port = 104  # PACS: results go back to it too
+    pacs = next(peer for peer in settings.node.allowed_calling_aes if peer.ae_title == "PACS")
+    pacs.port = 104  # results go back to it too
     sessions = make_sessions(db_url)
     pet = make_pet_header()
     with transaction(sessions) as session:

@@ -1,6 +1,6 @@
 """Inference inputs at full size: DICOM scan/read vs dcm2niix, memory of partial reads, anatomical localisation.
 
-Run: .venv/bin/python -m bench.inference_inputs  (generates a 512² x 200-slice CT study in a temporary folder)
+Run: .venv/bin/python -m bench.bench_inference_inputs  (generates a 512² x 200-slice CT study in a temporary folder)
 """
 
 from __future__ import annotations
