@@ -12,7 +12,9 @@ import errno
 import ipaddress
 import logging
 import shutil
+import os
 import socket
+import sys
 import socketserver
 import ssl
 import threading
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -37,6 +40,7 @@ from dicom_node.store import (
     InstanceStore,
     clean_text,
     parse_instance,
+    received_file,
 )
 
 log = logging.getLogger(__name__)
@@ -204,6 +208,11 @@ class Receiver:
     def start(self) -> None:
         """Listen (non-blocking)."""
         node = self.settings.node
+        # pynetdicom's "standard" handlers format a multi-line log text for every PDU and DIMSE message
+        # (copying each data set once more to test whether it is empty), and the node drops it: its
+        # pynetdicom logger never goes below WARNING (log.py). Bound per association, so set before any.
+        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+        sys.setswitchinterval(float(os.environ.get("SWI", "0.005")))
         self._ae = self._make_ae()
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
@@ -355,7 +364,9 @@ class Receiver:
                     STATUS_DOES_NOT_MATCH,
                     f"SOP Class UID {requested_class} sent on a presentation context for {context_class}",
                 )
-            data = event.encoded_dataset()
+            with request.DataSet.getbuffer() as received:
+                data = received_file(requested_class, requested_instance,
+                                     str(event.context.transfer_syntax), received)
             with self.store.staging(data) as staged:
                 parsed = parse_instance(data, requested_class, requested_instance)
                 outcome = self.store.store(parsed, data, state.caller, state.study_ids, staged)
