@@ -392,6 +392,25 @@ def health(session: Session, *, worker_stale_after: dt.timedelta) -> Health:
     )
 
 
+def _audit_filter(query: Any, since: dt.datetime | None, until: dt.datetime | None,
+                  category: str | None) -> Any:
+    table = AuditEvent.__table__
+    if since is not None:
+        query = query.where(table.c.created_at >= since)
+    if until is not None:
+        query = query.where(table.c.created_at < until)
+    if category:
+        query = query.where(table.c.category == category)
+    return query
+
+
+def count_audit_events(session: Session, *, since: dt.datetime | None = None,
+                       until: dt.datetime | None = None, category: str | None = None) -> int:
+    """How many events an export with the same filters will write (for its progress bar)."""
+    query = _audit_filter(select(func.count()).select_from(AuditEvent.__table__), since, until, category)
+    return int(session.execute(query).scalar_one())
+
+
 def audit_events(
     session: Session,
     *,
@@ -406,12 +425,7 @@ def audit_events(
     last_id = 0
     while True:
         query = select(table).where(table.c.id > last_id).order_by(table.c.id).limit(batch)
-        if since is not None:
-            query = query.where(table.c.created_at >= since)
-        if until is not None:
-            query = query.where(table.c.created_at < until)
-        if category:
-            query = query.where(table.c.category == category)
+        query = _audit_filter(query, since, until, category)
         rows = session.execute(query).all()
         if not rows:
             return

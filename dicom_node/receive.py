@@ -12,9 +12,7 @@ import errno
 import ipaddress
 import logging
 import shutil
-import os
 import socket
-import sys
 import socketserver
 import ssl
 import threading
@@ -212,7 +210,6 @@ class Receiver:
         # (copying each data set once more to test whether it is empty), and the node drops it: its
         # pynetdicom logger never goes below WARNING (log.py). Bound per association, so set before any.
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
-        sys.setswitchinterval(float(os.environ.get("SWI", "0.005")))
         self._ae = self._make_ae()
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),

@@ -477,6 +477,7 @@ class Staged:
 
     def __init__(self, folder: StorageFolder, data: bytes, executor: ThreadPoolExecutor) -> None:
         self._written: Future[Path] = Future()
+        self.placed = False  # renamed into place: nothing to clean up
         self._flushed = executor.submit(self._write_and_flush, folder, data)
         self._digest = executor.submit(content_digest, data)
 
@@ -585,7 +586,7 @@ class InstanceStore:
             yield staged
         finally:
             temporary = staged.settle()
-            if temporary is not None:
+            if temporary is not None and not staged.placed:
                 temporary.unlink(missing_ok=True)
 
     def store(self, parsed: ParsedInstance, data: bytes, caller: Caller, study_ids: dict[str, int],
@@ -617,12 +618,14 @@ class InstanceStore:
         """
         temporary = staged.written()
         self.folder.place(temporary, path)
+        staged.placed = True
         folder_synced = self._syncer.submit(self.folder.sync_folder, path)
         try:
             self._record(parsed, caller, study_ids, path, len(data), staged.digest(), 1, None)
         except IntegrityError:
             futures_wait([folder_synced])
             os.replace(path, temporary)  # back to staging, as if never placed
+            staged.placed = False
             return None
         except BaseException:
             futures_wait([folder_synced])
@@ -665,11 +668,14 @@ class InstanceStore:
         if current is not None and current.sha256 == sha256:
             if not current.missing_file and _intact(Path(current.path), current.size_bytes):
                 return StoreOutcome("duplicate", Path(current.path), current.revision)
-            return self._restore(parsed, temporary, caller, current.id, Path(current.path),
-                                 current.revision)
+            outcome = self._restore(parsed, temporary, caller, current.id, Path(current.path),
+                                    current.revision)
+            staged.placed = True
+            return outcome
         revision = 1 if current is None else current.revision + 1
         path = self.folder.path_for(parsed, revision, sha256)
         self.folder.place(temporary, path)
+        staged.placed = True
         # The folder fsync making the rename durable runs while the row is committed; success is
         # answered only after both.
         folder_synced = self._syncer.submit(self.folder.sync_folder, path)

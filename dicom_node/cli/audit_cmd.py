@@ -14,7 +14,7 @@ from typing import IO, Any
 import click
 
 from db.audit import os_user, record
-from db.queries import as_utc, audit_events
+from db.queries import as_utc, audit_events, count_audit_events
 from db.session import transaction
 from dicom_node.cli.context import CliContext, pass_cli
 
@@ -123,7 +123,13 @@ def export_command(
             click.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
             sys.exit(1)
         session = stack.enter_context(sessions())
-        count = write_events(audit_events(session, since=start, until=end, category=category), out, fmt)
+        events = audit_events(session, since=start, until=end, category=category)
+        if output is not None:  # stdout carries the export itself: no bar there
+            total = count_audit_events(session, since=start, until=end, category=category)
+            events = stack.enter_context(
+                click.progressbar(events, length=total, label="exporting audit events", file=sys.stderr)
+            )
+        count = write_events(events, out, fmt)
     with transaction(sessions) as session:
         record(
             session,

@@ -73,7 +73,8 @@ def synth_command(ctx: CliContext, out_dir: Path, seed: int, recurrence: bool, p
     aet = called_aet or ctx.settings().node.ae_title
     files = study_files(out_dir)
     try:
-        report = send_files(files, peer[0], peer[1], aet, calling_aet)
+        with click.progressbar(length=len(files), label=f"sending to {aet}", file=sys.stderr) as bar:
+            report = send_files(files, peer[0], peer[1], aet, calling_aet, on_sent=lambda: bar.update(1))
     except SendError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

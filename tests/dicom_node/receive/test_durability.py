@@ -167,3 +167,36 @@ def test_reconciliation_adopts_flags_and_cleans(tmp_path: Path, db_url: str) -> 
         db.close()
     finally:
         engine.dispose()
+
+
+def test_missing_or_cut_short_file_is_restored_by_the_resend(tmp_path: Path, db_url: str, receiving_node,
+                                                             node_db) -> None:
+    files = write_series(tmp_path / "ct", "CT", 2)
+    node = receiving_node(db_url=db_url)
+    db = node_db(node)
+    assert len(storescu(node.port, files).succeeded) == 2
+    rows = sorted(db.instances(), key=lambda row: row.instance_number)
+    removed, cut = Path(rows[0].path), Path(rows[1].path)
+
+    # File gone while the node runs: its row still exists, so the re-send restores it (no second row).
+    removed.unlink()
+    assert storescu(node.port, [files[0]]).succeeded
+    assert content_digest(removed.read_bytes()) == rows[0].sha256
+
+    # A flush cut short by power loss leaves the file shorter than its row says: flagged at start-up,
+    # then restored by the re-send of the sender that was never answered.
+    node.stop()
+    with cut.open("r+b") as stored:
+        stored.truncate(cut.stat().st_size // 2)
+    restarted = NodeProcess(node.config_path).start()
+    try:
+        flagged = wait_for(lambda: db.audit("instance", "file-missing"))
+        assert "shorter" in flagged[0].reason
+        assert [row.missing_file for row in db.instances() if row.path == str(cut)] == [True]
+        assert storescu(restarted.port, [files[1]]).succeeded
+        assert content_digest(cut.read_bytes()) == rows[1].sha256
+        assert len(db.audit("instance", "restored")) == 2
+        assert len(db.instances()) == 2 and not any(row.missing_file for row in db.instances())
+        assert db.studies()[0].instance_count == 2
+    finally:
+        restarted.stop()

@@ -80,3 +80,16 @@ def test_text_is_made_safe_for_postgresql() -> None:
     ds.SeriesDescription = "PET\x00AC"
     parsed = parse_instance(_bytes(ds))
     assert parsed.header["SeriesDescription"] == "PETAC"
+
+
+@pytest.mark.parametrize("sop_instance_uid", ["1.2.3", "1.2.34", generate_uid()])
+def test_received_file_is_what_pynetdicom_would_write(sop_instance_uid: str) -> None:
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    from dicom_node.store import received_file
+
+    ct, explicit = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"
+    meta = encode_file_meta(create_file_meta(sop_class_uid=ct, sop_instance_uid=sop_instance_uid,
+                                             transfer_syntax=explicit))
+    body = _bytes(image("CT", generate_uid(), generate_uid(), 0, size=8))[132:]
+    assert received_file(ct, sop_instance_uid, explicit, memoryview(body)) == b"\x00" * 128 + b"DICM" + meta + body

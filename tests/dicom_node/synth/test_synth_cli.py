@@ -12,6 +12,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dicom_node.cli.main import cli
+from dicom_node.synth import SynthOptions, generate_study
+from dicom_node.synth.transmit import send_files, study_files
 from tests.conftest import require_tool
 from tests.support.node import free_port, wait_for_port
 
@@ -92,3 +94,13 @@ def test_send_to_a_down_peer_exits_non_zero(tmp_path: Path) -> None:
     result = _run(str(tmp_path / "s"), *SMALL_ARGS, "--send", f"127.0.0.1:{free_port()}", "--aet", "NOBODY")
     assert result.exit_code == 1
     assert "cannot associate with NOBODY@127.0.0.1" in result.stderr and "connection refused" in result.stderr
+
+
+def test_send_reports_progress_once_per_file(tmp_path: Path, storescp: tuple[int, Path]) -> None:
+    port, _ = storescp
+    generate_study(tmp_path / "s", SynthOptions(ct_matrix=96, pet_matrix=48, extent_mm=200))
+    files = study_files(tmp_path / "s")
+    ticks: list[int] = []
+    report = send_files(files, "127.0.0.1", port, "STORESCP", on_sent=lambda: ticks.append(1))
+    assert report.ok
+    assert len(ticks) == len(files) == report.sent
