@@ -75,7 +75,7 @@ class RssSampler:
                 return
             self._stop.wait(0.02)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -241,8 +241,8 @@ def main() -> None:
     extra = 1000 / node.per_second - 1000 / minimal.per_second
     flushes = floor["file write+fsync"] + floor["rename+folder fsync"] + floor["SQLite commit (FULL)"]
     print(f"node's extra time per instance over the minimal SCP: {extra:.1f} ms; its three disk flushes take "
-          f"{flushes:.1f} ms in series (the node overlaps the file's with header parsing and the folder's "
-          "with the commit); the rest is header parsing and database statements")
+          f"{flushes:.1f} ms in series (the node starts the file's during header parsing and runs the "
+          "folder's and the commit's alongside it); the rest is header parsing and database statements")
     print(f"median node 1 assoc: {statistics.median(r.per_second for r in results['node']):.0f} inst/s; "
           f"peak node RSS {max(r.peak_rss_mb or 0 for r in results['node'] + results['node, 4 assoc']):.0f} "
           "MB "

@@ -132,7 +132,7 @@ class _NodeServer(ThreadedAssociationServer):
     the connection's own thread (pynetdicom does it in the accept loop, where one slow or failing client
     would hold up every other caller and leave no trace)."""
 
-    receiver: "Receiver"
+    receiver: Receiver
     tls: ssl.SSLContext | None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:

@@ -16,14 +16,15 @@ import re
 import struct
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -149,7 +150,7 @@ class _HeaderValues:
     the character set.
     """
 
-    _memo: dict[tuple[Any, ...], Any] = {}
+    _memo: ClassVar[dict[tuple[Any, ...], Any]] = {}
     _MEMO_LIMIT = 50_000
     _VALUE_LIMIT = 1024  # bytes; longer values (unusual in these fields) are converted every time
 
@@ -506,7 +507,8 @@ class Staged:
 
     def settle(self) -> Path | None:
         """Wait for the background work, whatever its outcome; the temporary file's path if it was made."""
-        futures_wait([self._flushed, self._digest])
+        background: list[Future[Any]] = [self._flushed, self._digest]
+        futures_wait(background)
         return None if self._written.exception() is not None else self._written.result()
 
 
@@ -732,20 +734,11 @@ class InstanceStore:
                 "calling_host": caller.host[:64], "now": now, "added": 1 if previous_id is None else 0,
             }
 
-            def write(connection: Connection) -> None:
-                if connection.execute(_TOUCH_STUDY, touch).rowcount == 0:
-                    raise _StudyVanished(parsed.study_uid)
-                if previous_id is not None:
-                    connection.execute(
-                        update(Instance).where(Instance.id == previous_id).values(current=False))
-                    with Session(bind=connection) as session:  # joins the connection's transaction
-                        audit.record(session, "instance", "revised", reason="re-sent with different content",
-                                     study_uid=parsed.study_uid, series_uid=parsed.series_uid,
-                                     sop_instance_uid=parsed.sop_instance_uid, actor=caller.ae_title,
-                                     peer=caller.host, revision=revision, sha256=sha256)
-                        session.flush()
-                connection.execute(_INSERT_INSTANCE, values)
-
+            write = partial(_write_rows, touch=touch, values=values, previous_id=previous_id,
+                            audit_fields={"study_uid": parsed.study_uid, "series_uid": parsed.series_uid,
+                                          "sop_instance_uid": parsed.sop_instance_uid,
+                                          "actor": caller.ae_title, "peer": caller.host,
+                                          "revision": revision, "sha256": sha256})
             try:
                 self._commits.run(write)
                 return
@@ -755,6 +748,19 @@ class InstanceStore:
                     raise RuntimeError(f"study row for {parsed.study_uid} vanished while storing") from None
 
 
+def _write_rows(connection: Connection, touch: dict[str, Any], values: dict[str, Any], previous_id: int | None,
+                audit_fields: dict[str, Any]) -> None:
+    """One instance's statements: touch the study, retire the previous revision (audited), insert."""
+    if connection.execute(_TOUCH_STUDY, touch).rowcount == 0:
+        raise _StudyVanished(audit_fields["study_uid"])
+    if previous_id is not None:
+        connection.execute(update(Instance).where(Instance.id == previous_id).values(current=False))
+        with Session(bind=connection) as session:  # joins the connection's transaction
+            audit.record(session, "instance", "revised", reason="re-sent with different content", **audit_fields)
+            session.flush()
+    connection.execute(_INSERT_INSTANCE, values)
+
+
 class _StudyVanished(Exception):
     """The cached study row id no longer exists (the study was deleted meanwhile)."""
 
@@ -762,7 +768,7 @@ class _StudyVanished(Exception):
 class _Ticket:
     """One transaction's statements waiting in a `GroupCommit`."""
 
-    __slots__ = ("work", "done", "error")
+    __slots__ = ("done", "error", "work")
 
     def __init__(self, work: Callable[[Connection], None]) -> None:
         self.work = work
@@ -818,7 +824,7 @@ class GroupCommit:
             try:
                 with self._engine.begin() as connection:
                     ticket.work(connection)
-            except BaseException as exc:
+            except Exception as exc:  # noqa: BLE001 - handed to the caller whose statements failed
                 ticket.error = exc
             ticket.done = True
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
-from dicom_node.store import HEADER_KEYWORDS, InstanceRefused, parse_instance
+from dicom_node.store import HEADER_KEYWORDS, InstanceRefused, parse_instance, received_file
 from tests.dicom_node.receive.dicom_files import image
 
 
@@ -84,10 +85,6 @@ def test_text_is_made_safe_for_postgresql() -> None:
 
 @pytest.mark.parametrize("sop_instance_uid", ["1.2.3", "1.2.34", generate_uid()])
 def test_received_file_is_what_pynetdicom_would_write(sop_instance_uid: str) -> None:
-    from pynetdicom.dsutils import create_file_meta, encode_file_meta
-
-    from dicom_node.store import received_file
-
     ct, explicit = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"
     meta = encode_file_meta(create_file_meta(sop_class_uid=ct, sop_instance_uid=sop_instance_uid,
                                              transfer_syntax=explicit))
