@@ -116,7 +116,8 @@ def run_storescp(files: list[Path], megabytes: float, work: Path) -> Run:
 MINIMAL_SCP = """
 import socket, sys, uuid
 from pathlib import Path
-from pynetdicom import AE, evt, AllStoragePresentationContexts
+from pynetdicom import AE, evt, AllStoragePresentationContexts, _config
+_config.LOG_HANDLER_LEVEL = "none"  # as in the node: no per-PDU log formatting in either receiver
 target = Path(sys.argv[2])
 def on_open(event):
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
