@@ -1,19 +1,33 @@
-"""Association-level fixes every pynetdicom service user of the node needs (results sender, synth --send).
-
-Kept in one place because both are workarounds for how pynetdicom behaves on fast links, not behaviour of
-any one stage.
+"""What every pynetdicom service user of the node (results sender, doctor, synth --send) needs for an
+association: TLS towards a destination, and two workarounds for how pynetdicom behaves on fast links.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 
 from pynetdicom import Association
 from pynetdicom.dimse_primitives import DimseServiceType
 from pynetdicom.events import Event
 
+from dicom_node.config import Destination
+
 log = logging.getLogger(__name__)
+
+
+def destination_tls(destination: Destination) -> ssl.SSLContext | None:
+    """The TLS client context for a destination: its CA verifies the peer, its certificate answers a peer
+    that requires one; None for plain TCP."""
+    if not destination.tls:
+        return None
+    cafile = str(destination.ca_certificates) if destination.ca_certificates else None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    if destination.client_certificate is not None:
+        key = str(destination.client_private_key) if destination.client_private_key else None
+        context.load_cert_chain(str(destination.client_certificate), key)
+    return context
 
 
 def set_tcp_nodelay(event: Event) -> None:

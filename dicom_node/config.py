@@ -262,6 +262,10 @@ class Destination(_Section):
     port: int | None = Field(default=None, description="Port (dicom).")
     tls: bool = Field(default=False, description="Use DICOM TLS to this peer.")
     ca_certificates: Path | None = Field(default=None, description="CA bundle to verify the peer.")
+    client_certificate: Path | None = Field(
+        default=None, description="Certificate (PEM) the node presents to a peer that requires one (tls)."
+    )
+    client_private_key: Path | None = Field(default=None, description="Key (PEM) of client_certificate.")
     url: str | None = Field(default=None, description="DICOMweb base URL (stow).")
     username: str | None = Field(default=None, description="HTTP basic-auth user (stow).")
     password: SecretStr | None = Field(default=None, description="HTTP basic-auth password (stow).")

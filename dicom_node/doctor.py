@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.session import alembic_config, current_revision, head_revision, make_engine
-from dicom_node.association import keep_responses_for_sender
+from dicom_node.association import destination_tls, keep_responses_for_sender
 from dicom_node.config import Destination, Settings
 
 DCMTK_TOOLS = ("echoscu", "storescu", "findscu", "dcmdump")
@@ -308,13 +308,6 @@ def check_database(settings: Settings, timeout: float) -> CheckResult:
     return CheckResult(name, pending, f"{shown} {state}{pending_note}", upgrade_fix)
 
 
-def _destination_tls(destination: Destination) -> ssl.SSLContext | None:
-    if not destination.tls:
-        return None
-    cafile = str(destination.ca_certificates) if destination.ca_certificates else None
-    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
-
-
 def _check_stow(destination: Destination, timeout: float) -> CheckResult:
     name = f"destination {destination.name}"
     url = str(destination.url)
@@ -361,7 +354,7 @@ def check_destinations(settings: Settings, timeout: float) -> list[CheckResult]:
         host, port, called = str(destination.host), int(destination.port or 0), str(destination.ae_title)
         name = f"destination {destination.name}"
         try:
-            tls_context = _destination_tls(destination)
+            tls_context = destination_tls(destination)
         except (ssl.SSLError, OSError) as exc:
             checks.append(CheckResult(name, Status.FAIL, f"CA bundle cannot be loaded: {exc}",
                                       f"check ca_certificates of destination {destination.name!r}"))

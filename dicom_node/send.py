@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from db import audit
 from db.models import OutboxItem, Study, utcnow
 from db.session import transaction
 from dicom_node import outbox
-from dicom_node.association import keep_responses_for_sender, set_tcp_nodelay
+from dicom_node.association import destination_tls, keep_responses_for_sender, set_tcp_nodelay
 from dicom_node.config import Destination, Settings
 from dicom_node.report.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, as_comprehensive
 
@@ -181,11 +182,8 @@ def _resolve(session: Session, settings: Settings, name: str,
 
 
 def _tls_args(config: Destination) -> tuple[ssl.SSLContext, str] | None:
-    if not config.tls:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                         cafile=str(config.ca_certificates) if config.ca_certificates else None)
-    return context, config.host or ""
+    context = destination_tls(config)
+    return None if context is None else (context, config.host or "")
 
 
 def _read(item: Item) -> Dataset | Outcome:
@@ -204,7 +202,25 @@ def _association_failure(assoc: Association, response: object, peer: Peer) -> st
     if assoc.rejected_contexts and not assoc.accepted_contexts:
         refused = ", ".join(sorted({str(cx.abstract_syntax.name) for cx in assoc.rejected_contexts}))
         return f"{peer.label} accepted none of the presentation contexts offered (refused: {refused})"
-    return f"no association with {peer.label}: connection refused, timed out or aborted"
+    return f"no association with {peer.label}: {_diagnose_connection(peer.config)}"
+
+
+def _diagnose_connection(config: Destination) -> str:
+    """Why no association came about, found by connecting once more ourselves: pynetdicom only logs it."""
+    try:
+        sock = socket.create_connection((config.host or "", int(config.port or 0)), timeout=CONNECT_TIMEOUT_S)
+    except OSError as exc:
+        return f"cannot connect ({exc.strerror or exc})"
+    with sock:
+        context = destination_tls(config)
+        if context is None:
+            return "the peer closed or aborted the connection before answering"
+        try:
+            context.wrap_socket(sock, server_hostname=config.host).close()  # the handshake happens here
+        except (ssl.SSLError, OSError) as exc:
+            detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+            return f"TLS handshake failed: {detail} (check ca_certificates and the client certificate)"
+    return "the peer closed or aborted the association before answering"
 
 
 def _send_dimse(settings: Settings, peer: Peer, items: list[Item]) -> list[Outcome]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.dicom_node.receive.clients import echoscu, pynetdicom_echo, storescu, wait_for
 from tests.dicom_node.receive.dicom_files import write_series
+from tests.support.pki import make_test_pki
 
 
 def _rejections(db) -> list[str]:
@@ -65,24 +64,10 @@ def test_max_associations_rejects_the_extra_caller_and_recovers(receiving_node, 
 # ------------------------------------------------------------------------------------------------ TLS
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A test CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
-    folder = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA",
-             "-keyout", "ca.key", "-out", "ca.crt", cwd=folder)
-    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-                            ("client", "extendedKeyUsage=clientAuth")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=folder)
-        (folder / f"{name}.ext").write_text(extension + "\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=folder)
-    yield folder
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _tls_node(receiving_node, pki: Path, require_client: bool):
