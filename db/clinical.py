@@ -92,6 +92,7 @@ def lookup_clinical(
     """What was registered: per field, the newest value for the accession, else for the patient."""
     psa: ClinicalInfo | None = None
     status: ClinicalInfo | None = None
+    row: ClinicalInfo | None
     for row in clinical_history(session, accession_number, patient_id):
         if psa is None and row.psa_ng_ml is not None:
             psa = row

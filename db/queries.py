@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Integer, Row, func, select
 from sqlalchemy.orm import Session
@@ -121,6 +121,14 @@ class Health:
     workers: list[WorkerRow]
 
 
+@overload
+def as_utc(value: dt.datetime) -> dt.datetime: ...
+
+
+@overload
+def as_utc(value: None) -> None: ...
+
+
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes for timezone-aware columns; everything stored is UTC."""
     if value is None or value.tzinfo is not None:
@@ -150,9 +158,9 @@ def _study_row(study: Study, result: Result | None) -> StudyRow:
         state=study.state,
         state_reason=study.state_reason,
         instance_count=study.instance_count,
-        first_received_at=as_utc(study.first_received_at),  # type: ignore[arg-type]
-        last_received_at=as_utc(study.last_received_at),  # type: ignore[arg-type]
-        state_changed_at=as_utc(study.state_changed_at),  # type: ignore[arg-type]
+        first_received_at=as_utc(study.first_received_at),
+        last_received_at=as_utc(study.last_received_at),
+        state_changed_at=as_utc(study.state_changed_at),
         purged_at=as_utc(study.purged_at),
         finding=result.finding if result else None,
         probability=result.probability if result else None,
@@ -230,7 +238,7 @@ def series_summaries(session: Session, study_id: int) -> list[SeriesSummary]:
             instances=int(n),
             bytes=int(size),
             first_received_at=as_utc(first),
-            last_received_at=as_utc(last),  # type: ignore[arg-type]
+            last_received_at=as_utc(last),
             analysable=bool(analysable),
         )
         for uid, modality, n, size, first, last, analysable in rows
@@ -289,7 +297,7 @@ def failures(session: Session, *, limit: int = 200) -> list[Failure]:
             Failure(
                 f"study {study.state}",
                 as_utc(study.state_changed_at),
-                study.state_reason,  # type: ignore[arg-type]
+                study.state_reason,
                 study.study_uid,
                 {"accession_number": study.accession_number},
             )
@@ -305,7 +313,7 @@ def failures(session: Session, *, limit: int = 200) -> list[Failure]:
             Failure(
                 "job failed",
                 as_utc(job.finished_at or job.created_at),
-                job.error,  # type: ignore[arg-type]
+                job.error,
                 study_uid,
                 {"job_id": job.id, "attempts": job.attempts},
             )
@@ -320,7 +328,7 @@ def failures(session: Session, *, limit: int = 200) -> list[Failure]:
             Failure(
                 "delivery failed",
                 as_utc(item.created_at),
-                item.last_error,  # type: ignore[arg-type]
+                item.last_error,
                 item.study_uid,
                 {"destination": item.destination, "attempts": item.attempts, "outbox_id": item.id},
             )
@@ -335,7 +343,7 @@ def failures(session: Session, *, limit: int = 200) -> list[Failure]:
             Failure(
                 f"{event.category} {event.action}",
                 as_utc(event.created_at),
-                event.reason,  # type: ignore[arg-type]
+                event.reason,
                 event.study_uid,
                 {"outcome": event.outcome, "peer": event.peer},
             )
@@ -367,7 +375,7 @@ def workers(
                 w.pid,
                 w.device,
                 as_utc(w.started_at),
-                beat,  # type: ignore[arg-type]
+                beat,
                 w.current_job_id,
                 beat is not None and now - beat <= stale_after,
             )

@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import distinct, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -63,7 +64,7 @@ def load_series(session: Session, study_id: int) -> list[SeriesSummary]:
     ).all()
     if not rows:
         return []
-    headers = dict(
+    headers: dict[int, dict[str, Any]] = dict(
         session.execute(
             select(Instance.id, Instance.header).where(Instance.id.in_([row[-1] for row in rows]))
         ).all()
@@ -76,6 +77,7 @@ def load_series(session: Session, study_id: int) -> list[SeriesSummary]:
             .where(*usable, Instance.series_uid.in_(ct_series), Instance.slice_position.is_not(None))
             .order_by(Instance.slice_position)
         ):
+            assert position is not None  # the query excludes NULL positions
             positions.setdefault(series_uid, []).append(float(position))
     return [
         SeriesSummary(

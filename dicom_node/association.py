@@ -53,4 +53,4 @@ def keep_responses_for_sender(assoc: Association) -> None:
         log.debug("DIMSE response handed back to the sender", extra={"dimse": message.msg_type})
         assoc.dimse.msg_queue.put((context_id, message))
 
-    assoc._serve_request = requeue  # type: ignore[method-assign]
+    assoc._serve_request = requeue  # type: ignore[method-assign, assignment]

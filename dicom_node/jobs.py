@@ -12,9 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
@@ -64,7 +64,7 @@ def claim_next_job(
         for job_id in session.scalars(query).all():
             now = utcnow()
             won = (
-                session.execute(
+                cast("CursorResult[Any]", session.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
                     .values(
@@ -76,7 +76,7 @@ def claim_next_job(
                         attempts=Job.attempts + 1,
                     )
                     .execution_options(synchronize_session=False)
-                ).rowcount
+                )).rowcount
                 == 1
             )
             if not won:
@@ -133,12 +133,12 @@ def renew_lease(sessions: sessionmaker[Session], job_id: int, worker_id: str, le
     """Extend the lease; False when the job is no longer this worker's (cancelled or re-queued)."""
     with transaction(sessions) as session:
         return (
-            session.execute(
+            cast("CursorResult[Any]", session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.worker_id == worker_id, Job.state == JobState.RUNNING.value)
                 .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            )).rowcount
             == 1
         )
 
@@ -162,12 +162,12 @@ def finish_job(
     if timings is not None:
         values["timings"] = timings
     return (
-        session.execute(
+        cast("CursorResult[Any]", session.execute(
             update(Job)
             .where(Job.id == job_id, Job.worker_id == worker_id, Job.state == JobState.RUNNING.value)
             .values(**values)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )).rowcount
         == 1
     )
 
@@ -229,7 +229,8 @@ def _requeue(
     )
     if extra_where is not None:
         statement = statement.where(extra_where)
-    if session.execute(statement.values(**values).execution_options(synchronize_session=False)).rowcount != 1:
+    changed = session.execute(statement.values(**values).execution_options(synchronize_session=False))
+    if cast("CursorResult[Any]", changed).rowcount != 1:
         return None
     study = _study_for(session, job)
     study_uid = study.study_uid if study is not None else None

@@ -127,6 +127,7 @@ class NodeCollector(Collector):
         events = CounterMetricFamily(
             f"{PREFIX}_audit_events", "Audit events by category and outcome.", labels=["category", "outcome"]
         )
+        count: float
         for category, outcome, count in session.execute(
             select(AuditEvent.category, AuditEvent.outcome, func.count()).group_by(
                 AuditEvent.category, AuditEvent.outcome
@@ -201,6 +202,7 @@ class NodeCollector(Collector):
                 Job.state == JobState.DONE.value
             )
         )
+        value: float | None
         for created, started, finished, timings in rows:
             for key, value in _numeric(timings):
                 stages.setdefault(key, []).append(value)

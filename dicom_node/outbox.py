@@ -13,8 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import random
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from db import audit
@@ -78,12 +79,12 @@ def claim(session: Session, destination: str, now: dt.datetime, lease_seconds: f
     lease = now + dt.timedelta(seconds=lease_seconds)
     won: list[int] = []
     for item_id in candidates:
-        changed = session.execute(
+        changed = cast("CursorResult[Any]", session.execute(
             update(OutboxItem)
             .where(OutboxItem.id == item_id, OutboxItem.state == OutboxState.PENDING.value)
             .values(state=OutboxState.SENDING.value, next_attempt_at=lease, attempts=OutboxItem.attempts + 1)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )).rowcount
         if changed == 1:
             won.append(item_id)
     return won
@@ -146,7 +147,7 @@ def mark_failed_attempt(session: Session, item_id: int, *, reason: str, peer: st
     started = _aware(item.retry_window_start or item.created_at)
     age = (now - started).total_seconds()
     item.last_error = reason
-    detail = dict(study_uid=item.study_uid, sop_instance_uid=item.sop_instance_uid, peer=peer,
+    detail: dict[str, Any] = dict(study_uid=item.study_uid, sop_instance_uid=item.sop_instance_uid, peer=peer,
                   destination=item.destination, attempt=item.attempts, status=status, outbox_id=item.id)
     if age >= retry.give_up_after_seconds:
         item.state = OutboxState.FAILED.value
@@ -165,13 +166,13 @@ def mark_failed_attempt(session: Session, item_id: int, *, reason: str, peer: st
 
 def hold_destination(session: Session, destination: str, until: dt.datetime) -> int:
     """Per-destination back-off: pending rows of a failing destination wait at least until `until`."""
-    return session.execute(
+    return cast("CursorResult[Any]", session.execute(
         update(OutboxItem)
         .where(OutboxItem.destination == destination, OutboxItem.state == OutboxState.PENDING.value,
                OutboxItem.next_attempt_at < until)
         .values(next_attempt_at=until)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
 
 
 def retry(session: Session, item_ids: list[int] | None, actor: str, now: dt.datetime | None = None) -> list[int]:

@@ -18,11 +18,13 @@ import ssl
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from io import BytesIO
+from typing import Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -91,7 +93,7 @@ def _is_tls(assoc: Association) -> bool:
 
 
 def _certificate_subject(sock: ssl.SSLSocket) -> str:
-    subject = (sock.getpeercert() or {}).get("subject", ())
+    subject = cast("tuple[tuple[tuple[str, str], ...], ...]", (sock.getpeercert() or {}).get("subject", ()))
     return ", ".join(f"{key}={value}" for rdn in subject for key, value in rdn)
 
 
@@ -197,7 +199,7 @@ class Receiver:
         ae.add_supported_context(Verification)
         classes = list(PET_CT_SOP_CLASSES)
         if node.other_storage_classes == "store":
-            classes += [cx.abstract_syntax for cx in AllStoragePresentationContexts
+            classes += [cast(str, cx.abstract_syntax) for cx in AllStoragePresentationContexts
                         if cx.abstract_syntax not in PET_CT_SOP_CLASSES]
         for uid in classes:
             ae.add_supported_context(uid, TRANSFER_SYNTAXES)
@@ -211,14 +213,15 @@ class Receiver:
         # pynetdicom logger never goes below WARNING (log.py). Bound per association, so set before any.
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
         self._ae = self._make_ae()
-        handlers = [
+        handlers: list[evt.EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        server = self._ae.make_server((node.bind, node.port), evt_handlers=handlers, server_class=_NodeServer)
+        server = cast(_NodeServer, self._ae.make_server((node.bind, node.port), evt_handlers=handlers,
+                                                        server_class=_NodeServer))
         server.receiver = self
         server.tls = tls_context(node) if node.tls.enabled else None
         self._server = server
@@ -257,6 +260,7 @@ class Receiver:
 
     def _refusal(self, assoc: Association) -> tuple[tuple[int, int, int], str] | None:
         node = self.settings.node
+        assert assoc.requestor.primitive is not None  # set from the A-ASSOCIATE-RQ before EVT_REQUESTED
         calling = assoc.requestor.primitive.calling_ae_title.strip()
         called = assoc.requestor.primitive.called_ae_title.strip()
         peer = _peer(assoc)
@@ -281,6 +285,7 @@ class Receiver:
         if refusal is None:
             return
         (result, source, diagnostic), reason = refusal
+        assert assoc.requestor.primitive is not None  # set from the A-ASSOCIATE-RQ before EVT_REQUESTED
         calling = assoc.requestor.primitive.calling_ae_title.strip()
         peer = _peer(assoc)
         log.warning("association rejected", extra={"calling_ae": calling, "peer": peer, "reason": reason})
@@ -299,7 +304,8 @@ class Receiver:
         detail: dict[str, Any] = {"tls": tls, "called_ae": assoc.acceptor.ae_title.strip(),
                                   "accepted_contexts": len(assoc.accepted_contexts)}
         if tls:
-            detail["peer_certificate"] = _certificate_subject(assoc.dul.socket.socket)
+            assert assoc.dul.socket is not None  # _is_tls found an SSL socket there
+            detail["peer_certificate"] = _certificate_subject(cast(ssl.SSLSocket, assoc.dul.socket.socket))
         if refused_classes:
             detail["refused_sop_classes"] = refused_classes
         log.info("association accepted", extra={"calling_ae": caller.ae_title, "peer": caller.host,
@@ -349,19 +355,19 @@ class Receiver:
             )
 
     def _on_store(self, event: Event) -> int:
-        request = event.request
+        request = cast(C_STORE, event.request)
         state = self._state(event.assoc)
         requested_class = str(request.AffectedSOPClassUID or "")
         requested_instance = str(request.AffectedSOPInstanceUID or "")
         try:
-            self._check_resources(request.DataSet.getbuffer().nbytes)
+            self._check_resources(cast(BytesIO, request.DataSet).getbuffer().nbytes)
             context_class = str(event.context.abstract_syntax)
             if requested_class != context_class:
                 raise InstanceRefused(
                     STATUS_DOES_NOT_MATCH,
                     f"SOP Class UID {requested_class} sent on a presentation context for {context_class}",
                 )
-            with request.DataSet.getbuffer() as received:
+            with cast(BytesIO, request.DataSet).getbuffer() as received:
                 data = received_file(requested_class, requested_instance,
                                      str(event.context.transfer_syntax), received)
             with self.store.staging(data) as staged:

@@ -18,14 +18,16 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -200,7 +202,9 @@ def _association_failure(assoc: Association, response: object, peer: Peer) -> st
         reason = getattr(response, "reason_str", "")
         return f"association rejected by {peer.label}: {result}, {source}: {reason}"
     if assoc.rejected_contexts and not assoc.accepted_contexts:
-        refused = ", ".join(sorted({str(cx.abstract_syntax.name) for cx in assoc.rejected_contexts}))
+        refused = ", ".join(
+            sorted({str(cast(UID, cx.abstract_syntax).name) for cx in assoc.rejected_contexts})
+        )
         return f"{peer.label} accepted none of the presentation contexts offered (refused: {refused})"
     return f"no association with {peer.label}: {_diagnose_connection(peer.config)}"
 
@@ -253,7 +257,10 @@ def _send_dimse(settings: Settings, peer: Peer, items: list[Item]) -> list[Outco
         if getattr(primitive, "result", None) is not None:
             response.setdefault("rsp", primitive)
 
-    handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_ACSE_RECV, remember)]
+    handlers: list[evt.EventHandlerType] = [
+        (evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_ACSE_RECV, remember)
+    ]
+    assert config.host is not None  # Destination requires host, port and AE title for kind dicom
     try:
         assoc = ae.associate(config.host, int(config.port or 0), ae_title=config.ae_title or "",
                              evt_handlers=handlers, tls_args=_tls_args(config))

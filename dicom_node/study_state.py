@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import CursorResult, Select, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -54,7 +54,7 @@ class IllegalTransition(Exception):
 SETTLED = [S.COMPLETE, S.QUEUED, S.RUNNING, S.DONE, S.FAILED, S.REJECTED]
 
 
-def reopen_candidates() -> Select[tuple[Study]]:
+def reopen_candidates() -> Select[Study]:
     """Studies decided on earlier content that have received instances since (new or revised)."""
     return select(Study).where(
         Study.state.in_([s.value for s in SETTLED]),
@@ -117,7 +117,7 @@ def transition(
         statement = statement.where(
             Study.instance_count == assessed[0], Study.last_received_at == assessed[1]
         )
-    if session.execute(statement).rowcount != 1:
+    if cast("CursorResult[Any]", session.execute(statement)).rowcount != 1:
         log.info(
             "study transition lost a race",
             extra={"study_uid": study.study_uid, "from_state": current.value, "to_state": to.value},

@@ -9,6 +9,7 @@ from db.models import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
+assert url is not None  # db.session.alembic_config always sets it
 engine = create_engine(url)
 with engine.connect() as connection:
     context.configure(

@@ -16,7 +16,7 @@ import textwrap
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -355,7 +355,8 @@ def _draw_panel(canvas: Image.Image, area: tuple[int, int, int, int], analysis: 
     bx, by = (x0 + x1) // 2, y0 + banner_h // 2
     draw.text((bx, by), BANNER, font=banner_font, fill=TEXT_COLOUR, anchor="mm")
     bbox = draw.textbbox((bx, by), BANNER, font=banner_font, anchor="mm")
-    lines_out.append(TextLine(BANNER, tuple(int(v) for v in bbox), banner_px, TEXT_COLOUR, BANNER_BACKGROUND))
+    box = cast("tuple[int, int, int, int]", tuple(int(v) for v in bbox))
+    lines_out.append(TextLine(BANNER, box, banner_px, TEXT_COLOUR, BANNER_BACKGROUND))
     top = y0 + banner_h + body_px // 2
     size = body_px
     pieces, needed = _layout(analysis, facts, width, size)
@@ -367,7 +368,8 @@ def _draw_panel(canvas: Image.Image, area: tuple[int, int, int, int], analysis: 
         f = font(px, bold=bold)
         draw.text((x0 + margin, y), piece, font=f, fill=TEXT_COLOUR)
         bbox = draw.textbbox((x0 + margin, y), piece, font=f)
-        lines_out.append(TextLine(piece, tuple(int(v) for v in bbox), px, TEXT_COLOUR, PANEL_BACKGROUND))
+        box = cast("tuple[int, int, int, int]", tuple(int(v) for v in bbox))
+        lines_out.append(TextLine(piece, box, px, TEXT_COLOUR, PANEL_BACKGROUND))
         y += int(px * 1.35)
 
 
@@ -423,7 +425,8 @@ def render_summary(analysis: AnalysisResult, facts: PanelFacts, view_px: int = 4
             label = f"{plane.capitalize()} ({how})"
             draw.text((x + 4, header // 2), label, font=title_font, fill=TEXT_COLOUR, anchor="lm")
             bbox = draw.textbbox((x + 4, header // 2), label, font=title_font, anchor="lm")
-            rendered.lines.append(TextLine(label, tuple(int(v) for v in bbox), body_px, TEXT_COLOUR, BACKGROUND))
+            box = cast("tuple[int, int, int, int]", tuple(int(v) for v in bbox))
+            rendered.lines.append(TextLine(label, box, body_px, TEXT_COLOUR, BACKGROUND))
         bar_w = view_px
         bx0 = (width - bar_w) // 2
         _colour_bar(canvas, (bx0, header + view_px + bar_h // 4, bx0 + bar_w, header + view_px + 3 * bar_h // 4),

@@ -58,7 +58,8 @@ def build_sc_series(pictures: list[Rendered], pet_header: Dataset, settings: Res
             specific_character_set="ISO_IR 192",
         )
         if plane not in _ORIENTATION:
-            sc.PatientOrientation = ""  # several planes in one picture: no single orientation applies
+            # Several planes in one picture: no single orientation applies (stubs only allow a list).
+            sc.PatientOrientation = ""  # type: ignore[assignment]
         sc.ConversionType = "WSD"
         sc.BurnedInAnnotation = "YES"
         sc.BodyPartExamined = settings.body_part_examined

@@ -32,7 +32,7 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from dicom_node.config import ResultSettings
 from dicom_node.report.render import BANNER, PUBLISHED_PERFORMANCE
@@ -211,5 +211,5 @@ def as_comprehensive(sr: Dataset) -> Dataset:
     copy = deepcopy(sr)
     copy.SOPClassUID = COMPREHENSIVE_SR
     if hasattr(copy, "file_meta"):
-        copy.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
+        copy.file_meta.MediaStorageSOPClassUID = UID(COMPREHENSIVE_SR)
     return copy

@@ -215,6 +215,7 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
            (17, 15))
     b.tube("rectal_gas", (prostate[0], rectum_y, prostate[2] - 45), (prostate[0], rectum_y + 8, oz + 80),
            (8, 7))
+    side: float
     if prostatectomy:
         b.ellipsoid("prostate_bed", prostate, (p_radii[0] * 0.6, p_radii[1] * 0.6, p_radii[2] * 0.7))
     else:

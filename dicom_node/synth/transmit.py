@@ -55,8 +55,10 @@ def send_files(files: list[Path], host: str, port: int, called_aet: str, calling
         for syntax in sorted(syntaxes):
             ae.add_requested_context(sop_class, [syntax])
     seen: set[str] = set()
-    handlers = [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_CONN_OPEN, lambda e: seen.add("connected")),
-                (evt.EVT_ACCEPTED, lambda e: seen.add("accepted"))]
+    handlers: list[evt.EventHandlerType] = [
+        (evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_CONN_OPEN, lambda e: seen.add("connected")),
+        (evt.EVT_ACCEPTED, lambda e: seen.add("accepted")),
+    ]
     assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=handlers)
     if not assoc.is_established:
         if "connected" not in seen:

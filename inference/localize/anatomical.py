@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -171,7 +172,7 @@ def _femoral_heads(grid: Grid, body: np.ndarray) -> tuple[np.ndarray, np.ndarray
     peaks = peaks + np.array([b.start for b in box])
     points = (grid.affine[:3, :3] @ peaks.T).T + grid.affine[:3, 3]
     body_x = grid.axis_mm(0)
-    columns = body.any(axis=1)  # (x, z): body present in that column of the slice
+    columns = cast(np.ndarray, body.any(axis=1))  # (x, z): body present in that column of the slice
     has_body = columns.any(axis=0)
     right_edge = np.where(has_body, body_x[np.argmax(columns, axis=0)], np.nan)
     left_edge = np.where(has_body, body_x[columns.shape[0] - 1 - np.argmax(columns[::-1], axis=0)], np.nan)

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -34,7 +35,7 @@ INSTALL_HINT = (
 
 def mask_centre(mask_path: Path) -> tuple[np.ndarray, int] | None:
     """Mean voxel index of a NIfTI mask mapped to LPS mm with the mask's own affine; None when empty."""
-    image = nib.load(str(mask_path))
+    image = cast(nib.Nifti1Image, nib.load(str(mask_path)))
     voxels = np.argwhere(np.asanyarray(image.dataobj) > 0)
     if voxels.size == 0:
         return None
