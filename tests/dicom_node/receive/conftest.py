@@ -42,3 +42,11 @@ def node_db() -> Iterator[Callable[[NodeProcess], NodeDatabase]]:
     yield open_db
     for database in opened:
         database.close()
+
+
+@pytest.fixture(scope="module")
+def db(node: NodeProcess) -> Iterator[NodeDatabase]:
+    """The database of the module's shared `node` (modules that start one node for all their tests)."""
+    database = NodeDatabase(node.config["database"]["url"])
+    yield database
+    database.close()

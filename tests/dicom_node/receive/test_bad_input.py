@@ -42,13 +42,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def db(node: NodeProcess) -> Iterator[NodeDatabase]:
-    database = NodeDatabase(node.config["database"]["url"])
-    yield database
-    database.close()
-
-
 def _refusal(db: NodeDatabase, sop_instance_uid: str) -> str:
     rows = [row for row in db.audit("instance", "refused") if row.sop_instance_uid == sop_instance_uid]
     assert len(rows) == 1, f"expected one refusal audit row for {sop_instance_uid}"

@@ -59,13 +59,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def db(node: NodeProcess) -> Iterator[NodeDatabase]:
-    database = NodeDatabase(node.config["database"]["url"])
-    yield database
-    database.close()
-
-
 @st.composite
 def mutated(draw: st.DrawFn) -> tuple[str, str, bytes]:
     """(SOP class, fresh SOP instance UID, mutated explicit-VR-little-endian dataset bytes)."""
