@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,16 @@ class NodeProcess:
                 continue
         self.kill()
         raise TimeoutError(f"node did not listen on {self.port}:\n{self.log_text()}")
+
+    def wait_until(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Poll `check` until it returns something truthy; on timeout fail with the node's recent log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}\n{self.log_text()[-4000:]}")
 
     def log_text(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""

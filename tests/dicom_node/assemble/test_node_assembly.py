@@ -54,16 +54,6 @@ def database(node: NodeProcess) -> sessionmaker[Session]:
     return make_session_factory(make_engine(node.config["database"]["url"]))
 
 
-def wait_for(check: Callable[[], Any], timeout: float, node: NodeProcess, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{node.log_text()[-4000:]}")
-
-
 def study_state(sessions: sessionmaker[Session], study_uid: str) -> str | None:
     with sessions() as session:
         return session.scalar(select(Study.state).where(Study.study_uid == study_uid))
@@ -101,7 +91,7 @@ def test_shuffled_interleaved_studies_are_each_analysed_once(node_factory: Any, 
     send(node, files)
     sessions = database(node)
     for truth in (first, second):
-        wait_for(state_is(sessions, truth.study_uid, "done", "failed"), 90, node, "analysis")
+        node.wait_until(state_is(sessions, truth.study_uid, "done", "failed"), 90, "analysis")
     time.sleep(1.5)  # a few more ticks: nothing may be analysed twice
     for truth in (first, second):
         study, jobs, results, events = story(sessions, truth.study_uid)
@@ -153,7 +143,7 @@ def test_incomplete_ct_only_fdg_and_unanalysable_studies_end_with_reasons(
     send(node, [p for n, p in enumerate(pet) if n != 17] + ct)
     assert study_state(sessions, gapped.study_uid) == "receiving"  # waits for the quiet period
     for uid in (gapped.study_uid, ct_only.study_uid, fdg_uid, weightless.study_uid):
-        wait_for(state_is(sessions, uid, "rejected", "done", "failed"), 30, node, "a verdict")
+        node.wait_until(state_is(sessions, uid, "rejected", "done", "failed"), 30, "a verdict")
     study, jobs, results, events = story(sessions, weightless.study_uid)
     assert study.state == "failed" and "PatientWeight (0010,1030) is missing" in (study.state_reason or "")
     assert [j.state for j in jobs] == ["failed"] and results == []
@@ -189,16 +179,15 @@ def test_late_instances_reopen_the_study_and_the_new_result_supersedes(
     node = node_factory(QUICK)
     sessions = database(node)
     send(node, pet + early)
-    wait_for(state_is(sessions, truth.study_uid, "done"), 60, node, "first analysis")
+    node.wait_until(state_is(sessions, truth.study_uid, "done"), 60, "first analysis")
     study, jobs, results, events = story(sessions, truth.study_uid)
     assert next(e for e in events if e.action == "complete").detail["rule"] == "quiet-period"
     send(node, late)
-    wait_for(
+    node.wait_until(
         lambda: (
             len(story(sessions, truth.study_uid)[2]) == 2 and study_state(sessions, truth.study_uid) == "done"
         ),
         60,
-        node,
         "second analysis",
     )
     study, jobs, results, events = story(sessions, truth.study_uid)
@@ -228,9 +217,9 @@ def test_killed_worker_and_stopped_node_leave_the_job_to_be_finished_once(
                 return None
             return session.scalar(select(WorkerHeartbeat.pid).where(WorkerHeartbeat.id == job.worker_id))
 
-    killed = wait_for(running_worker_pid, 60, node, "the job to run")
+    killed = node.wait_until(running_worker_pid, 60, "the job to run")
     os.kill(killed, signal.SIGKILL)
-    wait_for(lambda: (running_worker_pid() or killed) != killed, 60, node, "the job to run again")
+    node.wait_until(lambda: (running_worker_pid() or killed) != killed, 60, "the job to run again")
     node.stop()
     study, jobs, results, events = story(sessions, truth.study_uid)
     if study.state != "done":  # the stop may have come too late to interrupt the second run
@@ -240,7 +229,7 @@ def test_killed_worker_and_stopped_node_leave_the_job_to_be_finished_once(
             "worker-stopped",
         ]
         again = node_factory(QUICK, db_url=node.config["database"]["url"], name="again")
-        wait_for(state_is(sessions, truth.study_uid, "done", "failed"), 60, again, "the released job")
+        again.wait_until(state_is(sessions, truth.study_uid, "done", "failed"), 60, "the released job")
         study, jobs, results, events = story(sessions, truth.study_uid)
     assert study.state == "done"
     assert len(jobs) == 1 and jobs[0].attempts == 2 and jobs[0].state == "done"
@@ -258,7 +247,7 @@ def test_queued_work_survives_a_node_crash_and_a_separate_worker_runs_it(
     first = node_factory(receive_only, db_url=db_url, name="first")
     sessions = database(first)
     send(first, pet + ct)
-    wait_for(state_is(sessions, truth.study_uid, "queued"), 30, first, "the study to be queued")
+    first.wait_until(state_is(sessions, truth.study_uid, "queued"), 30, "the study to be queued")
     first.kill()
     again = node_factory({**receive_only, "storage": first.config["storage"]}, db_url=db_url, name="second")
     log = open(tmp_path / "worker.log", "wb")
@@ -269,7 +258,7 @@ def test_queued_work_survives_a_node_crash_and_a_separate_worker_runs_it(
         start_new_session=True,
     )
     try:
-        wait_for(state_is(sessions, truth.study_uid, "done", "failed"), 60, again, "the resumed job")
+        again.wait_until(state_is(sessions, truth.study_uid, "done", "failed"), 60, "the resumed job")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
     finally:

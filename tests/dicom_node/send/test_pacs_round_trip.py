@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +16,11 @@ from db.models import AuditEvent, OutboxItem
 from db.session import make_engine, make_session_factory
 from dicom_node.synth import SynthOptions, generate_study
 from tests.conftest import require_tool
-from tests.support.node import NodeProcess
 from tests.support.orthanc import OrthancServer
 
 pytestmark = pytest.mark.slow
 QUICK = {"assembly": {"quiet_seconds": 4, "ceiling_seconds": 120}, "workers": {"lease_seconds": 10},
          "results": {"send_tick_seconds": 0.5}}
-
-
-def _wait(check: Callable[[], Any], timeout: float, what: str, node: NodeProcess) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}\n{node.log_text()[-4000:]}")
 
 
 def _results_in(orthanc: OrthancServer, study_uid: str) -> list[dict[str, Any]]:
@@ -59,8 +47,10 @@ def test_orthanc_routes_a_study_to_the_node_and_receives_sr_and_sc_in_the_same_s
             orthanc.upload(path)
         orthanc_study = orthanc.post("/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}})[0]
         orthanc.post("/modalities/psma/store", {"Resources": [orthanc_study], "Synchronous": True})
-        results = _wait(lambda: len(_results_in(orthanc, study_uid)) >= 5 and _results_in(orthanc, study_uid),
-                        150, "SR and SC in Orthanc", node)
+        results = node.wait_until(
+            lambda: len(_results_in(orthanc, study_uid)) >= 5 and _results_in(orthanc, study_uid),
+            150, "SR and SC in Orthanc",
+        )
         assert {t["Modality"] for t in results} == {"SR", "OT"}
         sr = [t for t in results if t["Modality"] == "SR"]
         sc = [t for t in results if t["Modality"] == "OT"]
@@ -69,7 +59,7 @@ def test_orthanc_routes_a_study_to_the_node_and_receives_sr_and_sc_in_the_same_s
         assert all(t["SeriesDescription"].startswith("AI") for t in results)
         assert len({t["SeriesInstanceUID"] for t in sc}) == 1
         sessions = make_session_factory(make_engine(node.config["database"]["url"]))
-        _wait(lambda: _all_confirmed(sessions), 30, "C-FIND confirmation", node)
+        node.wait_until(lambda: _all_confirmed(sessions), 30, "C-FIND confirmation")
         with sessions() as session:
             stored = session.scalars(select(AuditEvent).where(AuditEvent.action == "stored")).all()
             assert len(stored) == len(results)
@@ -99,10 +89,12 @@ def test_storescu_study_comes_back_to_the_sender_after_orthanc_returns(tmp_path:
         with sessions() as session:
             return bool(session.scalars(select(AuditEvent).where(AuditEvent.action == "attempt")).first())
 
-    _wait(failed_attempts, 150, "a failed delivery attempt while the PACS is down", node)
+    node.wait_until(failed_attempts, 150, "a failed delivery attempt while the PACS is down")
     with orthanc:
-        results = _wait(lambda: len(_results_in(orthanc, study_uid)) >= 5 and _results_in(orthanc, study_uid),
-                        60, "results back at the sender", node)
+        results = node.wait_until(
+            lambda: len(_results_in(orthanc, study_uid)) >= 5 and _results_in(orthanc, study_uid),
+            60, "results back at the sender",
+        )
         time.sleep(2.0)  # more send ticks: nothing may arrive twice
         with sessions() as session:
             rows = session.scalars(select(OutboxItem)).all()
