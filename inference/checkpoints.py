@@ -15,11 +15,11 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -185,27 +185,24 @@ def import_checkpoint(
         checkpoint_format=kind,
     )
     manifest = {**asdict(installed), "path": target.name}
-    _atomic_write(target_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+    manifest_bytes = json.dumps(manifest, indent=2).encode()
+    _atomic_write(target_dir / MANIFEST, lambda handle: handle.write(manifest_bytes))
     return installed
 
 
+def _atomic_write(target: Path, fill: Callable[[IO[bytes]], object]) -> None:
+    """`fill` writes the content to a temporary file beside `target`, which replaces it once fsynced."""
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as handle:
+        tmp = Path(handle.name)
+        fill(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+
+
 def _atomic_copy(source: Path, target: Path) -> None:
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as handle:
-        tmp = Path(handle.name)
-        with open(source, "rb") as src:
-            shutil.copyfileobj(src, handle, 1 << 20)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as handle:
-        tmp = Path(handle.name)
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    with open(source, "rb") as src:
+        _atomic_write(target, lambda handle: shutil.copyfileobj(src, handle, 1 << 20))
 
 
 def installed_model(models_dir: Path, model_id: str) -> InstalledModel | None:
