@@ -49,6 +49,69 @@ class Quantification:
     suv_peak_region_note: str = ""
 
 
+MiPsmaScore = Literal[0, 1, 2, 3]
+"""PROMISE V2 miPSMA expression score of one focus: its SUVmax against reference organ SUVmeans."""
+
+BladderRelation = Literal["separate", "adjacent", "touching"]
+"""How a focus lies to the urinary bladder (its isocontour's closest distance to the bladder mask)."""
+
+
+@dataclass
+class ReferenceOrgan:
+    """A PROMISE V2 reference region and how its SUVmean was obtained (or why it could not be)."""
+
+    name: Literal["blood pool", "spleen", "liver", "parotid glands"]
+    suv_mean: float | None
+    method: str
+    """How the region was found, e.g. "TotalSegmentator aorta mask, eroded 2 voxels, 412 voxels"."""
+    note: str = ""
+    """Why `suv_mean` is None, when it is."""
+
+
+@dataclass
+class Focus:
+    """One PSMA-avid focus in the prostate / prostate-bed region (bladder excluded), PROMISE V2 terms.
+
+    `mask` is the focus's isocontour on the grid of `AnalysisImages.pet_suv_crop` (same shape), the region
+    the SEG carries; positions are patient LPS millimetres.
+    """
+
+    number: int
+    """1-based, in order of decreasing SUVmax; the SR's Tracking Identifier uses it."""
+    suv_max: float
+    suv_peak: float | None
+    """Mean SUV in the 1 cm³ sphere placed where it gives the highest mean (None when it cannot fit)."""
+    suv_mean: float
+    volume_ml: float
+    suv_max_lps: tuple[float, float, float]
+    centroid_lps: tuple[float, float, float]
+    bladder_relation: BladderRelation
+    bladder_distance_mm: float | None
+    mipsma: MiPsmaScore | None
+    mipsma_note: str
+    """How the score was reached ("SUVmax 6.9 ≥ spleen SUVmean 5.1 …") or why it is not assessable."""
+    mask: np.ndarray | None = None
+
+
+@dataclass
+class Findings:
+    """Every focus of the region and the PROMISE-style summary: what the SR, the SEG and the SC show."""
+
+    foci: list[Focus]
+    references: list[ReferenceOrgan]
+    mipsma_assessable: bool
+    mipsma_note: str
+    local_category: str
+    """A suggested PROMISE V2 local category, e.g. "miTr", "miT2", "miT0" (always labelled a suggestion)."""
+    local_category_note: str
+    region_description: str
+    isocontour_fraction: float
+    region_mask: np.ndarray | None = None
+    """The analysed prostate / prostate-bed region on the PET crop grid (bladder already removed)."""
+    bladder_mask: np.ndarray | None = None
+    """The excluded urinary bladder on the PET crop grid (None when none was found)."""
+
+
 @dataclass
 class AnalysisImages:
     """Images the Secondary Capture is drawn from, each a Volume in patient geometry."""
@@ -84,6 +147,7 @@ class AnalysisResult:
     model_description: str = ""
     published_performance: str = ""
     suv_notes: list[str] = field(default_factory=list)
+    findings: Findings | None = None
 
     def to_summary(self) -> dict[str, object]:
         """Plain JSON-ready data (no images, no tensors): for `analyze --json`, the results table, the API."""
