@@ -48,7 +48,7 @@ def _models(work: Path) -> Path:
     from inference.network import build_network
 
     torch.manual_seed(0)
-    source = work / "net_key_metric=0.7700.pt"
+    source = work / "checkpoint_epoch=4.pt"
     torch.save({"net": build_network(4).state_dict()}, source)
     config = work / "config.yaml"
     config.write_text(f"models:\n  models_dir: {work / 'models'}\n")

@@ -227,6 +227,20 @@ class WorkerHeartbeat(Base):
     current_job_id: Mapped[int | None] = mapped_column(Integer)
 
 
+class DashboardSession(Base):
+    """A dashboard login: its cookie names the row and logout deletes it, so an old cookie opens nothing.
+
+    The id is the SHA-256 of the cookie's session id: reading this table does not let anyone log in."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(128), index=True)
+    peer: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class AuditEvent(Base):
     """Append-only trail: nothing in the product updates or deletes these rows."""
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import distinct, func, select
@@ -24,8 +26,10 @@ from db.session import transaction
 from dicom_node.completeness import Decision, Proof, ct_proof, decide, pet_proof
 from dicom_node.config import Settings
 from dicom_node.jobs import cancel_older_jobs
-from dicom_node.series_selection import Selection, SeriesSummary, select_series
+from dicom_node.patient_identity import IDENTITY_ATTRIBUTES, LABELS
+from dicom_node.series_selection import LAYOUT_KEYWORDS, Selection, SeriesSummary, select_series
 from dicom_node.study_state import as_utc, reopen_candidates, transition, utcnow
+from dicom_node.wake import JOBS, ring_on_commit
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +102,68 @@ def load_series(session: Session, study_id: int) -> list[SeriesSummary]:
             max_instance_number=row[14],
             min_position=row[15],
             max_position=row[16],
-            header=dict(headers.get(row[17]) or {}),
+            header=dict(headers.get(row[-1]) or {}),
             positions=tuple(positions.get(row[0], ())),
         )
         for row in rows
     ]
+
+
+def load_layouts(session: Session, study_id: int) -> dict[str, dict[str, tuple[int | None, int | None]]]:
+    """Per series, the lowest and highest value of each pixel-layout attribute over its usable instances.
+
+    Read from the header JSON, which costs more than the column aggregates of `load_series`: run once,
+    when a study is about to be decided, not on every tick.
+    """
+    values = [Instance.header[keyword].as_integer() for keyword in LAYOUT_KEYWORDS]
+    rows = session.execute(
+        select(Instance.series_uid, *(f(v) for v in values for f in (func.min, func.max)))
+        .where(
+            Instance.study_id == study_id,
+            Instance.current.is_(True),
+            Instance.analysable.is_(True),
+            Instance.missing_file.is_(False),
+        )
+        .group_by(Instance.series_uid)
+    ).all()
+    return {
+        row[0]: {keyword: (row[1 + 2 * n], row[2 + 2 * n]) for n, keyword in enumerate(LAYOUT_KEYWORDS)}
+        for row in rows
+    }
+
+
+def patient_conflict(session: Session, study_id: int) -> str | None:
+    """Why the study's instances cannot be one patient's, or None.
+
+    Compares the salted identity hashes the receiver stores (never names): an attribute with more than one
+    value among the current instances is named, with how many instances of which modality carry each value.
+    Instances without the attribute are not compared.
+    """
+    current = (Instance.study_id == study_id, Instance.current.is_(True))
+    hashes = {keyword: Instance.header[key].as_string() for keyword, key in IDENTITY_ATTRIBUTES.items()}
+    counts = session.execute(
+        select(*(func.count(distinct(value)) for value in hashes.values())).where(*current)
+    ).one()
+    differing = [keyword for keyword, count in zip(hashes, counts) if count > 1]
+    if not differing:
+        return None
+    parts = []
+    for keyword in differing:
+        value = hashes[keyword]
+        groups = session.execute(
+            select(value, Instance.modality, func.count())
+            .where(*current, value.is_not(None))
+            .group_by(value, Instance.modality)
+            .order_by(value, Instance.modality)
+        ).all()
+        per_value: dict[str, list[str]] = {}
+        for digest, modality, count in groups:
+            per_value.setdefault(digest, []).append(f"{count} {modality or 'other'}")
+        described = "; ".join(
+            f"value {n}: {', '.join(found)} instance(s)" for n, found in enumerate(per_value.values(), 1)
+        )
+        parts.append(f"{LABELS[keyword]} differs ({len(per_value)} values: {described})")
+    return "instances of more than one patient in one study: " + "; ".join(parts)
 
 
 @dataclass
@@ -115,6 +176,9 @@ class Assessment:
     ct: Proof | None
     all_pets_complete: bool
     proven_at: dt.datetime | None
+    series: list[SeriesSummary]
+    verified: bool = False
+    """Patient identity and pixel layouts checked (done once, when the study is about to be decided)."""
 
 
 def assess(
@@ -133,7 +197,7 @@ def assess(
     proven_at = (
         (previous.proven_at if previous is not None and previous.proven_at else now) if proven else None
     )
-    return Assessment(key, selection, pet, ct, all_pets_complete, proven_at)
+    return Assessment(key, selection, pet, ct, all_pets_complete, proven_at, series)
 
 
 def reopen(session: Session, study: Study, *, reason: str, rule: str, actor: str | None = None) -> bool:
@@ -159,10 +223,34 @@ def reopen(session: Session, study: Study, *, reason: str, rule: str, actor: str
 
 
 class Assembler:
-    """Per-database memory of what each receiving study looked like at the previous tick."""
+    """Per-database memory of what each receiving study looked like at the previous tick, and of which
+    studies a sender has handed over (the receiver reports associations ending: `association_closed`)."""
 
     def __init__(self) -> None:
         self.seen: dict[int, Assessment] = {}
+        self.released_at: dict[int, dt.datetime] = {}
+        self._released_lock = threading.Lock()
+        # Set by `serve`: the studies open associations are delivering now, and how to wake assembly.
+        self.delivering: Callable[[], set[int]] = set
+        self.on_handover: Callable[[], None] = lambda: None
+
+    def association_closed(self, study_ids: Iterable[int], released: bool) -> None:
+        """An association that delivered instances of `study_ids` ended (released, or aborted/dropped)."""
+        now = utcnow()
+        with self._released_lock:
+            for study_id in study_ids:
+                if released:
+                    self.released_at[study_id] = now
+                else:  # an aborted sender may well send again: keep the settle window
+                    self.released_at.pop(study_id, None)
+        if released:
+            self.on_handover()
+
+    def handed_over(self, study_id: int, last_received_at: dt.datetime) -> bool:
+        """Released after the study's last instance, and no open association is delivering to it."""
+        with self._released_lock:
+            released = self.released_at.get(study_id)
+        return released is not None and released >= last_received_at and study_id not in self.delivering()
 
     def tick(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self.reopen_changed(sessions)
@@ -170,6 +258,9 @@ class Assembler:
             studies = session.scalars(select(Study).where(Study.state == StudyState.RECEIVING.value)).all()
         for study_id in set(self.seen) - {s.id for s in studies}:
             del self.seen[study_id]
+        with self._released_lock:
+            for study_id in set(self.released_at) - {s.id for s in studies}:
+                del self.released_at[study_id]
         for study in studies:
             study_id, study_uid = study.id, study.study_uid
             try:
@@ -206,7 +297,52 @@ class Assembler:
             with sessions() as session:
                 series = load_series(session, study.id)
             previous = self.seen[study.id] = assess(series, settings, key, now, previous)
-        decision = decide(
+        handed_over = self.handed_over(study.id, last)
+        decision = self.completeness_decision(previous, study, last, now, settings, handed_over=handed_over)
+        if decision.action != "wait" and not previous.verified:
+            previous, decision = self.verify(sessions, study, previous, settings, now, handed_over)
+        if decision.action == "wait":
+            return
+        self.record(sessions, study, previous, decision)
+
+    def verify(
+        self,
+        sessions: sessionmaker[Session],
+        study: Study,
+        assessment: Assessment,
+        settings: Settings,
+        now: dt.datetime,
+        handed_over: bool,
+    ) -> tuple[Assessment, Decision]:
+        """Before deciding: one patient only, and series whose slices stack; else reject or re-select.
+
+        A study naming two patients is refused whatever else it holds: no more data can mend it. A series
+        with mixed pixel layouts is dropped from selection, which may then pick another or refuse.
+        """
+        with sessions() as session:
+            conflict = patient_conflict(session, study.id)
+            layouts = load_layouts(session, study.id) if conflict is None else {}
+        if conflict is not None:
+            assessment.verified = True
+            return assessment, Decision("reject", "patient-conflict", conflict)
+        series = [replace(s, layout=layouts.get(s.series_uid, {})) for s in assessment.series]
+        checked = assess(series, settings, assessment.key, now, assessment)
+        checked.verified = True
+        self.seen[study.id] = checked
+        last = as_utc(study.last_received_at)
+        decision = self.completeness_decision(checked, study, last, now, settings, handed_over=handed_over)
+        return checked, decision
+
+    @staticmethod
+    def completeness_decision(
+        previous: Assessment,
+        study: Study,
+        last: dt.datetime,
+        now: dt.datetime,
+        settings: Settings,
+        handed_over: bool = False,
+    ) -> Decision:
+        return decide(
             previous.selection,
             previous.pet,
             previous.ct,
@@ -215,9 +351,13 @@ class Assembler:
             last_received_at=last,
             now=now,
             settings=settings.assembly,
+            handed_over=handed_over,
         )
-        if decision.action == "wait":
-            return
+
+    def record(
+        self, sessions: sessionmaker[Session], study: Study, previous: Assessment, decision: Decision
+    ) -> None:
+        """Record the decision: rejected with its reason, or complete with a queued job."""
         assessed = (study.instance_count, study.last_received_at)
         with transaction(sessions) as session:
             session.add(study)
@@ -279,6 +419,7 @@ class Assembler:
             generation=study.generation,
             flags=flags,
         )
+        ring_on_commit(session, JOBS)  # an idle worker starts it when this commits
         transition(
             session,
             study,
@@ -292,9 +433,14 @@ class Assembler:
 _assemblers: "weakref.WeakKeyDictionary[sessionmaker[Session], Assembler]" = weakref.WeakKeyDictionary()
 
 
-def assembly_tick(settings: Settings, sessions: sessionmaker[Session]) -> None:
-    """Reopen studies with new data; judge completeness of receiving studies; queue jobs for ready ones."""
+def assembler_for(sessions: sessionmaker[Session]) -> Assembler:
+    """The one assembler (and its memory) of this database."""
     assembler = _assemblers.get(sessions)
     if assembler is None:
         assembler = _assemblers[sessions] = Assembler()
-    assembler.tick(settings, sessions)
+    return assembler
+
+
+def assembly_tick(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    """Reopen studies with new data; judge completeness of receiving studies; queue jobs for ready ones."""
+    assembler_for(sessions).tick(settings, sessions)

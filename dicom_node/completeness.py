@@ -142,9 +142,15 @@ def decide(
     last_received_at: dt.datetime,
     now: dt.datetime,
     settings: AssemblySettings,
+    handed_over: bool = False,
 ) -> Decision:
-    """Apply the rules in order: content proof + settle; else quiet period or ceiling; say which fired."""
-    settle_at = last_received_at + dt.timedelta(seconds=settings.settle_seconds)
+    """Apply the rules in order: content proof + settle; else quiet period or ceiling; say which fired.
+
+    `handed_over`: every association that delivered to the study was released after its last instance,
+    and none is open. The settle window waits for stragglers of a sender still connected, so it is skipped
+    then; should more data come after all, the study reopens and the new result supersedes.
+    """
+    settle_at = last_received_at + dt.timedelta(seconds=0.0 if handed_over else settings.settle_seconds)
     quiet_at = last_received_at + dt.timedelta(seconds=settings.quiet_seconds)
     ceiling_at = first_received_at + dt.timedelta(seconds=settings.ceiling_seconds)
     fallback_at = min(quiet_at, ceiling_at)
@@ -164,7 +170,8 @@ def decide(
     evidence = f"{pet.detail}; {ct.detail}"
     if pet.complete and ct.complete:
         if now >= settle_at:
-            return Decision("queue", "content-proof", evidence, proven=True)
+            flags = {"settle": "skipped: the sender released its association"} if handed_over else {}
+            return Decision("queue", "content-proof", evidence, proven=True, flags=flags)
         return Decision("wait", "settle", evidence, recheck_at=settle_at, proven=True)
     if now < fallback_at:
         return Decision("wait", "waiting-for-proof", evidence, recheck_at=fallback_at)

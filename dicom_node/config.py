@@ -94,7 +94,35 @@ class NodeSettings(_Section):
         default="store",
         description="Storage SOP classes other than PET/CT: store as 'not analysed', or refuse the context.",
     )
-    network_timeout_s: float = Field(default=60.0, gt=0, description="DIMSE/ACSE/network timeout (seconds).")
+    network_timeout_s: float = Field(
+        default=60.0, gt=0, description="DIMSE timeout, and idle time after which an association is closed (seconds)."
+    )
+    acse_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="A new connection must deliver its whole A-ASSOCIATE-RQ within this time, else it is closed "
+                    "(dcmtk's default ACSE timeout is 30 s).",
+    )
+    pdu_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="Once a PDU (its header or its body) has begun, the rest must arrive within this time, else "
+                    "the connection is closed: a peer stalling mid-PDU cannot hold a slot.",
+    )
+    max_pending_connections: int = Field(
+        default=32, ge=1,
+        description="Connections not yet through their A-ASSOCIATE-RQ, held without a thread; when full, the "
+                    "oldest one of the source holding the most is closed. Separate from max_associations.",
+    )
+    max_connections_per_host: int = Field(
+        default=4, ge=1,
+        description="Per source address: at most this many connections waiting to associate (more are closed at "
+                    "once) and this many associations (more are rejected). Keep it below max_associations so one "
+                    "host cannot take every slot.",
+    )
+    connection_report_seconds: float = Field(
+        default=60.0, gt=0,
+        description="Connections the node closes or refuses are logged and audited once per source and interval: "
+                    "the first at once, the rest as one summary.",
+    )
     tls: TLSSettings = Field(default_factory=TLSSettings, description="DICOM TLS.")
 
 
@@ -143,6 +171,13 @@ class AssemblySettings(_Section):
     half_life_range_s: tuple[float, float] = Field(
         default=(6000.0, 7200.0), description="Plausible radionuclide half-life for F-18 (seconds)."
     )
+    allow_different_frame_of_reference: bool = Field(
+        default=False,
+        description=(
+            "Opt-in: pair a PET with an overlapping CT of another Frame of Reference (coordinates assumed to "
+            "coincide, said in the result). Default: such a study is rejected."
+        ),
+    )
 
 
 class WorkerSettings(_Section):
@@ -160,7 +195,11 @@ class ModelSettings(_Section):
     models_dir: Path = Field(default=Path("./var/models"), description="Where imported checkpoints live.")
     routing: Literal["published-test", "by-prostatectomy"] = Field(
         default="published-test",
-        description="published-test: model D for everyone; by-prostatectomy: C if operated, else D.",
+        description=(
+            "published-test (the paper's method): the default model, D, for every patient. "
+            "by-prostatectomy: C if operated, else D; a local choice, not the published method "
+            "(the authors trained and validated C and D on all patients and applied D to everyone)."
+        ),
     )
     default_model: str = Field(default="D", description="Model used under published-test routing.")
     threshold: float = Field(default=0.5, ge=0, le=1, description="Probability at or above which = Present.")
@@ -236,8 +275,19 @@ class ClinicalSettings(_Section):
         description="Regex meaning the patient did not have a prostatectomy (checked first).",
     )
     impute_psa: float = Field(default=30.1, ge=0, description="PSA used when none is known (published).")
+    impute_prostatectomy: bool = Field(
+        default=True,
+        description=(
+            "Status assumed when none is registered or in the tags: true = post-prostatectomy "
+            "(px = 1, the authors' imputation for their test set), false = not operated."
+        ),
+    )
     infer_prostatectomy: bool = Field(
-        default=True, description="Infer prostatectomy from whether a prostate is found when unknown."
+        default=False,
+        description=(
+            "Opt-in, not the published method: when the status is unknown, guess it from the localiser "
+            "(prostate found = not operated, bladder only = operated) before imputing."
+        ),
     )
 
     @field_validator("psa_pattern", "prostatectomy_pattern", "no_prostatectomy_pattern")
@@ -305,6 +355,10 @@ class ResultSettings(_Section):
     institution_name: str = Field(default="", description="Written into result objects when set.")
     sr_series_number: int = Field(default=9900, ge=1, description="Series Number of the AI SR series.")
     sc_series_number: int = Field(default=9901, ge=1, description="Series Number of the AI Secondary Capture series.")
+    seg_series_number: int = Field(default=9902, ge=1, description="Series Number of the AI Segmentation (SEG) series.")
+    seg_enabled: bool = Field(
+        default=True, description="Build and send the DICOM SEG (turn off for a PACS that refuses Segmentation Storage)."
+    )
     body_part_examined: str = Field(
         default="PELVIS", max_length=16, description="BodyPartExamined written into the Secondary Capture."
     )
@@ -342,7 +396,17 @@ class DashboardSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535, description="Dashboard port (0 = pick a free one).")
     users: list[DashboardUser] = Field(default_factory=list, description="Users allowed to log in.")
     tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens for RIS/API clients.")
-    allow_anonymous: bool = Field(default=False, description="Allow access without logging in.")
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Allow read-only access without logging in (loopback bind only; writes need a user or token).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Host names the dashboard is reached by (e.g. psma-node.hospital.org), besides IP addresses, "
+            "localhost and this machine's name; other Host headers are refused (DNS rebinding)."
+        ),
+    )
     session_secret: SecretStr = Field(
         default=SecretStr("change-me"),
         description="Secret signing login cookies; 'change-me' = random per start (logins end on restart).",
@@ -351,6 +415,17 @@ class DashboardSettings(_Section):
     public_metrics: bool = Field(
         default=False, description="Serve /metrics without authentication (it holds no patient data)."
     )
+
+    @field_validator("tokens")
+    @classmethod
+    def _no_blank_token(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for position, token in enumerate(value):
+            if not token.get_secret_value().strip():
+                raise ValueError(
+                    f"token {position} is empty, which would let any caller in: "
+                    "remove it or set a long random value (e.g. `openssl rand -hex 32`)"
+                )
+        return value
 
 
 class RetentionSettings(_Section):
@@ -440,8 +515,13 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_SECRET_KEYS = ("password", "token", "secret", "url")
+"""Keys whose values are never echoed back in an error message (a URL may hold a password)."""
+
+
 def _describe(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+    """One line for one mistake (the usual case), else one line per mistake under a heading."""
+    lines = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
         kind = item["type"]
@@ -450,9 +530,13 @@ def _describe(error: ValidationError, source: str) -> str:
         else:
             message = item["msg"]
         got = item.get("input")
-        shown = "" if kind == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {key}: {message}{shown}")
-    return "\n".join(lines)
+        secret = any(word in key for word in _SECRET_KEYS)
+        hidden = kind == "extra_forbidden" or isinstance(got, dict) or secret
+        shown = "" if hidden else f" (got {got!r})"
+        lines.append(f"{key}: {message}{shown}")
+    if len(lines) == 1:
+        return f"invalid configuration in {source}: {lines[0]}"
+    return "\n  ".join([f"invalid configuration in {source}:", *lines])
 
 
 def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
@@ -464,9 +548,15 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {source}: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"configuration file {source} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"configuration file {source} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    if data is None:
+        # Built-in defaults listen on 0.0.0.0: an empty file (a failed copy, a wrong path) must not start that.
+        raise ConfigError(
+            f"configuration file {source} is empty: write the node's settings into it "
+            f"(start from {DEFAULT_CONFIG_FILE}), or write {{}} to run on the built-in defaults"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"configuration file {source}: top level must be a mapping of sections")
     overrides = _env_overrides(environ)
@@ -486,7 +576,10 @@ def _check_files(settings: Settings, source: str) -> None:
     for key in ("certificate", "private_key", "ca_certificates"):
         value = getattr(tls, key)
         if value is not None and not os.access(_absolute(value, Path.cwd()), os.R_OK):
-            raise ConfigError(f"invalid configuration in {source}:\n  node.tls.{key}: cannot read {value}")
+            raise ConfigError(
+                f"invalid configuration in {source}: node.tls.{key}: cannot read {value} "
+                "(check the path and that the node's user may read it)"
+            )
 
 
 def effective_config(settings: Settings) -> dict[str, Any]:

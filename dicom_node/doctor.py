@@ -29,7 +29,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.session import alembic_config, current_revision, head_revision, make_engine
+from db.session import alembic_config, current_revision, head_revision, make_engine, with_installed_driver
 from dicom_node.association import destination_tls, keep_responses_for_sender
 from dicom_node.config import Destination, Settings
 
@@ -266,7 +266,8 @@ def _sqlite_path(url: str) -> Path | None:
 
 def _doctor_engine(url: str, timeout: float) -> Engine:
     if make_url(url).get_backend_name() == "postgresql":
-        return create_engine(url, connect_args={"connect_timeout": max(1, int(timeout))})
+        timeout_s = max(1, int(timeout))
+        return create_engine(with_installed_driver(url), connect_args={"connect_timeout": timeout_s})
     return make_engine(url)
 
 

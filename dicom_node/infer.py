@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -60,7 +61,11 @@ def series_paths(session: Session, study_id: int, series_uid: str) -> list[Path]
 def _plain(value: Any) -> Any:
     """JSON-able copy of result parts (dataclasses, enums, tuples), without arrays or images."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not isinstance(getattr(value, f.name), np.ndarray)  # masks and affines stay out of the summary
+        }
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, dict):
@@ -93,8 +98,24 @@ def summarise(analysis: AnalysisResult, job: ClaimedJob) -> dict[str, Any]:
         "warnings",
     )
     summary = {name: _plain(getattr(analysis, name)) for name in keep}
+    summary["findings"] = None if analysis.findings is None else analysis.findings.to_summary()
     summary.update(job_id=job.id, generation=job.generation, assembly=job.flags)
     return summary
+
+
+def _audit_findings(analysis: AnalysisResult) -> dict[str, Any] | None:
+    """The findings the audit keeps: foci measures and scores, reference SUVmeans and how they were found."""
+    if analysis.findings is None:
+        return None
+    summary = analysis.findings.to_summary()
+    keys = ("number", "suv_max", "suv_peak", "volume_ml", "bladder_relation", "mipsma", "mipsma_note")
+    return {
+        "foci": [{k: focus[k] for k in keys} for focus in summary["foci"]],  # type: ignore[attr-defined]
+        "references": summary["references"],
+        "mipsma_note": summary["mipsma_note"],
+        "local_category": summary["local_category"],
+        "local_category_note": summary["local_category_note"],
+    }
 
 
 def _describe(exc: BaseException) -> str:
@@ -263,6 +284,7 @@ def _store(
             result_id=result.id,
             finding=analysis.finding.value,
             probability=analysis.probability,
+            findings=_audit_findings(analysis),
         )
         probability = "n/a" if analysis.probability is None else f"{analysis.probability:.3f}"
         transition(

@@ -22,6 +22,7 @@ from db.models import Job, JobState, Study, StudyState
 from db.session import transaction
 from dicom_node.config import Settings
 from dicom_node.study_state import transition, utcnow
+from dicom_node.wake import JOBS, ring_on_commit
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,8 @@ def _requeue(
     changed = session.execute(statement.values(**values).execution_options(synchronize_session=False))
     if cast("CursorResult[Any]", changed).rowcount != 1:
         return None
+    if not exhausted:
+        ring_on_commit(session, JOBS)
     study = _study_for(session, job)
     study_uid = study.study_uid if study is not None else None
     audit.record(

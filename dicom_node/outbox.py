@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from db import audit
 from db.models import OutboxItem, OutboxState, utcnow
 from dicom_node.config import RetrySettings, Settings
+from dicom_node.wake import OUTBOX, ring_on_commit
 
 SENDER_PREFIX = "sender:"
 
@@ -54,6 +55,7 @@ def enqueue(session: Session, *, result_id: int | None, study_uid: str, destinat
         attempts=0, next_attempt_at=now, created_at=now, retry_window_start=now,
     )
     session.add(item)
+    ring_on_commit(session, OUTBOX)  # the sender starts when this commits, not at its next tick
     return item
 
 
@@ -194,6 +196,8 @@ def retry(session: Session, item_ids: list[int] | None, actor: str, now: dt.date
         audit.record(session, "delivery", "manual-retry", study_uid=item.study_uid,
                      sop_instance_uid=item.sop_instance_uid, actor=actor, destination=item.destination,
                      outbox_id=item.id, previous_state=previous, previous_error=item.last_error)
+    if changed:
+        ring_on_commit(session, OUTBOX)
     return changed
 
 

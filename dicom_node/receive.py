@@ -13,12 +13,12 @@ import ipaddress
 import logging
 import shutil
 import socket
-import socketserver
 import ssl
 import threading
 import weakref
 from dataclasses import dataclass, field
 from io import BytesIO
+from collections.abc import Callable
 from typing import Any, cast
 
 from pynetdicom import AE, evt
@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
 from dicom_node.config import NodeSettings, Settings
+from dicom_node.port_guard import ClosureReporter, ConnectionGate, GuardedRequestHandler, install_log_filters
 from dicom_node.store import (
     PET_CT_SOP_CLASSES,
     Caller,
@@ -97,6 +98,11 @@ def _certificate_subject(sock: ssl.SSLSocket) -> str:
     return ", ".join(f"{key}={value}" for rdn in subject for key, value in rdn)
 
 
+def _any_nonempty_uid(value: Any) -> tuple[bool, str]:
+    """pynetdicom's UID check for DIMSE fields, minus the 64-character limit (store.py checks UIDs)."""
+    return (True, "") if isinstance(value, str) and value else (False, "must not be empty")
+
+
 def _host_allowed(peer: str, hosts: list[str]) -> bool:
     """Empty = any source; entries are addresses or networks (10.0.0.0/24)."""
     if not hosts:
@@ -130,41 +136,33 @@ def tls_context(node: NodeSettings) -> ssl.SSLContext:
 
 
 class _NodeServer(ThreadedAssociationServer):
-    """pynetdicom's server with two changes: TCP_NODELAY on every socket, and the TLS handshake done in
-    the connection's own thread (pynetdicom does it in the accept loop, where one slow or failing client
-    would hold up every other caller and leave no trace)."""
+    """pynetdicom's server, fed by `port_guard.ConnectionGate` instead of its own accept loop: a connection
+    reaches pynetdicom (and gets its threads) only with a complete, decodable A-ASSOCIATE-RQ in hand."""
 
-    receiver: Receiver
-    tls: ssl.SSLContext | None
+    request_queue_size = 128  # listen backlog; the gate accepts at once, so this only absorbs bursts
+    pdu_timeout_s: float
+    reporter: ClosureReporter
 
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = self.socket.accept()  # type: ignore[union-attr]
-        # Without it Nagle + delayed ACK cost ~40 ms per DIMSE message on loopback.
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls is not None:
-            client = self.tls.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
-        return client, address
+    def hand_over(self, sock: socket.socket, address: tuple[str, int], request: bytes) -> None:
+        """Called by the gate: start the association (in a thread of its own, as pynetdicom does)."""
+        with self._requests_lock:
+            self._requests[sock] = request
+        self.process_request(sock, address)
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(self.receiver.settings.node.network_timeout_s)
-                request.do_handshake()
-                request.settimeout(None)
-            except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
-                # Closed before saying anything: a port probe or health check, not an association attempt.
-                log.debug("connection closed during TLS handshake", extra={"peer": str(client_address[0])})
-                self.shutdown_request(request)
-                return
-            except (OSError, ValueError) as exc:
-                self.receiver.tls_failed(str(client_address[0]), exc)
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)
+    def take_request(self, sock: socket.socket) -> bytes:
+        """The A-ASSOCIATE-RQ the gate read from `sock` (GuardedRequestHandler hands it to the DUL)."""
+        with self._requests_lock:
+            return self._requests.pop(sock)
+
+    def prepare(self, node: NodeSettings, reporter: ClosureReporter) -> None:
+        self._requests: dict[socket.socket, bytes] = {}
+        self._requests_lock = threading.Lock()
+        self.pdu_timeout_s = node.pdu_timeout_s
+        self.reporter = reporter
 
     def shutdown(self) -> None:
-        # Built with make_server, this server is not in the AE's own list that pynetdicom's shutdown edits.
-        socketserver.BaseServer.shutdown(self)
+        # The gate ran instead of serve_forever, so socketserver's shutdown (which waits for that loop)
+        # does not apply; this server is not in the AE's own list that pynetdicom's shutdown edits either.
         self.server_close()
 
 
@@ -178,20 +176,31 @@ class Receiver:
         self.port = settings.node.port
         self._ae: AE | None = None
         self._server: _NodeServer | None = None
-        self._thread: threading.Thread | None = None
+        self._gate: ConnectionGate | None = None
+        self._reporter: ClosureReporter | None = None
         self._states: weakref.WeakKeyDictionary[Association, _AssociationState] = weakref.WeakKeyDictionary()
         self._states_lock = threading.Lock()
+        # Told (study row ids, released?) when an association that stored instances ends: assembly queues a
+        # proven study at once when its sender has released (serve.py sets it).
+        self.on_association_closed: Callable[[set[int], bool], None] | None = None
+
+    def studies_in_transfer(self) -> set[int]:
+        """Row ids of the studies that open associations have delivered instances of."""
+        with self._states_lock:
+            return {study_id for state in self._states.values() for study_id in state.study_ids.values()}
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def _make_ae(self) -> AE:
         node = self.settings.node
         ae = AE(ae_title=node.ae_title)
-        # Enforced (and audited) in _on_requested; pynetdicom's own count includes unnegotiated connections.
-        ae.maximum_associations = 10 * node.max_associations + 10
+        # Limits are enforced (and audited) by the gate and _on_requested. pynetdicom's own ceiling counts
+        # every acceptor thread, even those being rejected or closing, and rejects without telling anyone:
+        # set out of reach so it never turns a real sender away.
+        ae.maximum_associations = 1_000_000
         ae.maximum_pdu_size = node.max_pdu_bytes
         ae.network_timeout = node.network_timeout_s
-        ae.acse_timeout = node.network_timeout_s
+        ae.acse_timeout = node.acse_timeout_s
         ae.dimse_timeout = node.network_timeout_s
         # Calling/called AE checks happen in _on_requested, which audits them.
         ae.require_calling_aet = []
@@ -212,6 +221,10 @@ class Receiver:
         # (copying each data set once more to test whether it is empty), and the node drops it: its
         # pynetdicom logger never goes below WARNING (log.py). Bound per association, so set before any.
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+        # A UID longer than 64 characters in a DIMSE command made pynetdicom drop the association with a
+        # traceback; accepted here, the C-STORE handler refuses it with a status and an audit row.
+        pynetdicom_config.VALIDATORS["UI"] = _any_nonempty_uid
+        install_log_filters()
         self._ae = self._make_ae()
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
@@ -220,14 +233,17 @@ class Receiver:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
+        tls = tls_context(node) if node.tls.enabled else None
         server = cast(_NodeServer, self._ae.make_server((node.bind, node.port), evt_handlers=handlers,
-                                                        server_class=_NodeServer))
-        server.receiver = self
-        server.tls = tls_context(node) if node.tls.enabled else None
+                                                        server_class=_NodeServer,
+                                                        request_handler=GuardedRequestHandler))
+        self._reporter = ClosureReporter(node.connection_report_seconds, self._audit)
+        server.prepare(node, self._reporter)
         self._server = server
         self.port = int(server.server_address[1])
-        self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
-        self._thread.start()
+        assert server.socket is not None
+        self._gate = ConnectionGate(server.socket, node, tls, server.hand_over, self._reporter)
+        self._gate.start()
         log.info("DICOM listener started", extra={"ae_title": node.ae_title, "bind": node.bind,
                                                    "port": self.port, "tls": node.tls.enabled})
 
@@ -236,10 +252,12 @@ class Receiver:
         if self._ae is not None:
             for assoc in self._ae.active_associations:
                 assoc.abort()
+        if self._gate is not None:
+            self._gate.stop()
         if self._server is not None:
             self._server.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._reporter is not None:
+            self._reporter.close()
         self.store.close()
         log.info("DICOM listener stopped", extra={"port": self.port})
 
@@ -252,11 +270,6 @@ class Receiver:
                 audit.record(session, category, action, **fields)
         except Exception:
             log.exception("cannot write audit event", extra={"category": category, "action": action})
-
-    def tls_failed(self, peer: str, exc: BaseException) -> None:
-        reason = f"TLS handshake failed: {exc}"
-        log.warning("association rejected", extra={"peer": peer, "reason": reason})
-        self._audit("association", "rejected", outcome="rejected", reason=reason, peer=peer, tls=True)
 
     def _refusal(self, assoc: Association) -> tuple[tuple[int, int, int], str] | None:
         node = self.settings.node
@@ -275,6 +288,10 @@ class Receiver:
         assert self._ae is not None
         # Established ones only: bare TCP connections (port probes, load balancer checks) do not count.
         established = [a for a in self._ae.active_associations if a.is_acceptor and a.is_established]
+        from_peer = sum(1 for a in established if _peer(a) == peer)
+        if from_peer >= node.max_connections_per_host:
+            return _REJECT_LIMIT, (f"{peer} already holds {from_peer} associations "
+                                   f"(max_connections_per_host {node.max_connections_per_host})")
         if len(established) >= node.max_associations:
             return _REJECT_LIMIT, f"max_associations ({node.max_associations}) reached"
         return None
@@ -318,6 +335,8 @@ class Receiver:
         if state is None:
             return
         how = "released" if event.assoc.is_released else "aborted" if event.assoc.is_aborted else "closed"
+        if self.on_association_closed is not None and state.study_ids:
+            self.on_association_closed(set(state.study_ids.values()), how == "released")
         log.info("association closed", extra={"calling_ae": state.caller.ae_title, "peer": state.caller.host,
                                                "how": how, **{f"n_{k}": v for k, v in state.counts.items()}})
         self._audit("association", how, actor=state.caller.ae_title, peer=state.caller.host, tls=state.tls,

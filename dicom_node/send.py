@@ -130,18 +130,22 @@ def reset_holds() -> None:
 
 def _deliver(settings: Settings, sessions: sessionmaker[Session], name: str) -> None:
     try:
-        _deliver_destination(settings, sessions, name)
+        # Batch after batch while they go through: what was published during a batch goes right after it,
+        # not at the next tick (this thread holds the destination, so a tick would skip it).
+        while _deliver_destination(settings, sessions, name):
+            pass
     except Exception:  # a bug here must not kill the scheduler thread; the rows' leases bring them back
         log.exception("sender failed", extra={"destination": name})
 
 
-def _deliver_destination(settings: Settings, sessions: sessionmaker[Session], name: str) -> None:
+def _deliver_destination(settings: Settings, sessions: sessionmaker[Session], name: str) -> bool:
+    """One batch to one destination; True if there was one and every object of it was accepted."""
     results = settings.results
     now = utcnow()
     with transaction(sessions) as session:
         ids = outbox.claim(session, name, now, results.sending_timeout_seconds, results.max_items_per_association)
         if not ids:
-            return
+            return False
         rows = session.execute(select(OutboxItem).where(OutboxItem.id.in_(ids)).order_by(OutboxItem.id)).scalars()
         items = [Item(r.id, r.path, r.sop_class_uid, r.sop_instance_uid, r.study_uid, r.attempts) for r in rows]
         groups = _resolve(session, settings, name, items)
@@ -154,6 +158,7 @@ def _deliver_destination(settings: Settings, sessions: sessionmaker[Session], na
         else:
             outcomes += _send_dimse(settings, peer, group)
     _record(settings, sessions, name, outcomes)
+    return bool(outcomes) and all(outcome.ok for outcome in outcomes)
 
 
 def _resolve(session: Session, settings: Settings, name: str,

@@ -34,6 +34,14 @@ PSMA_NAME_FRAGMENTS = (
 )
 """Spellings (normalised) that identify a PSMA ligand, to say "not accepted here" rather than "not PSMA"."""
 
+LAYOUT_KEYWORDS = {
+    "BitsAllocated": "Bits Allocated",
+    "SamplesPerPixel": "Samples per Pixel",
+    "Rows": "Rows",
+    "Columns": "Columns",
+}
+"""Header attributes that must be equal on every slice of a series for it to stack into one volume."""
+
 AXIAL_MIN_NORMAL_Z = 0.95
 """|z component| of the slice normal above which a series counts as axial (about 18 degrees of tilt)."""
 
@@ -62,6 +70,25 @@ class SeriesSummary:
     max_position: float | None = None
     positions: tuple[float, ...] = ()
     """Sorted slice positions along the normal (loaded for CT series only)."""
+    layout: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    """(lowest, highest) value over the series' instances of each LAYOUT_KEYWORDS attribute."""
+
+    def layout_problem(self) -> str | None:
+        """Why the instances' pixel layouts cannot form one volume (from headers alone), or None."""
+        label = "PET" if self.modality == "PT" else (self.modality or "series")
+        for keyword, what in LAYOUT_KEYWORDS.items():
+            low, high = self.layout.get(keyword, (None, None))
+            if low is not None and high is not None and low != high:
+                return f"{label} series mixes {what} {low} and {high} across its slices; cannot stack them"
+        samples = self.layout.get("SamplesPerPixel", (None, None))[1]
+        if samples is not None and samples != 1:
+            return (
+                f"{label} slices have {samples} samples per pixel (colour); only greyscale images are analysed"
+            )
+        bits = self.layout.get("BitsAllocated", (None, None))[1]
+        if bits is not None and bits not in (16, 32):
+            return f"{label} slices have Bits Allocated {bits}; CT and PET images need 16 (or 32)"
+        return None
 
     @property
     def z_range(self) -> tuple[float, float] | None:
@@ -175,6 +202,9 @@ def judge_pet(series: SeriesSummary, settings: AssemblySettings) -> PetVerdict:
         return PetVerdict(
             series, f"PET series has SOP class {series.sop_class_uid}, not PET Image Storage", tracer
         )
+    layout = series.layout_problem()
+    if layout is not None:
+        return PetVerdict(series, layout, tracer)
     corrections = [str(v).upper() for v in as_list(header.get("CorrectedImage"))]
     if "ATTN" not in corrections:
         return PetVerdict(series, "PET not attenuation-corrected (Corrected Image lacks ATTN)", tracer)
@@ -245,13 +275,15 @@ def _ct_candidates(series: Sequence[SeriesSummary]) -> list[SeriesSummary]:
 
 
 def choose_ct(
-    series: Sequence[SeriesSummary], pet: SeriesSummary
+    series: Sequence[SeriesSummary], pet: SeriesSummary, settings: AssemblySettings
 ) -> tuple[SeriesSummary | None, str, str | None]:
     """The CT to pair with `pet`: (series, how it was matched, refusal).
 
-    Same frame of reference first; otherwise (a sender that rewrote the UID) an axial CT of the same study
-    overlapping the PET's z-range. Among several: one that covers the PET, ORIGINAL over DERIVED, the
-    thinnest slices, then the widest coverage.
+    Only a CT in the PET's Frame of Reference demonstrably shares its coordinates (a Spatial Registration
+    object is not read). `assembly.allow_different_frame_of_reference` opts in to an axial CT of the same
+    study overlapping the PET's z-range instead; the result then says so. Among several: one that covers
+    the PET, ORIGINAL over DERIVED, the thinnest slices, then the widest coverage. A CT whose slices have
+    inconsistent pixel layouts is never chosen.
     """
     cts = [s for s in series if s.modality == "CT"]
     if not cts:
@@ -266,6 +298,17 @@ def choose_ct(
     ]
     how = "frame_of_reference"
     if not matched:
+        if not settings.allow_different_frame_of_reference:
+            return (
+                None,
+                "",
+                (
+                    f"no CT shares the PET's Frame of Reference ({len(candidates)} axial CT series in other "
+                    "frames): PET and CT are not shown to share coordinates, so they are not analysed "
+                    "together (registration objects are not read; "
+                    "assembly.allow_different_frame_of_reference opts in)"
+                ),
+            )
         matched = [s for s in candidates if coverage(s, pet) > 0]
         how = "z_overlap"
     if not matched:
@@ -277,8 +320,11 @@ def choose_ct(
                 "(and no CT of the study overlapping the PET's z-range)"
             ),
         )
+    usable = [s for s in matched if s.layout_problem() is None]
+    if not usable:
+        return None, "", str(matched[0].layout_problem())
     best = max(
-        matched,
+        usable,
         key=lambda s: (covers(s, pet), s.is_original, -(s.slice_spacing or 1e9), coverage(s, pet), s.count),
     )
     return best, how, None
@@ -302,7 +348,7 @@ def select_series(series: Sequence[SeriesSummary], settings: AssemblySettings) -
     flags: dict[str, Any] = {"tracer": chosen.tracer, "tracer_flagged": chosen.flagged}
     if len(acceptable) > 1:
         flags["pet_candidates"] = len(acceptable)
-    ct, how, refusal = choose_ct(series, pet)
+    ct, how, refusal = choose_ct(series, pet, settings)
     if ct is None:
         return Selection(pet=pet, reason=refusal, flags=flags)
     flags.update(ct_match=how, ct_coverage=round(coverage(ct, pet), 3))

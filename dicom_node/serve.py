@@ -1,7 +1,9 @@
-"""`psma-node serve`: the receiving process and the workers it supervises.
+"""`psma-node serve`: the receiving process, and the worker and dashboard processes it supervises.
 
-One process receives (SCP), assembles studies and sends results on scheduler ticks, and serves the
-dashboard; analyses run in separate worker processes so that the GIL never slows receiving down.
+One process receives (SCP), assembles studies and sends results on scheduler ticks; analyses run in worker
+processes and the dashboard in its own process, so that neither ever holds the receiver's GIL. Everything
+that could stop the node is checked before any part starts (`preflight`), so a bad setting ends `serve`
+with one line instead of a half-started node.
 """
 
 from __future__ import annotations
@@ -9,20 +11,24 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from db.session import ensure_schema, make_engine, make_session_factory
-from dicom_node.assemble import assembly_tick
+from db.session import make_session_factory
+from dicom_node.assemble import assembler_for, assembly_tick
 from dicom_node.config import Settings
 from dicom_node.jobs import requeue_expired_jobs
 from dicom_node.log import configure_logging
+from dicom_node.preflight import StartupError, check_before_start, create_folders, open_database
 from dicom_node.receive import Receiver
 from dicom_node.retention import retention_tick
 from dicom_node.send import send_tick, wait_idle
 from dicom_node.store import reconcile_storage
-from dicom_node.web.server import start_dashboard
+from dicom_node.wake import OUTBOX, WakeLoop, listen
+from dicom_node.web.server import DashboardProcess
 from dicom_node.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -35,29 +41,56 @@ def _periodic(scheduler: BackgroundScheduler, func: Any, seconds: float, *args: 
     )
 
 
-def serve(settings: Settings, stop: threading.Event | None = None) -> None:
+def _start_listener(receiver: Receiver, settings: Settings) -> None:
+    """Listen for DICOM; a port taken since the pre-flight check is still one clear line."""
+    try:
+        receiver.start()
+    except OSError as exc:
+        node = settings.node
+        raise StartupError(
+            f"node.port {node.port} on {node.bind}: cannot listen: {exc.strerror or exc}: "
+            "stop the program using it or change node.port"
+        ) from None
+
+
+def serve(settings: Settings, stop: threading.Event | None = None, config_file: Path | None = None) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set), then shut every part down in order."""
+    check_before_start(settings)
+    engine = open_database(settings)
+    create_folders(settings)
     configure_logging(settings.logging)
+    log.info("configuration read", extra={"file": str(config_file) if config_file else "(given in code)"})
     stop = stop or threading.Event()
-    url = settings.database.url.get_secret_value()
-    engine = make_engine(url)
-    ensure_schema(engine, url, settings.database.auto_upgrade)
     sessions = make_session_factory(engine)
-    settings.storage.directory.mkdir(parents=True, exist_ok=True)
-    settings.storage.results_directory.mkdir(parents=True, exist_ok=True)
 
     reconcile_storage(settings, sessions)
-    dashboard = start_dashboard(settings, sessions) if settings.dashboard.enabled else None
+    dashboard = DashboardProcess(settings) if settings.dashboard.enabled else None
     receiver = Receiver(settings, sessions)
-    receiver.start()
+    # Assembly runs every tick, and at once when a sender releases its association: a study proven
+    # complete whose senders are all done is queued without the settle window (completeness.decide).
+    assembly = WakeLoop("assembly", partial(assembly_tick, settings, sessions), settings.assembly.tick_seconds)
+    assembler = assembler_for(sessions)
+    assembler.delivering, assembler.on_handover = receiver.studies_in_transfer, assembly.wake
+    receiver.on_association_closed = assembler.association_closed
+    try:
+        _start_listener(receiver, settings)
+    except StartupError:
+        if dashboard is not None:
+            dashboard.stop()
+        raise
+    if dashboard is not None:
+        dashboard.start()
 
     scheduler = BackgroundScheduler(timezone="UTC")
-    _periodic(scheduler, assembly_tick, settings.assembly.tick_seconds, settings, sessions)
     _periodic(scheduler, requeue_expired_jobs, max(1.0, settings.workers.lease_seconds / 3), settings, sessions)
-    _periodic(scheduler, send_tick, settings.results.send_tick_seconds, settings, sessions)
     if settings.retention.enabled:
         _periodic(scheduler, retention_tick, settings.retention.tick_seconds, settings, sessions)
     scheduler.start()
+    # The sender runs every send tick, and at once when a worker publishes a result (wake.OUTBOX).
+    sending = WakeLoop("send", partial(send_tick, settings, sessions), settings.results.send_tick_seconds,
+                       listen(settings.database.url.get_secret_value(), OUTBOX))
+    assembly.start()
+    sending.start()
 
     workers = WorkerPool(settings)
     workers.start()
@@ -69,11 +102,15 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     try:
         while not stop.wait(1.0):
             workers.supervise()
+            if dashboard is not None:
+                dashboard.supervise()
     finally:
         log.info("node stopping")
         if dashboard is not None:
             dashboard.stop()
         receiver.stop()
+        assembly.stop()
+        sending.stop()
         scheduler.shutdown(wait=True)
         wait_idle(timeout=settings.node.network_timeout_s)  # a delivery under way finishes, not resent
         workers.stop()

@@ -31,6 +31,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
+from pydicom.uid import UID
+from pydicom.valuerep import VR
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -39,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import audit
 from db.models import Instance, Study, utcnow
 from dicom_node.config import Settings
+from dicom_node.patient_identity import identity_hashes
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ HEADER_KEYWORDS = (
     "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "Rows", "Columns",
     "ImageIndex", "NumberOfSlices", "NumberOfTimeSlices", "SeriesType", "CorrectedImage", "Units",
     "DecayCorrection", "AccessionNumber", "StudyDescription", "AdditionalPatientHistory",
-    "RequestedProcedureComments", "BodyPartExamined", "GantryDetectorTilt",
+    "RequestedProcedureComments", "BodyPartExamined", "GantryDetectorTilt", "BitsAllocated", "SamplesPerPixel",
 )
 _RADIOPHARMACEUTICAL_FIELDS = (
     "RadiopharmaceuticalName", "RadionuclideHalfLife", "RadionuclideCodeMeaning",
@@ -73,11 +76,25 @@ _RADIOPHARMACEUTICAL_FIELDS = (
 _TAGS = {keyword: Tag(keyword)
          for keyword in (*HEADER_KEYWORDS, "Radiopharmaceutical", "RadionuclideHalfLife", "CodeMeaning",
                          "RadiopharmaceuticalInformationSequence", "StudyInstanceUID", "SOPInstanceUID",
-                         "PatientName", "PatientID", "StudyDate")}
+                         "PatientName", "PatientID", "StudyDate", "PatientBirthDate")}
 # Native (unencapsulated) transfer syntaxes, whose pixel data length can be checked against the header.
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
                               "1.2.840.10008.1.2.2"})
 UNDEFINED_LENGTH = 0xFFFFFFFF
+IMPLICIT_VR = "1.2.840.10008.1.2"
+DEFLATED_EXPLICIT_VR = "1.2.840.10008.1.2.1.99"
+_VR_CODES = frozenset(vr.value.encode("ascii") for vr in VR)
+_PIXEL_DATA = Tag("PixelData")
+# Image Pixel rules of the single-frame PET and CT IODs (PS3.3 C.8.2.1, C.8.9.4) the analysis relies on.
+_SINGLE_FRAME_LAYOUT = {CT_IMAGE_STORAGE: ("CT Image Storage", (16,)),
+                        PET_IMAGE_STORAGE: ("PET Image Storage", (16, 32))}
+
+# C-STORE failure statuses (PS3.4 B.2.3): the A9xx / Cxxx classes, with a sub-code per kind of problem so a
+# sender's log says which; the audit row and the node's log give the full reason.
+STATUS_NOT_THE_SOP_CLASS = 0xA900  # missing/invalid identifiers, no pixel data, a layout the IOD forbids
+STATUS_CANNOT_UNDERSTAND = 0xC000  # unparseable or truncated data set
+STATUS_WRONG_ENCODING = 0xC001  # encoded otherwise than the negotiated transfer syntax says
+STATUS_PIXEL_DATA_MISMATCH = 0xC002  # pixel data empty, or its length does not match its description
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 TEMP_SUFFIX = ".tmp"
 INCOMING = ".incoming"  # temporary files, on the same filesystem as their final place
@@ -270,39 +287,134 @@ def _slice_position(header: dict[str, Any]) -> float | None:
 def _uid(value: Any, name: str) -> str:
     text = str(value or "").strip().rstrip("\x00")
     if not text:
-        raise InstanceRefused(0xA900, f"missing {name}")
-    if len(text) > 64 or not _UID.match(text):
-        raise InstanceRefused(0xA900, f"invalid {name} {text[:80]!r}")
+        raise InstanceRefused(STATUS_NOT_THE_SOP_CLASS, f"missing {name}")
+    if len(text) > 64:
+        raise InstanceRefused(STATUS_NOT_THE_SOP_CLASS,
+                              f"invalid {name}: {len(text)} characters, at most 64 allowed ({text[:80]!r}...)")
+    if not _UID.match(text):
+        raise InstanceRefused(STATUS_NOT_THE_SOP_CLASS, f"invalid {name} {text[:80]!r}")
     return text
 
 
-def _check_complete(ds: Dataset) -> None:
-    """pydicom quietly accepts a value shorter than its declared length: that is a truncated stream."""
+def _check_complete(ds: Dataset, size: int | None) -> None:
+    """pydicom quietly accepts a value shorter than its declared length, and quietly drops a last element
+    header cut in two: both are a truncated stream."""
+    end: int | None = 0
+    last = None
     for tag, raw in ds.items():  # items() hands out the elements unconverted
-        if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+        if not isinstance(raw, RawDataElement):
+            end = None
             continue
-        if raw.length != UNDEFINED_LENGTH and len(raw.value) < raw.length:
+        if raw.length == UNDEFINED_LENGTH or raw.value_tell is None:
+            end = None  # sequences and encapsulated pixel data: their end is not known here
+        else:
+            end, last = raw.value_tell + raw.length, tag
+        if isinstance(raw.value, bytes) and raw.length != UNDEFINED_LENGTH and len(raw.value) < raw.length:
             raise InstanceRefused(
-                0xC000,
+                STATUS_CANNOT_UNDERSTAND,
                 f"dataset truncated: element {tag} declares {raw.length} bytes, {len(raw.value)} present",
             )
+    if size is not None and end and last is not None and 0 < size - end < 8:
+        raise InstanceRefused(
+            STATUS_CANNOT_UNDERSTAND,
+            f"dataset truncated: {size - end} bytes of a cut element header after element {last}",
+        )
 
 
-def _check_pixel_length(ds: Dataset, transfer_syntax: str) -> None:
-    """A native image whose pixel data is shorter than its header promises is truncated: refuse it now."""
-    if transfer_syntax not in _NATIVE_SYNTAXES or "PixelData" not in ds:
+def _dataset_start(data: bytes) -> int | None:
+    """Offset of the data set in a file written by `received_file` (None for another layout)."""
+    if data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00":  # (0002,0000) group length
+        return 144 + int.from_bytes(data[140:144], "little")
+    return None
+
+
+def _check_encoding(data: bytes, transfer_syntax: str) -> None:
+    """The data set must be encoded as the negotiated transfer syntax says: pydicom silently reads explicit
+    VR where implicit was negotiated (and the reverse), dcmtk and most viewers cannot; such a file is
+    unreadable, so it is refused rather than acknowledged."""
+    if transfer_syntax == DEFLATED_EXPLICIT_VR:
+        return  # compressed bytes: inflated (and so checked) by pydicom's reading
+    start = _dataset_start(data)
+    if start is None or len(data) < start + 8:
         return
+    explicit = data[start + 4:start + 6] in _VR_CODES
+    implicit_negotiated = transfer_syntax == IMPLICIT_VR
+    if explicit == implicit_negotiated:
+        found = "explicit" if explicit else "implicit"
+        raise InstanceRefused(
+            STATUS_WRONG_ENCODING,
+            f"data set is encoded with {found} VR but the negotiated transfer syntax is "
+            f"{UID(transfer_syntax).name} ({transfer_syntax}); stored this way it would be unreadable",
+        )
+
+
+def _cut_short(ds: Dataset, size: int) -> str | None:
+    """Why a data set lacking its Study Instance UID looks cut short rather than incomplete by design."""
+    if not len(ds):
+        return "empty data set: nothing after the file meta information"
+    last = max(ds.keys())
+    if "PixelData" in ds or last > _TAGS["StudyInstanceUID"]:
+        return None
+    return (f"data set ends after element {last} ({size} bytes in all) with no Study Instance UID, Series "
+            f"Instance UID or Pixel Data: it was cut short")
+
+
+def _pixel_description(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        if default is None:
+            raise InstanceRefused(STATUS_NOT_THE_SOP_CLASS, f"Pixel Data without {keyword}")
+        return default
+    return int(value)
+
+
+def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_class: str) -> None:
+    """Image data must be there and laid out as the header says; a PET or CT slice as its IOD allows
+    (refused here, at the sender, rather than failing the analysis later)."""
+    pixel = ds.get_item(_PIXEL_DATA)
+    rule = _SINGLE_FRAME_LAYOUT.get(sop_class)
+    if pixel is None:
+        if sop_class in PET_CT_SOP_CLASSES:
+            raise InstanceRefused(STATUS_NOT_THE_SOP_CLASS,
+                                  f"no Pixel Data: a {UID(sop_class).name} instance must carry its image")
+        return
+    length = pixel.length if isinstance(pixel, RawDataElement) else len(pixel.value or b"")
+    if length == 0:
+        raise InstanceRefused(STATUS_PIXEL_DATA_MISMATCH, "Pixel Data is empty (0 bytes)")
     try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        actual = len(ds.PixelData)
-    except Exception as exc:
-        raise InstanceRefused(0xC000, f"cannot read image pixel description: {exc}") from exc
+        rows, columns = _pixel_description(ds, "Rows"), _pixel_description(ds, "Columns")
+        bits = _pixel_description(ds, "BitsAllocated")
+        samples = _pixel_description(ds, "SamplesPerPixel", 1)
+        frames = _pixel_description(ds, "NumberOfFrames", 1)
+        stored = _pixel_description(ds, "BitsStored", bits)
+    except InstanceRefused:
+        raise
+    except Exception as exc:  # pydicom raises many kinds on corrupt values
+        raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, f"cannot read image pixel description: {exc}") from exc
+    if rule is not None:
+        name, allowed_bits = rule
+        if samples != 1:
+            raise InstanceRefused(STATUS_NOT_THE_SOP_CLASS,
+                                  f"Samples per Pixel {samples}: a {name} slice has one sample per pixel")
+        if bits not in allowed_bits:
+            allowed = " or ".join(map(str, allowed_bits))
+            raise InstanceRefused(STATUS_NOT_THE_SOP_CLASS,
+                                  f"Bits Allocated {bits}: a {name} slice has {allowed} bits per pixel")
+        if frames != 1:
+            raise InstanceRefused(STATUS_NOT_THE_SOP_CLASS,
+                                  f"Number of Frames {frames}: a {name} instance holds one slice")
+        if not 0 < stored <= bits:
+            raise InstanceRefused(STATUS_NOT_THE_SOP_CLASS, f"Bits Stored {stored} with Bits Allocated {bits}")
+    if transfer_syntax not in _NATIVE_SYNTAXES or length == UNDEFINED_LENGTH:
+        return
     expected = (rows * columns * samples * frames * bits + 7) // 8
-    if actual < expected:
-        raise InstanceRefused(0xC000, f"pixel data truncated: {actual} bytes, header needs {expected}")
+    layout = f"Rows x Columns x Samples x Bits Allocated x Frames ({rows}x{columns}x{samples}x{bits}x{frames})"
+    if length < expected:
+        raise InstanceRefused(STATUS_PIXEL_DATA_MISMATCH,
+                              f"pixel data truncated: {length} bytes, {layout} needs {expected}")
+    if rule is not None and length > expected + 1:  # one byte pads to even length
+        raise InstanceRefused(STATUS_PIXEL_DATA_MISMATCH,
+                              f"pixel data of {length} bytes does not match {layout}, which needs {expected}")
 
 
 def parse_instance(data: bytes, sop_class_uid: str | None = None,
@@ -314,8 +426,10 @@ def parse_instance(data: bytes, sop_class_uid: str | None = None,
     """
     try:
         ds = dcmread(BytesIO(data), force=False)
-        _check_complete(ds)
         transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+        # Element offsets of a deflated data set are those of the inflated stream.
+        _check_complete(ds, None if transfer_syntax == DEFLATED_EXPLICIT_VR else len(data))
+        _check_encoding(data, transfer_syntax)
         values = _HeaderValues(ds)
         header = {keyword: values.json(keyword) for keyword in HEADER_KEYWORDS}
         header.update(values.radiopharmaceutical())
@@ -328,7 +442,7 @@ def parse_instance(data: bytes, sop_class_uid: str | None = None,
         patient_name = values.text("PatientName")
         patient_id = values.text("PatientID")
         study_date = values.text("StudyDate")
-        _check_pixel_length(ds, transfer_syntax)
+        patient_birth_date = values.text("PatientBirthDate")
     except InstanceRefused:
         raise
     except Exception as exc:  # corrupt input makes pydicom raise almost anything
@@ -348,6 +462,14 @@ def parse_instance(data: bytes, sop_class_uid: str | None = None,
     header = {key: value for key, value in header.items() if value is not None}
     sop_class = _uid(own_class or requested_class, "SOP Class UID")
     header["SOPClassUID"] = sop_class
+    if not (study_uid_raw or "").strip():
+        cut = _cut_short(ds, len(data))
+        if cut is not None:
+            raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, cut)
+    _check_pixel_data(ds, transfer_syntax, sop_class)
+    # Salted hashes, never the values: assembly refuses a study whose instances name two patients.
+    header.update(identity_hashes(study_uid_raw or "", {
+        "PatientID": patient_id, "PatientName": patient_name, "PatientBirthDate": patient_birth_date}))
     return ParsedInstance(
         study_uid=_uid(study_uid_raw, "Study Instance UID"),
         series_uid=_uid(series_uid_raw, "Series Instance UID"),

@@ -31,8 +31,9 @@ from db.session import make_engine, make_session_factory, transaction
 from dicom_node.config import Settings
 from dicom_node.jobs import claim_next_job, renew_lease, requeue_expired_jobs, requeue_worker_jobs
 from dicom_node.log import configure_logging
-from inference.runtime import prefer_passive_openmp
 from dicom_node.study_state import utcnow
+from dicom_node.wake import JOBS, listen
+from inference.runtime import prefer_passive_openmp
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +124,18 @@ def worker_main(settings: Settings, worker_id: str, parent_pid: int | None) -> N
     configure_logging(settings.logging)
     stop = threading.Event()
     busy = threading.Event()
+    url = settings.database.url.get_secret_value()
+    jobs_queued = listen(url, JOBS)  # rung when a job is queued: an idle worker starts it at once
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
+        jobs_queued.interrupt()
         if busy.is_set():
             busy.clear()
             raise WorkerStopping()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us.
-    url = settings.database.url.get_secret_value()
     engine = make_engine(url)
     sessions = make_session_factory(engine)
     device = pick_device(settings.models.device)
@@ -176,7 +179,7 @@ def worker_main(settings: Settings, worker_id: str, parent_pid: int | None) -> N
                 stop.wait(DB_RETRY_S)
                 continue
             if job is None:
-                stop.wait(settings.workers.poll_seconds)
+                jobs_queued.wait(settings.workers.poll_seconds)  # polling stays the fallback
                 continue
             heartbeat.job_id = job.id
             try:
@@ -196,6 +199,7 @@ def worker_main(settings: Settings, worker_id: str, parent_pid: int | None) -> N
         requeue_worker_jobs(settings, sessions, worker_id, died=False)
         with transaction(sessions) as session:
             session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.id == worker_id))
+        jobs_queued.close()
         engine.dispose()
         log.info("worker stopped", extra={"worker_id": worker_id})
 

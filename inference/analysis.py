@@ -31,8 +31,10 @@ from inference.model_specs import (
 )
 from inference.network import DeviceError, choose_device, make_deterministic, predict
 from inference.preprocess import PreprocessError, crop, cube_box, model_input
-from inference.quantify import QuantifyError, QuantifyOptions, quantify
-from inference.result import AnalysisImages, AnalysisResult, Finding, Localisation, Quantification
+from inference.findings import FindingsOptions, build_findings, quantification_from
+from inference.quantify import QuantifyError, QuantifyOptions, analysed_region, quantify
+from inference.reference_organs import reference_scorer
+from inference.result import AnalysisImages, AnalysisResult, Finding, Findings, Localisation, Quantification
 from inference.suv import SUVError, suv_factor, to_suv
 from inference.volume import Series, Volume, VolumeError
 
@@ -66,6 +68,8 @@ class AnalysisOptions:
     clinical: ClinicalRules = field(default_factory=ClinicalRules)
     localizer: Any = None
     quantify: QuantifyOptions = field(default_factory=QuantifyOptions)
+    allow_different_frame_of_reference: bool = False
+    findings: FindingsOptions = field(default_factory=FindingsOptions)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnalysisOptions:
@@ -81,6 +85,7 @@ class AnalysisOptions:
             gradcam_layer=models.gradcam_layer,
             clinical=ClinicalRules.from_settings(settings.clinical),
             localizer=settings.localizer,
+            allow_different_frame_of_reference=settings.assembly.allow_different_frame_of_reference,
         )
 
 
@@ -155,7 +160,7 @@ def analyse(
     except VolumeError as exc:
         raise AnalysisError("read", str(exc)) from exc
     warnings += pet.notes + ct.notes
-    _check_pair(pet, ct, warnings)
+    _check_pair(pet, ct, warnings, options.allow_different_frame_of_reference)
 
     try:
         with _timed(timings, "suv"):
@@ -191,9 +196,21 @@ def analyse(
         raise AnalysisError("read", str(exc)) from exc
 
     quantification: Quantification | None = None
+    findings: Findings | None = None
     try:
         with _timed(timings, "quantify"):
-            quantification = quantify(pet_suv_crop, ct_crop, center, localisation.organ, options.quantify)
+            analysed = analysed_region(pet_suv_crop, ct_crop, center, localisation.organ, options.quantify)
+        with _timed(timings, "references"):
+            scorer = reference_scorer(pet, factor.factor, localisation, _tracer(pet))
+        with _timed(timings, "findings"):
+            findings = build_findings(
+                pet_suv_crop, analysed, scorer, _as_bool(prostatectomy.value), options.findings
+            )
+        with _timed(timings, "quantify"):
+            quantification = (
+                quantification_from(findings.foci[0], analysed) if findings.foci
+                else quantify(pet_suv_crop, ct_crop, center, localisation.organ, options.quantify, analysed)
+            )
     except QuantifyError as exc:
         warnings.append(f"quantification not possible: {exc}")
 
@@ -243,6 +260,7 @@ def analyse(
         model_description=spec.description,
         published_performance=f"{spec.published_accuracy}. {NOT_FOR_CLINICAL_USE}",
         suv_notes=list(factor.notes),
+        findings=findings,
     )
     _classify(result, spec, tensor, pet_grid, options, device)
     log.info(
@@ -259,17 +277,45 @@ def analyse(
     return result
 
 
-def _check_pair(pet: Series, ct: Series, warnings: list[str]) -> None:
+def _tracer(pet: Series) -> str:
+    """The radiopharmaceutical named in the PET header ("" when none): it picks the miPSMA references."""
+    sequence = getattr(pet.headers[0], "RadiopharmaceuticalInformationSequence", None) or []
+    for item in sequence:
+        name = str(getattr(item, "Radiopharmaceutical", "") or "")
+        if name:
+            return name
+    return ""
+
+
+def _as_bool(value: object) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _check_pair(pet: Series, ct: Series, warnings: list[str], allow_different_frame: bool) -> None:
+    """PT and CT, in one Frame of Reference: only then do their coordinates demonstrably coincide.
+
+    A Spatial Registration object is not read; `allow_different_frame` (the site's explicit opt-in)
+    analyses the pair anyway and the result carries a warning saying so.
+    """
     if pet.modality != "PT":
         raise AnalysisError("read", f"the PET series has modality {pet.modality!r}, expected PT")
     if ct.modality != "CT":
         raise AnalysisError("read", f"the CT series has modality {ct.modality!r}, expected CT")
     pet_for = str(getattr(pet.headers[0], "FrameOfReferenceUID", ""))
     ct_for = str(getattr(ct.headers[0], "FrameOfReferenceUID", ""))
-    if pet_for != ct_for:
-        warnings.append(
-            "PET and CT do not share a FrameOfReferenceUID: their coordinates are assumed to coincide"
+    if pet_for and pet_for == ct_for:
+        return
+    if not allow_different_frame:
+        raise AnalysisError(
+            "read",
+            "PET and CT are in different Frames of Reference (or one has none), so their coordinates are not "
+            "shown to coincide; not analysed (assembly.allow_different_frame_of_reference opts in)",
         )
+    warnings.append(
+        "PET and CT are in different Frames of Reference: analysed only because "
+        "assembly.allow_different_frame_of_reference is on, assuming their coordinates coincide "
+        "(no registration was checked)"
+    )
 
 
 def _classify(

@@ -1,8 +1,9 @@
 """PSA and prostatectomy status for the model's metadata channels, each with where it came from.
 
 Order: values registered for the accession/patient (CLI or HTTP), then configured DICOM text tags, then
-policy: PSA imputed with the published 30.1 ng/ml, prostatectomy inferred from whether the localiser found
-a prostate. The provenance travels into the result, so a reader knows what the model was told.
+policy as published: PSA imputed with 30.1 ng/ml, an unknown prostatectomy status imputed as px = 1 (the
+authors' choice for their test set). Guessing the status from the organ the localiser found is an opt-in
+local choice. The provenance travels into the result, so a reader knows what the model was told.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class ClinicalRules:
     prostatectomy_pattern: str = r"(?i)(prostatectomy|\bRPE\b|\bRP\b|s/p\s+RP)"
     no_prostatectomy_pattern: str = r"(?i)(no prostatectomy|not operated|non-operated|without prostatectomy)"
     impute_psa: float = 30.1
-    infer_prostatectomy: bool = True
+    impute_prostatectomy: bool = True
+    infer_prostatectomy: bool = False
 
     @classmethod
     def from_settings(cls, settings: ClinicalSettings) -> ClinicalRules:
@@ -46,6 +48,7 @@ class ClinicalRules:
             prostatectomy_pattern=settings.prostatectomy_pattern,
             no_prostatectomy_pattern=settings.no_prostatectomy_pattern,
             impute_psa=settings.impute_psa,
+            impute_prostatectomy=settings.impute_prostatectomy,
             infer_prostatectomy=settings.infer_prostatectomy,
         )
 
@@ -112,5 +115,15 @@ def resolve_prostatectomy(
             "inferred",
             "no prostate found on the CT (centred on the bladder): assumed post-prostatectomy",
         )
-    why = "inference disabled" if not rules.infer_prostatectomy else "localiser did not run (centre given)"
-    return ClinicalValue(False, "imputed", f"status unknown ({why}): assumed not operated")
+    if rules.impute_prostatectomy:
+        return ClinicalValue(
+            True,
+            "imputed",
+            "status not registered nor in the tags: imputed as post-prostatectomy (px = 1), as published",
+        )
+    return ClinicalValue(
+        False,
+        "imputed",
+        "status not registered nor in the tags: imputed as not operated (px = 0, "
+        "clinical.impute_prostatectomy: false; the published imputation is px = 1)",
+    )

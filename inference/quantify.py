@@ -91,15 +91,21 @@ def region_center(
     )
 
 
-def quantify(
-    pet_suv: Volume,
-    ct: Volume,
-    center_lps: tuple[float, float, float],
-    organ: str,
-    options: QuantifyOptions | None = None,
-) -> Quantification:
-    """SUVmax / SUVmean / focal volume around the centre, bladder excluded (PET in SUVbw)."""
-    options = options or QuantifyOptions()
+@dataclass
+class AnalysedRegion:
+    """The prostate / prostate-bed region on the PET crop grid, bladder excluded, and how it was drawn."""
+
+    region: np.ndarray
+    bladder: np.ndarray
+    description: str
+    excluded: str
+    voxel_ml: float
+
+
+def analysed_region(
+    pet_suv: Volume, ct: Volume, center_lps: tuple[float, float, float], organ: str, options: QuantifyOptions
+) -> AnalysedRegion:
+    """The sphere around the prostate (or its bed) on the PET grid, minus the bladder found on CT."""
     center = np.asarray(center_lps, dtype=float)
     bladder = find_bladder(pet_suv, ct_on_grid(ct, pet_suv), center, options)
     middle, description = region_center(pet_suv, bladder, center, organ, options)
@@ -108,22 +114,38 @@ def quantify(
     region = (np.linalg.norm(lps - middle, axis=-1) <= options.region_radius_mm) & ~bladder
     if not region.any():
         raise QuantifyError("the prostate / prostate-bed region holds no PET voxels outside the bladder")
+    voxel_ml = float(abs(np.linalg.det(pet_suv.affine_lps[:3, :3]))) / 1000.0
+    bladder_ml = float(bladder.sum()) * voxel_ml
+    excluded = f"bladder excluded ({bladder_ml:.0f} ml incl. margin)" if bladder.any() else "no bladder found"
+    return AnalysedRegion(region, bladder, description, excluded, voxel_ml)
+
+
+def quantify(
+    pet_suv: Volume,
+    ct: Volume,
+    center_lps: tuple[float, float, float],
+    organ: str,
+    options: QuantifyOptions | None = None,
+    analysed: AnalysedRegion | None = None,
+) -> Quantification:
+    """SUVmax / SUVmean / focal volume around the centre, bladder excluded (PET in SUVbw)."""
+    options = options or QuantifyOptions()
+    found = analysed or analysed_region(pet_suv, ct, center_lps, organ, options)
+    region = found.region
+    shape = pet_suv.array.shape
     values = np.where(region, pet_suv.array, -np.inf)
     hottest = np.unravel_index(int(np.argmax(values)), shape)
     suv_max = float(pet_suv.array[hottest])
     above = region & (pet_suv.array >= options.isocontour_fraction * suv_max)
     labels, _ = ndimage.label(above)
     focal = labels == labels[hottest]
-    voxel_ml = float(abs(np.linalg.det(pet_suv.affine_lps[:3, :3]))) / 1000.0
-    bladder_ml = float(bladder.sum()) * voxel_ml
-    excluded = f"bladder excluded ({bladder_ml:.0f} ml incl. margin)" if bladder.any() else "no bladder found"
     return Quantification(
         suv_max=suv_max,
         suv_mean=float(pet_suv.array[focal].mean()),
-        focal_volume_ml=float(focal.sum()) * voxel_ml,
+        focal_volume_ml=float(focal.sum()) * found.voxel_ml,
         suv_max_lps=tuple(float(v) for v in pet_suv.index_to_lps(np.array(hottest))),  # type: ignore[arg-type]
         suv_peak_region_note=(
-            f"{description}; {excluded}; focal volume = {options.isocontour_fraction:.0%} SUVmax isocontour "
-            "connected to the hottest voxel"
+            f"{found.description}; {found.excluded}; focal volume = {options.isocontour_fraction:.0%} SUVmax "
+            "isocontour connected to the hottest voxel"
         ),
     )

@@ -29,6 +29,27 @@ class ClinicalValue:
     detail: str = ""
 
 
+ReferenceOrganName = Literal["blood pool", "spleen", "liver", "parotid glands"]
+"""The PROMISE V2 reference regions of the miPSMA expression score."""
+
+
+@dataclass
+class OrganMask:
+    """A reference organ's mask as the localiser found it, cut to its bounding box, in patient geometry.
+
+    Reference organs lie outside the 200 mm analysis cube, so the mask keeps its own grid (a box of the CT
+    grid): `mask[i, j, k]` is at `affine_lps @ (i, j, k, 1)`. `mask` is None when the localiser could not
+    supply the organ; `note` then says why (not in the field of view, empty mask, task weights missing).
+    """
+
+    organ: ReferenceOrganName
+    mask: np.ndarray | None
+    affine_lps: np.ndarray | None
+    source: str
+    """Where the mask came from, e.g. "TotalSegmentator task total, aorta.nii.gz (5130 voxels)"."""
+    note: str = ""
+
+
 @dataclass
 class Localisation:
     center_lps: tuple[float, float, float]
@@ -36,6 +57,10 @@ class Localisation:
     confidence: float
     method: str
     detail: str = ""
+    reference_masks: list[OrganMask] = field(default_factory=list)
+    """Reference-organ masks for the miPSMA score; empty when the localiser supplies none."""
+    reference_note: str = ""
+    """Why there are no reference masks (e.g. "the anatomical localiser segments no reference organs")."""
 
 
 @dataclass
@@ -60,7 +85,7 @@ BladderRelation = Literal["separate", "adjacent", "touching"]
 class ReferenceOrgan:
     """A PROMISE V2 reference region and how its SUVmean was obtained (or why it could not be)."""
 
-    name: Literal["blood pool", "spleen", "liver", "parotid glands"]
+    name: ReferenceOrganName
     suv_mean: float | None
     method: str
     """How the region was found, e.g. "TotalSegmentator aorta mask, eroded 2 voxels, 412 voxels"."""
@@ -91,6 +116,10 @@ class Focus:
     mipsma_note: str
     """How the score was reached ("SUVmax 6.9 ≥ spleen SUVmean 5.1 …") or why it is not assessable."""
     mask: np.ndarray | None = None
+    contour_suv: float | None = None
+    """The SUV level of the isocontour (41 % of SUVmax, or background-adapted at low contrast)."""
+    contour_note: str = ""
+    """How the isocontour was drawn (fraction, low-contrast adaptation, search sphere reached)."""
 
 
 @dataclass
@@ -110,6 +139,36 @@ class Findings:
     """The analysed prostate / prostate-bed region on the PET crop grid (bladder already removed)."""
     bladder_mask: np.ndarray | None = None
     """The excluded urinary bladder on the PET crop grid (None when none was found)."""
+
+    def to_summary(self) -> dict[str, object]:
+        """Plain JSON-ready findings without masks: for the results table, the audit and `analyze --json`."""
+
+        def rounded(values: tuple[float, float, float]) -> list[float]:
+            return [round(float(v), 1) for v in values]
+
+        return {
+            "foci": [
+                {
+                    "number": f.number, "suv_max": f.suv_max, "suv_peak": f.suv_peak, "suv_mean": f.suv_mean,
+                    "volume_ml": f.volume_ml, "suv_max_lps": rounded(f.suv_max_lps),
+                    "centroid_lps": rounded(f.centroid_lps), "bladder_relation": f.bladder_relation,
+                    "bladder_distance_mm": f.bladder_distance_mm, "mipsma": f.mipsma,
+                    "mipsma_note": f.mipsma_note,
+                    "contour_suv": f.contour_suv, "contour_note": f.contour_note,
+                }
+                for f in self.foci
+            ],
+            "references": [
+                {"name": r.name, "suv_mean": r.suv_mean, "method": r.method, "note": r.note}
+                for r in self.references
+            ],
+            "mipsma_assessable": self.mipsma_assessable,
+            "mipsma_note": self.mipsma_note,
+            "local_category": self.local_category,
+            "local_category_note": self.local_category_note,
+            "region_description": self.region_description,
+            "isocontour_fraction": self.isocontour_fraction,
+        }
 
 
 @dataclass
@@ -185,6 +244,7 @@ class AnalysisResult:
             "device": self.device,
             "timings": dict(self.timings),
             "warnings": list(self.warnings),
+            "findings": None if self.findings is None else self.findings.to_summary(),
             "crop_box_lps": None if self.images is None or self.images.crop_box_lps is None
             else [list(corner) for corner in self.images.crop_box_lps],
             "not_for_diagnostic_use": True,

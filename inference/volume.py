@@ -6,6 +6,7 @@ weights were trained on exactly that: any other layout shows the network a mirro
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,23 @@ def _floats(header: pydicom.Dataset, keyword: str, count: int, path: Path) -> np
     return numbers
 
 
+def _check_pixel_layout(label: str, files: list[Path], headers: list[pydicom.Dataset]) -> None:
+    """Every slice greyscale with the series' Bits Allocated; said per slice, before any pixel is decoded."""
+    bits = [int(getattr(h, "BitsAllocated", 0) or 0) for h in headers]
+    usual = Counter(bits).most_common(1)[0][0]
+    for path, header, value in zip(files, headers, bits):
+        if value != usual:
+            raise VolumeError(
+                f"{label} slice {path.name} has Bits Allocated {value} while the series has {usual}"
+            )
+        samples = int(getattr(header, "SamplesPerPixel", 1) or 1)
+        if samples != 1:
+            raise VolumeError(
+                f"{label} slice {path.name} has {samples} samples per pixel (colour); "
+                "only greyscale images can be analysed"
+            )
+
+
 @dataclass
 class Series:
     """One DICOM series scanned from its headers: geometry known, pixels read on demand.
@@ -143,6 +161,7 @@ class Series:
         rows, columns = sizes.pop()
         if rows < 1 or columns < 1:
             raise VolumeError(f"{label} slices have no Rows/Columns")
+        _check_pixel_layout(label, files, headers)
 
         orientations = [_floats(h, "ImageOrientationPatient", 6, p) for p, h in zip(files, headers)]
         orientation = orientations[0]
@@ -255,25 +274,36 @@ class Series:
 
     def _slice(self, k: int, target: np.dtype) -> np.ndarray:
         path = self.paths[k]
+        label = f"{self.modality or 'series'} slice {path.name}"
         try:
             dataset = pydicom.dcmread(path)
+        except Exception as exc:  # a file changed since it was scanned
+            raise VolumeError(f"{label} is no longer readable ({type(exc).__name__}: {exc})") from exc
+        if "PixelData" not in dataset or not dataset.get("PixelData"):
+            raise VolumeError(f"{label} has no pixel data")
+        try:
             pixels = dataset.pixel_array
         except Exception as exc:  # pydicom raises many types for undecodable pixel data
-            raise VolumeError(f"{path.name}: pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+            raise VolumeError(f"{label}: pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
         columns, rows, _ = self.shape
         if pixels.shape != (rows, columns):
-            raise VolumeError(f"{path.name}: pixel data has shape {pixels.shape}, expected {(rows, columns)}")
+            raise VolumeError(
+                f"{label}: pixel data holds an array of shape {pixels.shape} where {rows} x {columns} "
+                f"greyscale pixels were expected (Bits Allocated {getattr(dataset, 'BitsAllocated', '?')}, "
+                f"Samples per Pixel {getattr(dataset, 'SamplesPerPixel', '?')}, "
+                f"Number of Frames {getattr(dataset, 'NumberOfFrames', 1)})"
+            )
         slope = float(getattr(dataset, "RescaleSlope", 1) or 1)
         intercept = float(getattr(dataset, "RescaleIntercept", 0) or 0)
         if target.kind == "f":
             values = pixels.astype(target) * target.type(slope) + target.type(intercept)
         else:
             if slope != round(slope) or intercept != round(intercept):
-                raise VolumeError(f"{path.name}: rescale {slope}/{intercept} is not integral; read as float")
+                raise VolumeError(f"{label}: rescale {slope}/{intercept} is not integral; read as float")
             values = pixels.astype(np.int64) * int(slope) + int(intercept)
             info = np.iinfo(target)
             if values.min() < info.min or values.max() > info.max:
-                raise VolumeError(f"{path.name}: values {values.min()}..{values.max()} do not fit {target}")
+                raise VolumeError(f"{label}: values {values.min()}..{values.max()} do not fit {target}")
         return values.T[:, ::-1]
 
 

@@ -70,7 +70,7 @@ def _registered(psa: float | None, prostatectomy: str | None) -> RegisteredClini
     "--prostatectomy",
     type=click.Choice(["yes", "no"]),
     default=None,
-    help="Prostatectomy status (else tags, else inferred).",
+    help="Prostatectomy status (else tags, else imputed as yes, as published).",
 )
 @click.option(
     "--dump-input",

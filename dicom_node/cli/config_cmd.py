@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import click
-import yaml
+import sys
 
-from dicom_node.cli.context import CliContext, pass_cli
-from dicom_node.config import effective_config
+import click
+
+from dicom_node.cli.context import CONFIG_ERROR_EXIT, CliContext, pass_cli
 
 
 @click.group("config")
@@ -17,10 +17,25 @@ def config_group() -> None:
 @config_group.command("check")
 @pass_cli
 def check(ctx: CliContext) -> None:
-    """Validate the configuration and print the effective settings (secrets masked)."""
+    """Validate the configuration and print the effective settings (secrets masked).
+
+    Beyond the file's own validity it checks, without lasting side effects, what `serve` would trip over:
+    the database URL and its driver, that the folders can be created, the TLS files, dashboard exposure.
+    """
+    import yaml
+
+    from dicom_node.config import DEFAULT_CONFIG_FILE, effective_config
+    from dicom_node.preflight import problems
+
     settings = ctx.settings()
+    source = (ctx.config_path or DEFAULT_CONFIG_FILE).resolve()
+    found = problems(settings)
+    for problem in found:
+        click.echo(f"error: {problem} (configuration: {source})", err=True)
+    if found:
+        sys.exit(CONFIG_ERROR_EXIT)
     click.echo(yaml.safe_dump(effective_config(settings), sort_keys=False), nl=False)
-    click.echo("configuration OK", err=True)
+    click.echo(f"configuration OK: {source}", err=True)
 
 
 @config_group.command("reference")

@@ -1,17 +1,23 @@
 """What every command receives: the validated settings, loaded once from --config and the environment, and
-sessions on the configured database."""
+sessions on the configured database.
+
+The configuration and database modules are imported when a command first asks for them, so that
+`psma-node --version` and `--help` load neither pydantic nor SQLAlchemy.
+"""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.orm import Session, sessionmaker
 
-from db.session import SchemaOutOfDate, ensure_schema, make_engine, make_session_factory
-from dicom_node.config import ConfigError, Settings, load_settings
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from dicom_node.config import Settings
 
 CONFIG_ERROR_EXIT = 2
 
@@ -22,6 +28,8 @@ class CliContext:
 
     def settings(self) -> Settings:
         """Load and validate; a bad configuration ends the command with exit status 2 and one message."""
+        from dicom_node.config import ConfigError, load_settings
+
         try:
             return load_settings(self.config_path)
         except ConfigError as exc:
@@ -34,6 +42,8 @@ class CliContext:
         An older schema ends the command with exit status 2 and the command that fixes it; commands that
         may change the schema (workers, registrations) upgrade it when `database.auto_upgrade` says so.
         """
+        from db.session import SchemaOutOfDate, ensure_schema, make_engine, make_session_factory
+
         settings = settings or self.settings()
         url = settings.database.url.get_secret_value()
         engine = make_engine(url)

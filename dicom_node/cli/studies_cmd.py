@@ -18,7 +18,6 @@ from db.audit import os_user, record
 from db.models import StudyState
 from db.queries import as_utc, find_study, list_studies, study_timeline
 from db.session import transaction
-from dicom_node.assemble import reopen
 from dicom_node.cli.audit_cmd import parse_time
 from dicom_node.cli.context import CliContext, pass_cli
 
@@ -149,6 +148,8 @@ def show_command(ctx: CliContext, key: str) -> None:
 @pass_cli
 def reprocess_command(ctx: CliContext, key: str, reason: str) -> None:
     """Analyse a study again (by accession number or UID); the new result supersedes the current one."""
+    from dicom_node.assemble import reopen  # assembly's rules: only for this command, `list` stays quick
+
     actor = os_user()
     with transaction(ctx.sessions()) as session:
         study = find_study(session, key)

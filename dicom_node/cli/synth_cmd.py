@@ -43,6 +43,9 @@ def _peer(value: str | None) -> tuple[str, int] | None:
               show_default=True)
 @click.option("--tracer", default="PSMA-1007", show_default=True, help="Radiopharmaceutical name written.")
 @click.option("--nodal-lesions", type=int, default=0, show_default=True, help="Iliac nodal lesions.")
+@click.option("--extra-foci", type=int, default=0, show_default=True,
+              help="Extra prostate / prostate-bed foci of random size and intensity (0-5).")
+@click.option("--near-bladder-focus", is_flag=True, help="Add a focus 8 mm from the bladder wall.")
 @click.option("--send", "send_to", metavar="HOST:PORT", default=None, help="C-STORE every file there.")
 @click.option("--aet", "called_aet", default=None,
               help="Called AE title for --send (default: the configured node AE title).")
@@ -51,14 +54,15 @@ def _peer(value: str | None) -> tuple[str, int] | None:
 def synth_command(ctx: CliContext, out_dir: Path, seed: int, recurrence: bool, prostatectomy: bool,
                   psa: float, no_psa: bool, ct_matrix: int, pet_matrix: int, extent_mm: float,
                   ct_slice_mm: float, pet_slice_mm: float, vendor: str, transfer_syntax: str, tracer: str,
-                  nodal_lesions: int, send_to: str | None, called_aet: str | None, calling_aet: str) -> None:
+                  nodal_lesions: int, extra_foci: int, near_bladder_focus: bool, send_to: str | None,
+                  called_aet: str | None, calling_aet: str) -> None:
     """Write a synthetic [18F]PSMA PET/CT study with ground truth to OUT_DIR (research use only)."""
     peer = _peer(send_to)
     options = SynthOptions(
         seed=seed, recurrence=recurrence, prostatectomy=prostatectomy, psa=None if no_psa else psa,
         ct_matrix=ct_matrix, pet_matrix=pet_matrix, extent_mm=extent_mm, ct_slice_mm=ct_slice_mm,
         pet_slice_mm=pet_slice_mm, vendor=vendor, transfer_syntax=transfer_syntax, tracer=tracer,
-        nodal_lesions=nodal_lesions,
+        nodal_lesions=nodal_lesions, extra_foci=extra_foci, near_bladder_focus=near_bladder_focus,
     )
     try:
         truth = generate_study(out_dir, options)

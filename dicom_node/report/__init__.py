@@ -1,4 +1,4 @@
-"""The report stage: turn an analysis into an SR and a Secondary Capture series, durably, and queue them.
+"""The report stage: turn an analysis into an SR, a SEG and a Secondary Capture series, durably, and queue.
 
 `publish_result` runs inside the worker's transaction: the files are written and fsynced first, then the
 outbox rows are added to the caller's session, so once the caller commits, every object to deliver exists
@@ -16,16 +16,18 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import audit
 from db.models import Instance, OutboxItem, Result, Study
-from dicom_node.config import Settings
+from dicom_node.config import ResultSettings, Settings
 from dicom_node.outbox import enqueue, sender_destination
 from dicom_node.report.render import PanelFacts, render_all
 from dicom_node.report.sc import build_sc_series
+from dicom_node.report.seg import build_seg
 from dicom_node.report.sr import build_sr, device_uid
 from inference.result import AnalysisResult
 
@@ -73,6 +75,28 @@ def _evidence(session: Session, study: Study, analysis: AnalysisResult, pet_head
     return evidence
 
 
+def _series_headers(session: Session, study: Study, series_uid: str) -> tuple[list[Dataset], str]:
+    """Headers (no pixels) of every current instance of one analysed series, or none and why not.
+
+    All or nothing: with an instance missing, the nearest image to a focus could be the wrong one, so the
+    SR and SEG would rather carry no image references than misplaced ones.
+    """
+    if study.id is None or not series_uid:
+        return [], ""
+    paths = session.scalars(
+        select(Instance.path)
+        .where(Instance.study_id == study.id, Instance.series_uid == series_uid, Instance.current.is_(True))
+        .order_by(Instance.instance_number)
+    ).all()
+    headers: list[Dataset] = []
+    for path in paths:
+        try:
+            headers.append(dcmread(path, stop_before_pixels=True))
+        except (OSError, InvalidDicomError, EOFError, ValueError) as exc:
+            return [], f"{Path(path).name}: {type(exc).__name__}: {exc}"
+    return headers, ""
+
+
 def _predecessor(session: Session, superseded: Result | None, study_uid: str) -> list[Dataset] | None:
     """A reference to the SR this result replaces (Predecessor Documents Sequence)."""
     if superseded is None or not superseded.sr_sop_instance_uid:
@@ -109,10 +133,29 @@ def destinations_for(session: Session, settings: Settings, study: Study) -> list
     return list(dict.fromkeys(names))
 
 
+def _segmentation(session: Session, analysis: AnalysisResult, pet_headers: list[Dataset],
+                  results: ResultSettings, study_uid: str, result_row: Result, series_uid: str, sop_uid: str,
+                  device: str, supersedes: str | None) -> tuple[Dataset | None, dict[str, int]]:
+    """The SEG when it is enabled and there is something to show; a SEG that cannot be built is audited and
+    left out, so the SR and the SC still reach the radiologist."""
+    if not results.seg_enabled:
+        return None, {}
+    try:
+        built = build_seg(analysis, pet_headers, results, series_uid=series_uid, sop_uid=sop_uid,
+                          device_uid=device, supersedes=supersedes)
+    except ValueError as exc:  # GeometryError, and highdicom's refusals of odd source images
+        reason = f"SEG not built: {type(exc).__name__}: {exc}"
+        log.warning("segmentation not built", extra={"study_uid": study_uid, "reason": reason})
+        audit.record(session, "result", "segmentation-skipped", outcome="warning", reason=reason,
+                     study_uid=study_uid, result_id=result_row.id)
+        return None, {}
+    return built if built is not None else (None, {})
+
+
 def publish_result(session: Session, settings: Settings, study: Study, result_row: Result,
                    analysis: AnalysisResult, pet_header: Dataset,
                    superseded: Result | None = None) -> list[OutboxItem]:
-    """Build, write and queue the SR and the SC series of one analysis; the caller commits."""
+    """Build, write and queue the SR, the SEG and the SC series of one analysis; the caller commits."""
     if result_row.id is None:
         session.add(result_row)
         session.flush()
@@ -121,16 +164,34 @@ def publish_result(session: Session, settings: Settings, study: Study, result_ro
     study_uid = pet_header.StudyInstanceUID
     sr_series_uid, sr_uid, sc_series_uid = generate_uid(), generate_uid(), generate_uid()
     results = settings.results
+    headers: dict[str, list[Dataset]] = {}
+    for label, series_uid in (("PET", analysis.pet_series_uid), ("CT", analysis.ct_series_uid)):
+        headers[label], problem = _series_headers(session, study, series_uid)
+        if problem:
+            reason = (f"{label} series {series_uid}: instance header unreadable ({problem}); "
+                      "results carry no image coordinates or SEG frames on it")
+            log.warning("analysed instance unreadable", extra={"study_uid": study_uid, "series_uid": series_uid,
+                                                               "reason": reason})
+            audit.record(session, "result", "image-references-skipped", outcome="warning", reason=reason,
+                         study_uid=study_uid, series_uid=series_uid, result_id=result_row.id)
+    uid = device_uid(analysis.weights_sha256, analysis.software_version)
+    previous_seg = (superseded.summary or {}).get("seg_sop_instance_uid") if superseded is not None else None
+    seg_series_uid, seg_uid = generate_uid(), generate_uid()
+    seg, segment_numbers = _segmentation(session, analysis, headers["PET"], results, study_uid, result_row,
+                                         seg_series_uid, seg_uid, uid, previous_seg)
     sr = build_sr(analysis, _evidence(session, study, analysis, pet_header), results,
                   series_uid=sr_series_uid, sop_uid=sr_uid,
-                  previous=_predecessor(session, superseded, study_uid))
+                  previous=_predecessor(session, superseded, study_uid),
+                  pet_headers=headers["PET"], ct_headers=headers["CT"],
+                  segmentation=seg, segment_numbers=segment_numbers)
     facts = PanelFacts(accession_number=str(pet_header.get("AccessionNumber", "") or ""),
                        study_date=str(pet_header.get("StudyDate", "") or ""), analysed_at=now)
     pictures = render_all(analysis, facts)
-    scs = build_sc_series(pictures, pet_header, results, sc_series_uid, analysis.software_version,
-                          device_uid(analysis.weights_sha256, analysis.software_version))
+    scs = build_sc_series(pictures, pet_header, results, sc_series_uid, analysis.software_version, uid)
     folder = settings.storage.results_directory / study_uid / f"result-{result_row.id}"
     objects: list[tuple[Dataset, Path]] = [(sr, folder / f"SR-{sr_uid}.dcm")]
+    if seg is not None:
+        objects.append((seg, folder / f"SEG-{seg_uid}.dcm"))
     objects += [(sc, folder / f"SC-{sc.SOPInstanceUID}.dcm") for sc in scs]
     for dataset, path in objects:
         write_durably(dataset, path)
@@ -139,6 +200,9 @@ def publish_result(session: Session, settings: Settings, study: Study, result_ro
     result_row.sc_series_uid = sc_series_uid
     result_row.summary = {**(result_row.summary or {}), "sr_series_uid": sr_series_uid,
                           "sr_sop_class_uid": str(sr.SOPClassUID), "sc_count": len(scs),
+                          "seg_sop_instance_uid": seg_uid if seg is not None else None,
+                          "seg_series_uid": seg_series_uid if seg is not None else None,
+                          "seg_segments": dict(segment_numbers),
                           "results_folder": str(folder)}
     destinations = destinations_for(session, settings, study)
     items = [
@@ -151,7 +215,9 @@ def publish_result(session: Session, settings: Settings, study: Study, result_ro
             superseded.superseded_by_id = result_row.id
         audit.record(session, "result", "superseded", study_uid=study_uid,
                      sop_instance_uid=superseded.sr_sop_instance_uid, superseded_result_id=superseded.id,
-                     by_result_id=result_row.id, by_sr_sop_instance_uid=sr_uid)
+                     by_result_id=result_row.id, by_sr_sop_instance_uid=sr_uid,
+                     superseded_seg_sop_instance_uid=previous_seg,
+                     by_seg_sop_instance_uid=seg_uid if seg is not None else None)
     audit.record(
         session, "result", "published",
         outcome="ok" if destinations else "warning",
@@ -160,6 +226,8 @@ def publish_result(session: Session, settings: Settings, study: Study, result_ro
         result_id=result_row.id, finding=analysis.finding.value, probability=analysis.probability,
         classifier_run=analysis.classifier_run, sr_sop_class_uid=str(sr.SOPClassUID),
         sr_series_uid=sr_series_uid, sc_instances=len(scs), destinations=destinations,
+        seg_sop_instance_uid=seg_uid if seg is not None else None,
+        seg_series_uid=seg_series_uid if seg is not None else None, seg_segments=dict(segment_numbers),
         outbox_items=len(items), folder=str(folder), elapsed_s=round(time.monotonic() - clock, 3),
     )
     log.info("result published", extra={"study_uid": study_uid, "result_id": result_row.id,

@@ -3,7 +3,15 @@
 The Secondary Capture is the only result a radiologist is sure to see in any PACS viewer, so it has to be
 readable on its own: views in radiological convention (patient left on image right on axial and coronal,
 head up on coronal and sagittal), the analysed cube and the model's attention drawn over the fused image,
-and every fact needed to judge the result in large, high-contrast text, with the research-use banner.
+and every fact needed to judge the result in large, high-contrast text, with the research-use banner, the
+findings per focus (PROMISE V2 terms, the category labelled a suggestion) and each focus outlined and
+numbered in the fused views.
+
+Radiologists read this, not admins: no server paths or install instructions appear (the admin gets those
+from `doctor`, the log and the dashboard), and all burned-in content sits inside a safe area clear of the
+corners and edges where viewers print their own overlays (OHIF: study date and series description top
+left, tool menus top right, window/zoom bottom left, instance number bottom right, orientation markers at
+the middle of the edges).
 
 Everything here is a pure function of the `AnalysisResult`; volumes are sampled in patient LPS millimetres
 through their own affines, so CT, PET and attention may each live on any grid.
@@ -12,6 +20,8 @@ through their own affines, so CT, PET and attention may each live on any grid.
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 import textwrap
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from inference.result import AnalysisResult, Finding
+from inference.result import AnalysisResult, Finding, Findings, Focus
 from inference.volume import Volume
 
 Plane = Literal["axial", "coronal", "sagittal"]
@@ -41,6 +51,15 @@ TEXT_COLOUR = (255, 255, 255)
 BANNER_BACKGROUND = (170, 0, 0)
 BOX_COLOUR = (255, 215, 0)
 ATTENTION_COLOUR = (0, 255, 255)
+FOCUS_COLOUR = (0, 255, 0)
+SAFE_TOP_BOTTOM = 0.12
+"""Fraction of the picture's height at the top and at the bottom left free of text and images: viewers
+print study, series and instance details in the corners (OHIF: up to four lines at each corner)."""
+SAFE_SIDES = 0.04
+"""Fraction of the width left free at each side, where viewers put orientation markers."""
+MAX_FOCI_LISTED = 4
+"""Foci listed in the text panel; the SR and the SEG carry every focus."""
+NOT_INSTALLED = "classifier not installed at this site"
 CT_WINDOW = (40.0, 400.0)  # level, width in HU: soft tissue
 ATTENTION_LEVEL = 0.5  # contour at this fraction of the attention map's maximum
 
@@ -239,7 +258,17 @@ def render_view(analysis: AnalysisResult, plane: Plane, size_px: int) -> tuple[I
                 rgb[edge] = ATTENTION_COLOUR
                 rows, cols = np.nonzero(edge)
                 overlays["attention"] = (int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))
+    outlines = _focus_outlines(analysis, grid)
+    for number, edge in outlines.items():
+        rgb[edge] = FOCUS_COLOUR
     image = Image.fromarray(rgb, "RGB")
+    label_font = font(max(14, size_px // 30), bold=True)
+    for number, edge in outlines.items():
+        rows, cols = np.nonzero(edge)
+        x0, y0, x1, y1 = int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
+        overlays[f"focus-{number}"] = (x0, y0, x1, y1)
+        ImageDraw.Draw(image).text((min(x1 + 3, size_px - 1), max(y0 - 3, 0)), str(number), font=label_font,
+                                   fill=FOCUS_COLOUR, anchor="lb", stroke_width=2, stroke_fill=(0, 0, 0))
     box = _box_bounds(analysis)
     if box is not None:
         _, _, fixed = _AXES[plane]
@@ -253,6 +282,23 @@ def render_view(analysis: AnalysisResult, plane: Plane, size_px: int) -> tuple[I
             overlays["box"] = (x0, y0, x1, y1)
     _edge_labels(image, plane)
     return image, overlays
+
+
+def _focus_outlines(analysis: AnalysisResult, grid: PlaneGrid) -> dict[int, np.ndarray]:
+    """Each focus's isocontour where this view's plane cuts it, as border pixels, by focus number."""
+    findings, images = analysis.findings, analysis.images
+    if findings is None or images is None:
+        return {}
+    outlines: dict[int, np.ndarray] = {}
+    for focus in findings.foci:
+        if focus.mask is None or not np.any(focus.mask):
+            continue
+        mask = Volume(np.asarray(focus.mask, dtype=np.float32), images.pet_suv_crop.affine_lps)
+        inside = np.nan_to_num(sample(mask, grid, order=0), nan=0.0) > 0.5
+        edge = _contour(inside)
+        if edge.any():
+            outlines[focus.number] = edge
+    return outlines
 
 
 def _edge_labels(image: Image.Image, plane: Plane) -> None:
@@ -282,6 +328,43 @@ def _clinical(label: str, value: float | bool | None, source: str, detail: str, 
     return f"{label} {shown} ({where})"
 
 
+_PATH = re.compile(r"(?<![\w.])(?:~|\.{1,2})?/[^\s,;:()]+")
+_COMMAND = re.compile(r"`[^`]*`")
+
+
+def for_radiologists(text: str) -> str:
+    """A message without server paths or commands: those are for the admin (`doctor`, log, dashboard)."""
+    text = _COMMAND.sub("", _PATH.sub("…", text))
+    return re.sub(r"\s+([,;:.])", r"\1", re.sub(r"\s{2,}", " ", text)).strip()
+
+
+def _focus_line(focus: Focus) -> str:
+    peak = f"SUVpeak {focus.suv_peak:.1f}" if focus.suv_peak is not None else "SUVpeak n/a"
+    score = f"miPSMA {focus.mipsma}" if focus.mipsma is not None else "miPSMA not assessable"
+    bladder = "" if focus.bladder_relation == "separate" else f"; {focus.bladder_relation} to the bladder"
+    volume = f"{focus.volume_ml:.2f}" if focus.volume_ml < 1 else f"{focus.volume_ml:.1f}"
+    return (f"Focus {focus.number}: SUVmax {focus.suv_max:.1f}, {peak}, SUVmean {focus.suv_mean:.1f} g/ml, "
+            f"volume {volume} ml, {score}{bladder}")
+
+
+def findings_lines(findings: Findings) -> list[tuple[str, bool]]:
+    """Per-focus PROMISE V2 findings and the suggested category, labelled as a suggestion."""
+    lines: list[tuple[str, bool]] = []
+    if not findings.foci:
+        lines.append(("No focal PSMA uptake in the analysed region (bladder excluded)", True))
+    for focus in findings.foci[:MAX_FOCI_LISTED]:
+        lines.append((_focus_line(focus), False))
+    if len(findings.foci) > MAX_FOCI_LISTED:
+        lines.append((f"… and {len(findings.foci) - MAX_FOCI_LISTED} more foci (all listed in the SR and SEG)",
+                      False))
+    if findings.foci and not findings.mipsma_assessable:
+        lines.append((for_radiologists(f"miPSMA not assessable: {findings.mipsma_note or 'no reference organs'}"),
+                      False))
+    note = f" ({for_radiologists(findings.local_category_note)})" if findings.local_category_note else ""
+    lines.append((f"Suggested PROMISE V2 category (AI suggestion only): {findings.local_category}{note}", False))
+    return lines
+
+
 def panel_lines(analysis: AnalysisResult, facts: PanelFacts) -> list[tuple[str, bool]]:
     """The text panel as (text, emphasised) lines, most important first."""
     lines: list[tuple[str, bool]] = [(f"Local recurrence (AI): {_finding_words(analysis)}", True)]
@@ -290,7 +373,9 @@ def panel_lines(analysis: AnalysisResult, facts: PanelFacts) -> list[tuple[str, 
         lines.append((f"Probability {analysis.probability:.{digits}f} (threshold {analysis.threshold:.{digits}f})",
                       True))
     else:
-        lines.append((f"Classifier not run: {analysis.classifier_note or 'no model installed'}", True))
+        lines.append((f"Classifier not run: {NOT_INSTALLED}; quantitative findings only", True))
+    if analysis.findings is not None:
+        lines.extend(findings_lines(analysis.findings))
     weights = (analysis.weights_sha256 or "")[:12]
     model = f"Model {analysis.model_id}" if analysis.model_id else "No classification model"
     model += f" (weights sha256 {weights}…)" if weights else ""
@@ -302,7 +387,7 @@ def panel_lines(analysis: AnalysisResult, facts: PanelFacts) -> list[tuple[str, 
     lines.append((f"Region: 200 mm cube centred on {loc.organ} ({loc.method}, confidence {loc.confidence:.2f})",
                   False))
     quant = analysis.quantification
-    if quant is not None:
+    if quant is not None and analysis.findings is None:
         lines.append((f"SUVmax {quant.suv_max:.1f}, SUVmean {quant.suv_mean:.1f} (g/ml), focal volume "
                       f"{quant.focal_volume_ml:.1f} ml, bladder excluded", False))
     when = facts.analysed_at.strftime("%Y-%m-%d %H:%M UTC") if facts.analysed_at else "unknown"
@@ -313,10 +398,15 @@ def panel_lines(analysis: AnalysisResult, facts: PanelFacts) -> list[tuple[str, 
         study_date = f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:]}"
     lines.append((f"Accession {facts.accession_number or '-'}, study date {study_date or '-'}; "
                   f"analysed {when}{took}", False))
-    lines.append((f"Colours: PET SUV 0–{suv_display_max(analysis):.0f} hot over CT W400/L40; "
-                  "cyan = model attention; yellow = analysed cube", False))
+    outlines = "; green = focus outline (number)" if analysis.findings is not None and analysis.findings.foci else ""
+    has_attention = analysis.images is not None and analysis.images.attention is not None
+    attention = "; cyan = model attention" if has_attention else ""
+    lines.append((f"Colours: PET SUV 0–{suv_display_max(analysis):.0f} hot over CT W400/L40"
+                  f"{attention}; yellow = analysed cube{outlines}", False))
     for warning in analysis.warnings:
-        lines.append((f"Warning: {warning}", False))
+        if analysis.classifier_note and warning == analysis.classifier_note:
+            continue  # said above in the radiologist's words; the admin's version is in the log
+        lines.append((f"Warning: {for_radiologists(warning)}", False))
     published = analysis.published_performance
     lines.append((f"Published performance (Korb et al., Cancers 2025): {published}" if published
                   else PUBLISHED_PERFORMANCE, False))
@@ -400,6 +490,33 @@ def _colour_bar(canvas: Image.Image, area: tuple[int, int, int, int], suv_max: f
     draw.text((x1 + 8, (y0 + y1) // 2), f"{suv_max:.0f}", font=f, fill=TEXT_COLOUR, anchor="lm")
 
 
+def safe_area(width: int, height: int) -> tuple[int, int, int, int]:
+    """The part of a picture of this size where burned-in content may go (x0, y0, x1, y1, exclusive ends)."""
+    x, y = math.ceil(SAFE_SIDES * width), math.ceil(SAFE_TOP_BOTTOM * height)
+    return x, y, width - x, height - y
+
+
+def _framed(rendered: Rendered) -> Rendered:
+    """The picture inside black margins wide enough that everything drawn lies in `safe_area`."""
+    w, h = rendered.image.size
+    mx = math.ceil(w * SAFE_SIDES / (1 - 2 * SAFE_SIDES)) + 1
+    my = math.ceil(h * SAFE_TOP_BOTTOM / (1 - 2 * SAFE_TOP_BOTTOM)) + 1
+    canvas = Image.new("RGB", (w + 2 * mx, h + 2 * my), BACKGROUND)
+    canvas.paste(rendered.image, (mx, my))
+
+    def moved(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        return box[0] + mx, box[1] + my, box[2] + mx, box[3] + my
+
+    return Rendered(
+        image=canvas,
+        views={key: moved(box) for key, box in rendered.views.items()},
+        overlays={key: moved(box) for key, box in rendered.overlays.items()},
+        lines=[TextLine(line.text, moved(line.box), line.font_px, line.colour, line.background)
+               for line in rendered.lines],
+        description=rendered.description,
+    )
+
+
 def render_summary(analysis: AnalysisResult, facts: PanelFacts, view_px: int = 400) -> Rendered:
     """Axial, coronal and sagittal fused views side by side, a colour bar, and the text panel below."""
     body_px = max(16, view_px // 20)
@@ -437,7 +554,7 @@ def render_summary(analysis: AnalysisResult, facts: PanelFacts, view_px: int = 4
     panel = (0, header + view_px + bar_h + gap, width - 1, height - 1)
     _draw_panel(canvas, panel, analysis, facts, body_px, rendered.lines)
     rendered.description = "AI summary: fused PET/CT views and result"
-    return rendered
+    return _framed(rendered)
 
 
 def render_plane(analysis: AnalysisResult, facts: PanelFacts, plane: Plane, view_px: int = 640) -> Rendered:
@@ -454,7 +571,7 @@ def render_plane(analysis: AnalysisResult, facts: PanelFacts, plane: Plane, view
     _draw_panel(canvas, (view_px, 0, width - 1, height - 1), analysis, facts, body_px, rendered.lines)
     _, how = focus_point(analysis)
     rendered.description = f"AI {plane} fused PET/CT ({how})"
-    return rendered
+    return _framed(rendered)
 
 
 def render_all(analysis: AnalysisResult, facts: PanelFacts) -> list[Rendered]:

@@ -1,31 +1,60 @@
-"""The Structured Report: an IHE AI Results style TID 1500 Imaging Measurement Report, built with highdicom.
+"""The Structured Report: a TID 1500 Imaging Measurement Report that viewers draw on the analysed images.
 
-One study-level measurement group carries the answer (recurrent malignancy Present / Absent / Undetermined
-at the prostate or prostate bed, with the probability), the regional SUV measurements, the algorithm with
-the exact parameters and clinical values it used and where each came from, and the research-use statement
-with the published performance. The observer is the device (the model), whose Device UID changes with the
-weights, so a reader years later can tell which model produced which result.
+Every measurement group is a TID 1410 planar-ROI group bound to one image by a 2-D SCOORD, because OHIF
+(and most viewers) draw only measurements that name an image and break on groups that do not:
+
+- one group per PSMA-avid focus on the exact PET instance through its SUVmax (the focus's isocontour on
+  that slice as a closed POLYLINE), and the same focus on the CT image nearest that position, each with its
+  own Tracking Identifier/UID and NUMs whose concept names read as labels ("SUVmax", "SUVpeak", "Volume",
+  "miPSMA", "SUVmean"); a reference to the focus's SEG segment when a SEG was built;
+- one group for the analysed region (its outline on a PET slice near its centre that no focus is drawn
+  on) that carries the study-level answer: recurrent malignancy Present / Absent / Undetermined, the
+  probability when the classifier ran, the algorithm with every parameter, and the research-use statement.
+  With no focus its label says "no focal uptake", so the report still draws something a reader can see.
+
+Tracking Identifiers are written as OHIF writes them (its tool name) with the first NUM INFERRED FROM the
+outline, so OHIF offers to track the findings and lists them in its Measurements panel; the readable name
+of each finding ("Focus 1 (prostate), PET") is the group's first Comment, which OHIF uses as the label.
+
+Document-level Qualitative Evaluations (TID 1500 row 12, ignored by OHIF's measurement parser) repeat the
+answer for text-only viewers, with the suggested PROMISE V2 local category and the miPSMA reference organs.
+All containers are SEPARATE (PS3.3 C.18.8): the items are distinct observations, not one running sentence,
+so dsr2html lists them instead of gluing them together. The observer is the device (the model), whose Device
+UID changes with the weights, so a reader years later can tell which model produced which result.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import uuid
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
 
+import numpy as np
 from highdicom import ContributingEquipment
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodeContentItem,
     Comprehensive3DSR,
     ComprehensiveSR,
+    ContainerContentItem,
+    CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
+    GraphicTypeValues,
+    ImageContentItem,
+    ImageLibraryEntryDescriptors,
+    ImageRegion,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
+    SourceImageForRegion,
     TextContentItem,
     TrackingIdentifier,
 )
@@ -35,21 +64,40 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, generate_uid
 
 from dicom_node.config import ResultSettings
+from dicom_node.report.geometry import GeometryError, ImagePlane, ImagePoint, mask_to_frames, nearest_instance
 from dicom_node.report.render import BANNER, PUBLISHED_PERFORMANCE
-from inference.result import AnalysisResult, ClinicalValue, Finding
+from inference.result import AnalysisResult, ClinicalValue, Finding, Findings, Focus
+
+log = logging.getLogger(__name__)
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 MANUFACTURER = "psma-node (research software)"
 MODEL_NAME = "psma-node PSMA PET/CT local recurrence"
 ALGORITHM_NAME = "Local recurrence DenseNet121 (Korb et al., Cancers 2025)"
+ISOCONTOUR_ALGORITHM = "PSMA focus SUVmax isocontour (PROMISE V2 measures)"
 SERIES_DESCRIPTION = "AI PSMA recurrence SR - NOT FOR DIAGNOSTIC USE"
-TRACKING_IDENTIFIER = "PSMA local recurrence (study level)"
 
+OHIF_TRACKING_PREFIX = "Cornerstone3DTools@^0.1.0"
+"""How OHIF/cornerstone name the tool of a measurement in its Tracking Identifier (it tracks only those)."""
 PROCEDURE_PET_WHOLE_BODY = Code("44139-4", "LN", "PET whole body")
-PROSTATE_BED = Code("PROSTATE_BED", "99LOCAL", "Prostate bed")
-SUV_BW = Code("126401", "DCM", "SUVbw")
+LOCAL = "99LOCAL"
+"""Private coding scheme for concepts DICOM has no code for (dciodvfy only warns about it)."""
+PROSTATE_BED = Code("PROSTATE_BED", LOCAL, "Prostate bed")
+SUV_MAX = Code("SUVMAX", LOCAL, "SUVmax")
+SUV_PEAK = Code("SUVPEAK", LOCAL, "SUVpeak")
+SUV_MEAN = Code("SUVMEAN", LOCAL, "SUVmean")
+MIPSMA = Code("MIPSMA", LOCAL, "miPSMA")
+BLADDER_RELATION = Code("BLADDER_RELATION", LOCAL, "Relation to urinary bladder")
+FOCUS_POSITION = Code("FOCUS_POSITION", LOCAL, "SUVmax position (LPS mm)")
+LOCAL_CATEGORY = Code("LOCAL_CATEGORY", LOCAL, "Suggested PROMISE V2 local category")
+REFERENCE_ORGAN = Code("REFERENCE_ORGAN", LOCAL, "miPSMA reference organ")
+MIPSMA_ASSESSMENT = Code("MIPSMA_ASSESSMENT", LOCAL, "miPSMA assessment")
+IMAGING_MEASUREMENTS = "126010"
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+PEAK_VALUE_WITHIN_ROI = Code("126031", "DCM", "Peak Value Within ROI")
 UNIT_NONE = Code("1", "UCUM", "no units")
+UNIT_SCORE = Code("{score}", "UCUM", "score")
 UNIT_G_PER_ML = Code("g/ml", "UCUM", "g/ml")
 UNIT_ML = Code("ml", "UCUM", "ml")
 
@@ -58,6 +106,8 @@ FINDING_CODES = {
     Finding.ABSENT: codes.SCT.Absent,
     Finding.UNDETERMINED: codes.SCT.Undetermined,
 }
+DEFAULT_REGION_RADIUS_MM = 25.0
+"""Radius of the circle drawn for the analysed region when no region mask is available."""
 
 
 def device_uid(weights_sha256: str | None, software_version: str) -> str:
@@ -92,6 +142,8 @@ def algorithm_parameters(analysis: AnalysisResult) -> list[str]:
         f"suvbw_factor={analysis.suv_factor:.6g}",
         f"device={analysis.device}",
     ]
+    if analysis.findings is not None:
+        params.append(f"isocontour_fraction_of_suvmax={analysis.findings.isocontour_fraction:g}")
     return params
 
 
@@ -110,16 +162,368 @@ def statement(analysis: AnalysisResult) -> str:
     return " ".join(parts)
 
 
-def finding_site(analysis: AnalysisResult) -> FindingSite:
+def region_code(analysis: AnalysisResult) -> Code:
     """Prostate bed after prostatectomy (private code; no standard one exists), else the prostate."""
-    if analysis.prostatectomy.value is True:
-        return FindingSite(anatomic_location=PROSTATE_BED)
-    return FindingSite(anatomic_location=codes.SCT.Prostate)
+    return PROSTATE_BED if analysis.prostatectomy.value is True else codes.SCT.Prostate
+
+
+def finding_site(analysis: AnalysisResult) -> FindingSite:
+    return FindingSite(anatomic_location=region_code(analysis))
+
+
+def round_suv(value: float) -> float:
+    """SUVs to 0.01 g/ml: the calibration and reconstruction do not support more."""
+    return round(float(value), 2)
+
+
+def round_volume(value_ml: float) -> float:
+    """Volumes to 0.1 ml (about one PET voxel), small foci to 0.01 ml so they do not read as 0."""
+    return round(float(value_ml), 1) if value_ml >= 1.0 else round(float(value_ml), 2)
+
+
+# --- outlines on one image -------------------------------------------------------------------------------
+
+
+def outline(frame: np.ndarray) -> np.ndarray:
+    """The outer boundary of the largest connected part of a 2-D mask, as a closed polyline in SCOORD units.
+
+    The boundary runs along pixel edges: pixel (row r, column c) covers SCOORD x in [c, c+1] and y in
+    [r, r+1] (its centre is at c+0.5, r+0.5), so the outline encloses exactly the masked pixels.
+    Returns (N, 2) column/row points whose last point repeats the first; collinear points are dropped.
+    """
+    mask = np.pad(np.asarray(frame, dtype=bool), 1)
+    rows, cols = np.nonzero(mask[1:-1, 1:-1])
+    if rows.size == 0:
+        raise ValueError("empty mask has no outline")
+    edges: dict[tuple[int, int], list[tuple[int, int]]] = {}
+
+    def add(start: tuple[int, int], end: tuple[int, int]) -> None:
+        edges.setdefault(start, []).append(end)
+
+    for r, c in zip(rows.tolist(), cols.tolist()):
+        pr, pc = r + 1, c + 1
+        if not mask[pr - 1, pc]:
+            add((c, r), (c + 1, r))  # top edge, left to right (clockwise on screen)
+        if not mask[pr, pc + 1]:
+            add((c + 1, r), (c + 1, r + 1))
+        if not mask[pr + 1, pc]:
+            add((c + 1, r + 1), (c, r + 1))
+        if not mask[pr, pc - 1]:
+            add((c, r + 1), (c, r))
+    loops: list[list[tuple[int, int]]] = []
+    while edges:
+        start = next(iter(edges))
+        loop = [start]
+        point = start
+        direction = (0, 0)
+        while True:
+            ends = edges[point]
+            if len(ends) > 1 and direction != (0, 0):
+                # Diagonally touching pixels: turn right (clockwise) to stay on this component's boundary.
+                right = (-direction[1], direction[0])
+                ends.sort(key=lambda e: 0 if (e[0] - point[0], e[1] - point[1]) == right else 1)
+            end = ends.pop(0)
+            if not ends:
+                del edges[point]
+            direction = (end[0] - point[0], end[1] - point[1])
+            point = end
+            if point == start:
+                break
+            loop.append(point)
+        loops.append(loop)
+    best = max(loops, key=lambda lp: abs(_area(lp)))
+    simplified = [p for i, p in enumerate(best) if not _collinear(best[i - 1], p, best[(i + 1) % len(best)])]
+    simplified.append(simplified[0])
+    return np.array(simplified, dtype=np.float32)
+
+
+def _area(loop: list[tuple[int, int]]) -> float:
+    x = np.array([p[0] for p in loop], dtype=float)
+    y = np.array([p[1] for p in loop], dtype=float)
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def _collinear(a: tuple[int, int], b: tuple[int, int], c: tuple[int, int]) -> bool:
+    return (b[0] - a[0]) * (c[1] - b[1]) - (b[1] - a[1]) * (c[0] - b[0]) == 0
+
+
+def _circle(point: ImagePoint, radius_mm: float) -> tuple[GraphicTypeValues, np.ndarray]:
+    spacing = ImagePlane.of(point.header).column_spacing
+    radius = max(radius_mm / spacing, 1.0)
+    data = np.array([[point.column, point.row], [point.column + radius, point.row]], dtype=np.float32)
+    return GraphicTypeValues.CIRCLE, data
+
+
+def _sphere_radius_mm(volume_ml: float) -> float:
+    return (3.0 * max(volume_ml, 0.0) * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
+def _region_on(point: ImagePoint, mask: np.ndarray | None, affine: np.ndarray | None,
+               radius_mm: float) -> tuple[ImageRegion, CoordinatesForMeasurement]:
+    """The mask's outline on the instance of `point` (or a circle of `radius_mm` around the point), as the
+    group's Image Region and as the coordinates its first NUM is INFERRED FROM (what OHIF's hydration and
+    Measurements panel read)."""
+    graphic_type, data = GraphicTypeValues.CIRCLE, None
+    if mask is not None and affine is not None:
+        frames = mask_to_frames(mask, affine, [point.header])
+        frame = frames.get(point.sop_instance_uid)
+        if frame is not None and frame.any():
+            graphic_type, data = GraphicTypeValues.POLYLINE, outline(frame)
+    if data is None:
+        graphic_type, data = _circle(point, radius_mm)
+    source = SourceImageForRegion(point.sop_class_uid, point.sop_instance_uid)
+    return (ImageRegion(graphic_type=graphic_type, graphic_data=data, source_image=source),
+            CoordinatesForMeasurement(graphic_type=graphic_type, graphic_data=data, source_image=source))
+
+
+# --- groups ----------------------------------------------------------------------------------------------
+
+
+def _focus_measurements(focus: Focus, site: FindingSite) -> list[Measurement]:
+    """At most five NUMs (OHIF prints five label lines), most useful first."""
+    sites = [site]
+    values = [
+        Measurement(name=SUV_MAX, value=round_suv(focus.suv_max), unit=UNIT_G_PER_ML,
+                    derivation=codes.SCT.Maximum, finding_sites=sites),
+    ]
+    if focus.suv_peak is not None:
+        values.append(Measurement(name=SUV_PEAK, value=round_suv(focus.suv_peak), unit=UNIT_G_PER_ML,
+                                  derivation=PEAK_VALUE_WITHIN_ROI, finding_sites=sites))
+    values.append(Measurement(name=codes.SCT.Volume, value=round_volume(focus.volume_ml), unit=UNIT_ML,
+                              finding_sites=sites))
+    if focus.mipsma is not None:
+        values.append(Measurement(name=MIPSMA, value=float(focus.mipsma), unit=UNIT_SCORE, finding_sites=sites))
+    values.append(Measurement(name=SUV_MEAN, value=round_suv(focus.suv_mean), unit=UNIT_G_PER_ML,
+                              derivation=codes.SCT.Mean, finding_sites=sites))
+    return values
+
+
+def _focus_texts(focus: Focus) -> list[TextContentItem]:
+    relation = focus.bladder_relation
+    if focus.bladder_distance_mm is not None:
+        relation += f" ({focus.bladder_distance_mm:.0f} mm from the bladder)"
+    items = [
+        TextContentItem(name=FOCUS_POSITION, value=",".join(f"{c:.1f}" for c in focus.suv_max_lps),
+                        relationship_type="CONTAINS"),
+        TextContentItem(name=BLADDER_RELATION, value=relation, relationship_type="CONTAINS"),
+        TextContentItem(name=MIPSMA_ASSESSMENT, value=(focus.mipsma_note or "not assessable")[:1024],
+                        relationship_type="CONTAINS"),
+    ]
+    return items
+
+
+def _segment_reference(segmentation: Dataset | None, numbers: Mapping[str, int] | None,
+                       key: str) -> ImageContentItem | None:
+    if segmentation is None or not numbers or key not in numbers:
+        return None
+    return ImageContentItem(
+        name=codes.DCM.ReferencedSegment,
+        referenced_sop_class_uid=str(segmentation.SOPClassUID),
+        referenced_sop_instance_uid=str(segmentation.SOPInstanceUID),
+        referenced_segment_numbers=int(numbers[key]),
+        relationship_type="CONTAINS",
+    )
+
+
+def _tracking(region: ImageRegion) -> TrackingIdentifier:
+    """A Tracking Identifier as OHIF writes it, so OHIF offers to track the finding (Measurements panel).
+
+    OHIF picks the annotation tool from this text; the readable name of the finding is the group's first
+    Comment, which OHIF shows as the measurement's label.
+    """
+    tool = "PlanarFreehandROI" if region.graphic_type == GraphicTypeValues.POLYLINE else "CircleROI"
+    return TrackingIdentifier(uid=generate_uid(), identifier=f"{OHIF_TRACKING_PREFIX}:{tool}")
+
+
+def _label(group: PlanarROIMeasurementsAndQualitativeEvaluations, text: str) -> None:
+    """The finding's readable name as the group's first Comment, right after its tracking items."""
+    item = TextContentItem(name=codes.DCM.Comment, value=text, relationship_type="CONTAINS")
+    content = group[0].ContentSequence
+    at = max(i for i, c in enumerate(content) if c.ConceptNameCodeSequence[0].CodeValue in ("112039", "112040")) + 1
+    content.insert(at, item)
+
+
+def _infer_first_num_from(group: PlanarROIMeasurementsAndQualitativeEvaluations,
+                          where: CoordinatesForMeasurement) -> None:
+    """The group's first NUM INFERRED FROM its outline: OHIF's hydration (Measurements panel) reads it there.
+
+    highdicom refuses this in TID 1410, but TID 300 allows it and it repeats the group's own Image Region.
+    """
+    for item in group[0].ContentSequence:
+        if item.ValueType == "NUM":
+            if "ContentSequence" not in item:
+                item.ContentSequence = []
+            item.ContentSequence.append(where)
+            return
+
+
+def _append(group: PlanarROIMeasurementsAndQualitativeEvaluations, items: Sequence[object]) -> None:
+    for item in items:
+        if item is not None:
+            group[0].ContentSequence.append(item)
+
+
+def _isocontour_algorithm(analysis: AnalysisResult) -> AlgorithmIdentification:
+    """What delineates and measures the foci: weight-free, so it runs with or without the classifier."""
+    fraction = analysis.findings.isocontour_fraction if analysis.findings is not None else 0.41
+    return AlgorithmIdentification(
+        name=ISOCONTOUR_ALGORITHM, version=f"psma-node {analysis.software_version}",
+        parameters=[f"isocontour_fraction_of_suvmax={fraction:g}", "suvpeak_sphere_ml=1",
+                    f"suvbw_factor={analysis.suv_factor:.6g}"],
+    )
+
+
+def _focus_groups(analysis: AnalysisResult, focus: Focus, pet_headers: Sequence[Dataset], ct_headers: Sequence[Dataset],
+                  segment: ImageContentItem | None) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """The focus on the PET slice through its SUVmax, and on the CT image nearest that position."""
+    site = finding_site(analysis)
+    name = region_code(analysis).meaning.lower()
+    crop = analysis.images.pet_suv_crop if analysis.images is not None else None
+    affine = crop.affine_lps if crop is not None else None
+    radius = _sphere_radius_mm(focus.volume_ml)
+    groups = []
+    for modality, headers in (("PET", pet_headers), ("CT", ct_headers)):
+        if not headers:
+            continue
+        point = nearest_instance(headers, focus.suv_max_lps)
+        region, where = _region_on(point, focus.mask, affine, radius)
+        group = PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(region),
+            referenced_region=region,
+            finding_type=codes.SCT.Lesion,
+            algorithm_id=_isocontour_algorithm(analysis),
+            measurements=_focus_measurements(focus, site),
+        )
+        _infer_first_num_from(group, where)
+        _label(group, f"Focus {focus.number} ({name}), {modality}")
+        _append(group, [*_focus_texts(focus), segment])
+        groups.append(group)
+    return groups
+
+
+def _region_centre(analysis: AnalysisResult, findings: Findings | None) -> tuple[float, float, float]:
+    """Centre of the analysed region mask, else the localiser's cube centre."""
+    crop = analysis.images.pet_suv_crop if analysis.images is not None else None
+    if findings is not None and findings.region_mask is not None and crop is not None and findings.region_mask.any():
+        centre_index = np.argwhere(findings.region_mask).mean(axis=0)
+        lps = crop.affine_lps[:3, :3] @ centre_index + crop.affine_lps[:3, 3]
+        return tuple(float(v) for v in lps)  # type: ignore[return-value]
+    return analysis.localisation.center_lps
+
+
+def _away_from_foci(pet_headers: Sequence[Dataset], centre_lps: Sequence[float],
+                    findings: Findings | None) -> ImagePoint:
+    """The PET image nearest `centre_lps` that no focus is drawn on, so the two labels do not cover each other."""
+    taken = {nearest_instance(pet_headers, f.suv_max_lps).sop_instance_uid
+             for f in (findings.foci if findings is not None else [])}
+    point = nearest_instance(pet_headers, centre_lps)
+    if point.sop_instance_uid in taken:
+        by_distance = sorted(pet_headers, key=lambda h: abs(nearest_instance([h], centre_lps).distance_mm))
+        free = [h for h in by_distance if str(h.SOPInstanceUID) not in taken]
+        if free:
+            point = nearest_instance(free[:1], centre_lps)
+    return point
+
+
+def _result_group(analysis: AnalysisResult, algorithm: AlgorithmIdentification, pet_headers: Sequence[Dataset],
+                  segment: ImageContentItem | None) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The analysed region on the PET slice through its centre, carrying the study-level answer."""
+    findings = analysis.findings
+    site = finding_site(analysis)
+    name = region_code(analysis).meaning.lower()
+    finding = analysis.finding if analysis.classifier_run else Finding.UNDETERMINED
+    crop = analysis.images.pet_suv_crop if analysis.images is not None else None
+    point = _away_from_foci(pet_headers, _region_centre(analysis, findings), findings)
+    no_focus = findings is not None and not findings.foci
+    identifier = f"Analysed region ({name})" + (": no focal uptake" if no_focus else "")
+    region, where = _region_on(point, findings.region_mask if findings is not None else None,
+                               crop.affine_lps if crop is not None else None, DEFAULT_REGION_RADIUS_MM)
+    measurements: list[Measurement] = []
+    if analysis.classifier_run and analysis.probability is not None:
+        measurements.append(Measurement(
+            name=codes.DCM.ProbabilityOfCancer, value=round(float(analysis.probability), 3), unit=UNIT_NONE,
+            algorithm_id=algorithm, finding_sites=[site],
+        ))
+    quant = analysis.quantification
+    if quant is not None:
+        measurements.append(Measurement(name=SUV_MAX, value=round_suv(quant.suv_max), unit=UNIT_G_PER_ML,
+                                        derivation=codes.SCT.Maximum, finding_sites=[site]))
+        measurements.append(Measurement(name=SUV_MEAN, value=round_suv(quant.suv_mean), unit=UNIT_G_PER_ML,
+                                        derivation=codes.SCT.Mean, finding_sites=[site]))
+    group = PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(region),
+        referenced_region=region,
+        finding_type=codes.DCM.RecurrentMalignancy,
+        algorithm_id=algorithm,
+        measurements=measurements or None,
+        qualitative_evaluations=[QualitativeEvaluation(codes.DCM.RecurrentMalignancy, FINDING_CODES[finding])],
+    )
+    _infer_first_num_from(group, where)
+    _label(group, identifier)
+    texts: list[object] = []
+    if no_focus:
+        texts.append(TextContentItem(name=codes.DCM.Finding, value="No focal uptake in the analysed region",
+                                     relationship_type="CONTAINS"))
+    texts.append(TextContentItem(name=codes.DCM.Comment, value=statement(analysis), relationship_type="CONTAINS"))
+    _append(group, [*texts, segment])
+    return group
+
+
+def _document_evaluations(analysis: AnalysisResult) -> ContainerContentItem:
+    """TID 1500 Qualitative Evaluations: the answer and the PROMISE summary for text-only viewers."""
+    finding = analysis.finding if analysis.classifier_run else Finding.UNDETERMINED
+    container = ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS",
+                                     is_content_continuous=False)
+    items: list[object] = [CodeContentItem(name=codes.DCM.RecurrentMalignancy, value=FINDING_CODES[finding],
+                                           relationship_type="CONTAINS")]
+    findings = analysis.findings
+    if findings is not None:
+        items.append(TextContentItem(
+            name=LOCAL_CATEGORY, relationship_type="CONTAINS",
+            value=f"{findings.local_category} (suggestion only, not a diagnosis)"
+                  + (f": {findings.local_category_note}" if findings.local_category_note else "")))
+        foci = ", ".join(f"focus {f.number}: SUVmax {round_suv(f.suv_max):.2f}" for f in findings.foci) or "none"
+        items.append(TextContentItem(name=codes.DCM.Finding, relationship_type="CONTAINS",
+                                     value=f"PSMA-avid foci in the {findings.region_description or 'region'}: "
+                                           f"{foci}"))
+        items.append(TextContentItem(
+            name=MIPSMA_ASSESSMENT, relationship_type="CONTAINS",
+            value=("assessable" if findings.mipsma_assessable else "not assessable")
+                  + (f": {findings.mipsma_note}" if findings.mipsma_note else "")))
+        for organ in findings.references:
+            value = f"{organ.name}: " + (f"SUVmean {organ.suv_mean:.2f}" if organ.suv_mean is not None
+                                          else f"not assessable ({organ.note or 'no region'})")
+            items.append(TextContentItem(name=REFERENCE_ORGAN, relationship_type="CONTAINS",
+                                         value=f"{value}; {organ.method}"[:1024]))
+    items.append(TextContentItem(name=codes.DCM.Comment, value=statement(analysis), relationship_type="CONTAINS"))
+    container.ContentSequence = items
+    return container
+
+
+def _placeholder_group() -> MeasurementsAndQualitativeEvaluations:
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier="removed"))
+
+
+def _separate_containers(items: Sequence[Dataset]) -> None:
+    for item in items:
+        if item.get("ValueType") == "CONTAINER":
+            item.ContinuityOfContent = "SEPARATE"
+        if "ContentSequence" in item:
+            _separate_containers(item.ContentSequence)
 
 
 def build_sr(analysis: AnalysisResult, evidence: list[Dataset], settings: ResultSettings, *,
-             series_uid: str, sop_uid: str, previous: list[Dataset] | None = None) -> Dataset:
-    """The SR document; `evidence[0]` is the PET header (patient and study attributes come from it)."""
+             series_uid: str, sop_uid: str, previous: list[Dataset] | None = None,
+             pet_headers: Sequence[Dataset] = (), ct_headers: Sequence[Dataset] = (),
+             segmentation: Dataset | None = None,
+             segment_numbers: Mapping[str, int] | None = None) -> Dataset:
+    """The SR document; `evidence[0]` is the PET header (patient and study attributes come from it).
+
+    `pet_headers`/`ct_headers` are the analysed instances' headers (no pixels): the groups are drawn on
+    them. Without PET headers nothing can be drawn, so the report then has no measurement groups at all
+    (a group without image coordinates breaks OHIF) and carries the answer only as document-level content.
+    """
     uid = device_uid(analysis.weights_sha256, analysis.software_version)
     observer = ObserverContext(
         observer_type=codes.DCM.Device,
@@ -135,38 +539,34 @@ def build_sr(analysis: AnalysisResult, evidence: list[Dataset], settings: Result
         version=f"psma-node {analysis.software_version}; model {analysis.model_id or 'none'}",
         parameters=algorithm_parameters(analysis),
     )
-    site = finding_site(analysis)
-    finding = analysis.finding if analysis.classifier_run else Finding.UNDETERMINED
-    measurements: list[Measurement] = []
-    if analysis.classifier_run and analysis.probability is not None:
-        measurements.append(Measurement(
-            name=codes.DCM.ProbabilityOfCancer, value=float(analysis.probability), unit=UNIT_NONE,
-            algorithm_id=algorithm, finding_sites=[site],
-        ))
-    quant = analysis.quantification
-    if quant is not None:
-        measurements.append(Measurement(name=SUV_BW, value=float(quant.suv_max), unit=UNIT_G_PER_ML,
-                                        derivation=codes.SCT.Maximum, finding_sites=[site]))
-        measurements.append(Measurement(name=SUV_BW, value=float(quant.suv_mean), unit=UNIT_G_PER_ML,
-                                        derivation=codes.SCT.Mean, finding_sites=[site]))
-        measurements.append(Measurement(name=codes.SCT.Volume, value=float(quant.focal_volume_ml), unit=UNIT_ML,
-                                        finding_sites=[site]))
-    group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier=TRACKING_IDENTIFIER),
-        finding_type=codes.DCM.RecurrentMalignancy,
-        algorithm_id=algorithm,
-        finding_sites=[site],
-        measurements=measurements or None,
-        qualitative_evaluations=[QualitativeEvaluation(codes.DCM.RecurrentMalignancy, FINDING_CODES[finding])],
-    )
-    group[0].ContentSequence.append(TextContentItem(
-        name=codes.DCM.Comment, value=statement(analysis), relationship_type="CONTAINS",
-    ))
+    groups: list[PlanarROIMeasurementsAndQualitativeEvaluations] = []
+    referenced: dict[str, Dataset] = {}
+    if pet_headers:
+        try:  # foci first: OHIF opens the SR on its first measurement, the hottest focus
+            for focus in (analysis.findings.foci if analysis.findings is not None else []):
+                groups.extend(_focus_groups(
+                    analysis, focus, pet_headers, ct_headers,
+                    _segment_reference(segmentation, segment_numbers, f"focus-{focus.number}")))
+            groups.append(_result_group(analysis, algorithm, pet_headers,
+                                        _segment_reference(segmentation, segment_numbers, "region")))
+        except GeometryError as error:
+            log.warning("SR drawn without image regions", extra={"reason": str(error)})
+            groups = []
+        headers = {str(h.SOPInstanceUID): h for h in [*pet_headers, *ct_headers]}
+        for group in groups:
+            for sop in _referenced_sops(group):
+                if sop in headers and _describable(headers[sop]):
+                    referenced[sop] = headers[sop]
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
         procedure_reported=PROCEDURE_PET_WHOLE_BODY,
-        imaging_measurements=[group],
+        imaging_measurements=groups or [_placeholder_group()],
+        referenced_images=list(referenced.values()) or None,
     )
+    if not groups:  # highdicom insists on one group; a group without coordinates would break OHIF
+        report[0].ContentSequence = [item for item in report[0].ContentSequence
+                                     if item.ConceptNameCodeSequence[0].CodeValue != IMAGING_MEASUREMENTS]
+    report[0].ContentSequence.append(_document_evaluations(analysis))
     equipment = ContributingEquipment(
         manufacturer=MANUFACTURER,
         purpose_of_reference=codes.DCM.ProcessingEquipment,
@@ -177,7 +577,7 @@ def build_sr(analysis: AnalysisResult, evidence: list[Dataset], settings: Result
     )
     iod = Comprehensive3DSR if settings.sr_storage == "comprehensive3d" else ComprehensiveSR
     sr = iod(
-        evidence=evidence,
+        evidence=_complete_evidence(evidence, groups, [*pet_headers, *ct_headers], segmentation),
         content=report,
         series_instance_uid=series_uid,
         series_number=settings.sr_series_number,
@@ -195,8 +595,44 @@ def build_sr(analysis: AnalysisResult, evidence: list[Dataset], settings: Result
     sr.SeriesDescription = SERIES_DESCRIPTION
     sr.ManufacturerModelName = MODEL_NAME
     sr.SoftwareVersions = analysis.software_version
+    sr.ContinuityOfContent = "SEPARATE"
+    _separate_containers(sr.ContentSequence)
     mark_node_equipment(sr, uid)
     return sr
+
+
+def _complete_evidence(evidence: list[Dataset], groups: Sequence[Dataset], headers: Sequence[Dataset],
+                       segmentation: Dataset | None) -> list[Dataset]:
+    """The given evidence plus every image and SEG the content references (highdicom insists on it)."""
+    known = {str(item.SOPInstanceUID) for item in evidence}
+    by_uid = {str(h.SOPInstanceUID): h for h in headers}
+    wanted = [sop for group in groups for sop in _referenced_sops(group)]
+    extra = [by_uid[sop] for sop in dict.fromkeys(wanted) if sop in by_uid and sop not in known]
+    if segmentation is not None and str(segmentation.SOPInstanceUID) not in known and groups and any(
+            item.get("ValueType") == "IMAGE" for group in groups for item in group[0].ContentSequence):
+        extra.append(segmentation)
+    return [*evidence, *extra]
+
+
+def _describable(header: Dataset) -> bool:
+    """Whether highdicom can make an Image Library entry for the image (it needs e.g. SliceThickness)."""
+    try:
+        ImageLibraryEntryDescriptors(header)
+    except (AttributeError, TypeError, ValueError) as error:
+        log.warning("image left out of the SR's Image Library",
+                     extra={"sop_instance_uid": str(header.get("SOPInstanceUID", "")), "reason": str(error)})
+        return False
+    return True
+
+
+def _referenced_sops(group: PlanarROIMeasurementsAndQualitativeEvaluations) -> list[str]:
+    found = []
+    for item in group[0].ContentSequence:
+        if item.get("ValueType") == "SCOORD":
+            for child in item.ContentSequence:
+                for ref in child.get("ReferencedSOPSequence", []):
+                    found.append(str(ref.ReferencedSOPInstanceUID))
+    return found
 
 
 def mark_node_equipment(dataset: Dataset, uid: str) -> None:

@@ -4,6 +4,11 @@ Every organ is a solid whose axial cross-section is an ellipse (an ellipsoid, or
 two points), drawn in painter's order into a per-slice tissue label map. CT and PET sample the same solids,
 so both modalities agree wherever a test looks. Coordinates: x towards patient left, y towards posterior,
 z towards head; the prostate sits near z = 0 with seed-dependent jitter.
+
+Uptake of the PROMISE V2 reference organs (blood pool, spleen, liver, parotid glands) follows published
+[18F]PSMA-1007 values (docs/synthetic-studies.md gives the sources and what each range means). Extra
+prostate / prostate-bed foci and a near-bladder focus are drawn from their own random stream, so a seed
+without them gives exactly the study it always gave.
 """
 
 from __future__ import annotations
@@ -12,6 +17,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+BLOOD_POOL_SUV = (1.5, 2.5)
+"""[18F]PSMA-1007 aortic blood pool SUVmean range drawn (see docs/synthetic-studies.md)."""
+SPLEEN_SUV = (8.4, 14.2)
+LIVER_SUV = (9.6, 14.0)
+PAROTID_SUV = (15.2, 22.0)
+NEAR_BLADDER_GAP_MM = 8.0
+"""Gap between a near-bladder focus's surface and the bladder wall."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,12 @@ class Phantom:
     prostate_bed_center: tuple[float, float, float] | None
     bladder_center: tuple[float, float, float]
     notes: dict[str, float] = field(default_factory=dict)
+    organs: dict[str, list[Solid]] = field(default_factory=dict)
+    """Solids of the organs a segmenter would delineate, by TotalSegmentator name (ground truth for masks)."""
+
+    def organ_suv(self, name: str) -> float:
+        """SUV of the tissue the named organ is made of."""
+        return self.tissues[self.organs[name][0].tissue].suv
 
     @property
     def hu_table(self) -> np.ndarray:
@@ -122,12 +141,14 @@ class _Builder:
         self.tissues.append(Tissue(name, hu, suv))
 
     def ellipsoid(self, tissue: str, center: tuple[float, float, float],
-                  radii: tuple[float, float, float], angle: float = 0.0) -> None:
+                  radii: tuple[float, float, float], angle: float = 0.0) -> Solid:
         self.solids.append(Solid(self._index[tissue], center, radii, angle))
+        return self.solids[-1]
 
     def tube(self, tissue: str, start: tuple[float, float, float], end: tuple[float, float, float],
-             radii: tuple[float, float]) -> None:
+             radii: tuple[float, float]) -> Solid:
         self.solids.append(Solid(self._index[tissue], start, (radii[0], radii[1], 0.0), 0.0, end))
+        return self.solids[-1]
 
     def bone(self, center: tuple[float, float, float], radii: tuple[float, float, float],
              angle: float = 0.0, cortex_mm: float = 4.0) -> None:
@@ -143,10 +164,17 @@ class _Builder:
 
 
 def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: bool,
-                  nodal_lesions: int, tracer_family: str) -> Phantom:
-    """Draw one patient: positions and sizes jitter with the seed, uptake follows the tracer family."""
+                  nodal_lesions: int, tracer_family: str, extra: np.random.Generator | None = None,
+                  extra_foci: int = 0, near_bladder_focus: bool = False) -> Phantom:
+    """Draw one patient: positions and sizes jitter with the seed, uptake follows the tracer family.
+
+    `extra` (its own stream) draws the reference-organ uptakes not drawn from `rng` before, the extra
+    foci and the near-bladder focus.
+    """
     psma = tracer_family == "psma"
+    extra = extra if extra is not None else np.random.default_rng(0)
     b = _Builder()
+    organs: dict[str, list[Solid]] = {}
 
     def jit(scale: float) -> float:
         return float(rng.uniform(-scale, scale))
@@ -166,13 +194,15 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
     b.tissue("rectal_gas", -900.0, 0.0)
     b.tissue("lung", -820.0, 0.2 if psma else 0.5)
     b.tissue("heart", 40.0, 1.5 if psma else 4.0)
-    b.tissue("blood", 45.0, 1.5)
-    b.tissue("liver", 60.0, float(rng.uniform(8.0, 12.0)) if psma else 2.5)
-    b.tissue("spleen", 50.0, 5.0 if psma else 2.0)
+    b.tissue("blood", 45.0, float(extra.uniform(*BLOOD_POOL_SUV)) if psma else 1.5)
+    b.tissue("liver", 60.0, float(rng.uniform(*LIVER_SUV)) if psma else 2.5)
+    b.tissue("spleen", 50.0, float(extra.uniform(*SPLEEN_SUV)) if psma else 2.0)
     b.tissue("kidney", 35.0, float(rng.uniform(20.0, 30.0)) if psma else 4.0)
     b.tissue("bowel", 25.0, 3.0 if psma else 2.0)
     b.tissue("brain", 35.0, 0.1 if psma else 9.0)
-    b.tissue("salivary", 40.0, float(rng.uniform(15.0, 20.0)) if psma else 2.0)
+    salivary_suv = float(rng.uniform(*PAROTID_SUV)) if psma else 2.0
+    b.tissue("salivary", 40.0, salivary_suv)
+    b.tissue("parotid", 40.0, salivary_suv)
     b.tissue("soft_tissue_nodule", 40.0, 0.6)
     b.tissue("seminal_vesicle", 35.0, 1.0)
     b.tissue("couch", 250.0, 0.0)
@@ -210,7 +240,7 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
                 25.0 * float(rng.uniform(0.85, 1.2)))
     bladder = (prostate[0] + jit(4), prostate[1] - 22 + jit(4), prostate[2] + p_radii[2] + bl_radii[2] - 4)
     rectum_y = prostate[1] + p_radii[1] + 14
-    b.ellipsoid("bladder", bladder, bl_radii)
+    organs["urinary_bladder"] = [b.ellipsoid("bladder", bladder, bl_radii)]
     b.tube("rectal_wall", (prostate[0], rectum_y, prostate[2] - 55), (prostate[0], rectum_y + 8, oz + 90),
            (17, 15))
     b.tube("rectal_gas", (prostate[0], rectum_y, prostate[2] - 45), (prostate[0], rectum_y + 8, oz + 80),
@@ -219,7 +249,7 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
     if prostatectomy:
         b.ellipsoid("prostate_bed", prostate, (p_radii[0] * 0.6, p_radii[1] * 0.6, p_radii[2] * 0.7))
     else:
-        b.ellipsoid("prostate", prostate, p_radii)
+        organs["prostate"] = [b.ellipsoid("prostate", prostate, p_radii)]
         for side in (-1, 1):
             b.ellipsoid("seminal_vesicle", (prostate[0] + side * 20, prostate[1] + p_radii[1] * 0.7,
                                             prostate[2] + p_radii[2] + 6), (18, 6, 8), angle=side * 0.5)
@@ -242,20 +272,21 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
 
     # Abdomen, chest, head: shown when the extent reaches them.
     b.long_bone(at(0, 75, 170), at(0, 70, 760), 21)
-    b.tube("blood", at(15, 45, 150), at(10, 35, 450), (11, 11))
+    organs["aorta"] = [b.tube("blood", at(15, 45, 150), at(10, 35, 450), (11, 11))]
     for k in range(4):
         b.ellipsoid("bowel", at(jit(60), -30 + jit(20), 190 + 25 * k + jit(8)), (28, 18, 15))
     for side in (-1, 1):
         b.ellipsoid("kidney", at(side * 75 + jit(5), 55 + jit(5), 270 + jit(10)), (30, 26, 55))
-    b.ellipsoid("spleen", at(85 + jit(5), 45 + jit(5), 350 + jit(10)), (40, 35, 55))
+    organs["spleen"] = [b.ellipsoid("spleen", at(85 + jit(5), 45 + jit(5), 350 + jit(10)), (40, 35, 55))]
     for side in (-1, 1):
         b.ellipsoid("lung", at(side * 80, 10, 525), (65, 85, 130))
     b.ellipsoid("heart", at(25, -20, 455), (60, 50, 55))
-    b.ellipsoid("liver", at(-75 + jit(5), -5 + jit(5), 330 + jit(10)), (85, 95, 75))
+    organs["liver"] = [b.ellipsoid("liver", at(-75 + jit(5), -5 + jit(5), 330 + jit(10)), (85, 95, 75))]
     b.bone(at(0, 10, 820), (75, 95, 100), cortex_mm=7)
     b.ellipsoid("brain", at(0, 10, 822), (66, 86, 90))
     for side in (-1, 1):
-        b.ellipsoid("salivary", at(side * 50, 15, 705), (15, 20, 25))
+        name = "parotid_gland_left" if side > 0 else "parotid_gland_right"
+        organs[name] = [b.ellipsoid("parotid", at(side * 50, 15, 705), (15, 20, 25))]
         b.ellipsoid("salivary", at(side * 35, -30, 665), (12, 12, 12))
 
     lesions: list[Lesion] = []
@@ -272,6 +303,19 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
                       prostate[2] + jit(0.4 * reach[2] + 0.1))
             kind = "prostate"
         lesions.append(Lesion(kind, center, radius, float(rng.uniform(4.0, 30.0))))
+    local_lesions = list(lesions)
+    for _ in range(extra_foci):
+        placed = _extra_focus(extra, prostate, p_radii, local_lesions, prostatectomy)
+        if placed is not None:
+            if prostatectomy:
+                r = placed.radius
+                b.ellipsoid("soft_tissue_nodule", placed.center, (r, r, r))
+            local_lesions.append(placed)
+    if near_bladder_focus:
+        placed = _near_bladder_focus(extra, prostate, bladder, bl_radii, local_lesions)
+        b.ellipsoid("soft_tissue_nodule", placed.center, (placed.radius, placed.radius, placed.radius))
+        local_lesions.append(placed)
+    lesions = local_lesions
     for _ in range(nodal_lesions):
         side = float(rng.choice([-1.0, 1.0]))
         center = at(side * float(rng.uniform(45, 65)), float(rng.uniform(-10, 25)),
@@ -289,4 +333,53 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
         bladder_center=bladder,
         notes={"prostate_radius_lr_mm": p_radii[0], "prostate_radius_ap_mm": p_radii[1],
                "prostate_radius_si_mm": p_radii[2]},
+        organs=organs,
     )
+
+
+def _point(values: np.ndarray) -> tuple[float, float, float]:
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def _apart(center: np.ndarray, radius: float, others: list[Lesion], margin: float) -> bool:
+    return all(np.linalg.norm(center - np.array(o.center)) >= radius + o.radius + margin for o in others)
+
+
+def _extra_focus(rng: np.random.Generator, prostate: tuple[float, float, float],
+                 p_radii: tuple[float, float, float], others: list[Lesion], bed: bool) -> Lesion | None:
+    """A focus of random size and intensity inside the prostate (or around the bed), clear of the others."""
+    for attempt in range(300):
+        radius = float(rng.uniform(4.0, 8.0))
+        # within the gland (or bed) first; a small gland leaves room only at its edge, so the reach grows
+        reach = (np.array([22.0, 14.0, 18.0]) if bed else np.array(p_radii)) * (1.0 + attempt / 600.0)
+        offset = rng.uniform(-1.0, 1.0, 3) * reach
+        if float(np.sum((offset / reach) ** 2)) > 1.0:
+            continue
+        center = np.array(prostate) + offset
+        if _apart(center, radius, others, 10.0):
+            kind = "prostate_bed" if bed else "prostate"
+            return Lesion(kind, _point(center), radius, float(rng.uniform(6.0, 25.0)))
+    return None
+
+
+def _near_bladder_focus(rng: np.random.Generator, prostate: tuple[float, float, float],
+                        bladder: tuple[float, float, float], bl_radii: tuple[float, float, float],
+                        others: list[Lesion]) -> Lesion:
+    """A focus just outside the lower bladder wall (NEAR_BLADDER_GAP_MM from it), in the analysed region."""
+    radius = float(rng.uniform(5.0, 7.0))
+    best: tuple[float, np.ndarray] | None = None
+    for _ in range(200):
+        direction = np.array([rng.uniform(-1, 1), rng.uniform(-0.3, 1.0), rng.uniform(-1.0, -0.2)])
+        direction /= np.linalg.norm(direction)
+        scale = 1.0 / math.sqrt(float(np.sum((direction / np.array(bl_radii)) ** 2)))
+        surface = np.array(bladder) + direction * scale
+        normal = (surface - np.array(bladder)) / np.array(bl_radii) ** 2
+        normal /= np.linalg.norm(normal)
+        center = surface + normal * (radius + NEAR_BLADDER_GAP_MM)
+        reach = float(np.linalg.norm(center - np.array(prostate)))
+        if reach <= 32.0 and _apart(center, radius, others, 10.0):
+            return Lesion("near_bladder", _point(center), radius, float(rng.uniform(8.0, 15.0)))
+        if best is None or reach < best[0]:
+            best = (reach, center)
+    assert best is not None
+    return Lesion("near_bladder", _point(best[1]), radius, float(rng.uniform(8.0, 15.0)))

@@ -5,23 +5,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicom_node.synth.acquisition import plan_acquisition, tracer_family
 from dicom_node.synth.dicom_writer import (
     TRANSFER_SYNTAXES,
     VENDORS,
+    SeriesWriter,
     StudyHeader,
     ct_base,
     ds_text,
-    new_slice,
     pet_base,
-    save,
 )
 from dicom_node.synth.imaging import Grid, axial_grid, ct_slice, pet_fwhm, pet_suv_volume
 from dicom_node.synth.phantom import Lesion, Phantom, build_phantom
@@ -55,6 +57,8 @@ class SynthOptions:
     transfer_syntax: str = "explicit"
     tracer: str = "PSMA-1007"
     nodal_lesions: int = 0
+    extra_foci: int = 0
+    near_bladder_focus: bool = False
     patient_id: str | None = None
     accession: str | None = None
     study_uid: str | None = None
@@ -77,6 +81,8 @@ class SynthOptions:
                 raise ValueError(f"{name} must be positive")
         if self.nodal_lesions < 0:
             raise ValueError("nodal_lesions must be >= 0")
+        if not 0 <= self.extra_foci <= 5:
+            raise ValueError("extra_foci must be between 0 and 5")
         if self.psa is not None and self.psa < 0:
             raise ValueError("psa must be >= 0 ng/ml")
         if not self.tracer.strip():
@@ -128,6 +134,10 @@ class GroundTruth:
     clinical_history: str | None
     seed: int
     options: dict[str, Any] = field(default_factory=dict)
+    foci: list[dict[str, Any]] = field(default_factory=list)
+    """Every focus of the prostate / prostate bed (the recurrence first, then extra and near-bladder foci)."""
+    organs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Segmentable organs by TotalSegmentator name: SUV, whether in the field of view, their solids."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -170,6 +180,31 @@ def _lesion_peak(suv: np.ndarray, grid: Grid, lesion: Lesion) -> float:
     return round(float(block[near].max()), 4)
 
 
+def _focus_truth(written: np.ndarray, grid: Grid, lesion: Lesion) -> dict[str, Any]:
+    return {
+        "kind": lesion.kind, "center_lps": _round3(lesion.center), "radius_mm": round(lesion.radius, 3),
+        "volume_ml": round(4.0 / 3.0 * np.pi * lesion.radius**3 / 1000.0, 3),
+        "target_suv_max": round(lesion.target_suv_max, 3), "suv_max": _lesion_peak(written, grid, lesion),
+    }
+
+
+def _organ_truth(phantom: Phantom, z_range: tuple[float, float]) -> dict[str, dict[str, Any]]:
+    """Each organ's tissue SUV, whether any of it lies in the scanned z range, and its solids."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, solids in phantom.organs.items():
+        in_view = any(s.z_range()[1] >= z_range[0] and s.z_range()[0] <= z_range[1] for s in solids)
+        out[name] = {
+            "suv": round(phantom.organ_suv(name), 4),
+            "in_field_of_view": in_view,
+            "solids": [
+                {"center_lps": _round3(s.center), "radii_mm": [round(float(r), 3) for r in s.radii],
+                 "angle_rad": s.angle, "end_lps": _round3(s.end)}
+                for s in solids
+            ],
+        }
+    return out
+
+
 def generate_study(out_dir: Path, options: SynthOptions) -> GroundTruth:
     """Write out_dir/CT/*.dcm, out_dir/PT/*.dcm and out_dir/ground_truth.json; return the ground truth."""
     options.validate()
@@ -179,7 +214,9 @@ def generate_study(out_dir: Path, options: SynthOptions) -> GroundTruth:
     rng = np.random.default_rng([seed, 0])
     family = tracer_family(options.tracer)
     phantom = build_phantom(rng, prostatectomy=options.prostatectomy, recurrence=options.recurrence,
-                            nodal_lesions=options.nodal_lesions, tracer_family=family)
+                            nodal_lesions=options.nodal_lesions, tracer_family=family,
+                            extra=np.random.default_rng([seed, 4]), extra_foci=options.extra_foci,
+                            near_bladder_focus=options.near_bladder_focus)
     acquisition = plan_acquisition(rng, seed, options.tracer, options.extent_mm)
     fwhm = pet_fwhm(rng)
     identity = np.random.default_rng([seed, 9])
@@ -211,9 +248,12 @@ def generate_study(out_dir: Path, options: SynthOptions) -> GroundTruth:
     ct_grid = axial_grid(options.ct_matrix, options.ct_fov_mm, z_low, extent, options.ct_slice_mm)
     pet_grid = axial_grid(options.pet_matrix, options.pet_fov_mm, z_low, extent, options.pet_slice_mm)
 
-    n_ct = _write_ct(out_dir / "CT", header, phantom, ct_grid, seed, key)
-    suv = pet_suv_volume(phantom, pet_grid, seed, fwhm)
-    written, philips = _write_pet(out_dir / "PT", header, suv, pet_grid, key, rng)
+    # Slices and the PET volume are independent (each seeded on its own), so threads build them side by
+    # side: the numpy work and the file writes release the GIL. The bytes do not depend on the order.
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1))) as pool:
+        suv = pool.submit(pet_suv_volume, phantom, pet_grid, seed, fwhm)
+        n_ct = _write_ct(out_dir / "CT", header, phantom, ct_grid, seed, key, pool)
+        written, philips = _write_pet(out_dir / "PT", header, suv.result(), pet_grid, key, rng)
 
     recurrence = next((les for les in phantom.lesions if les.kind != "nodal"), None)
     nodes = [
@@ -264,6 +304,8 @@ def generate_study(out_dir: Path, options: SynthOptions) -> GroundTruth:
         clinical_history=header.history,
         seed=seed,
         options=asdict(options),
+        foci=[_focus_truth(written, pet_grid, les) for les in phantom.lesions if les.kind != "nodal"],
+        organs=_organ_truth(phantom, (z_low, z_low + options.extent_mm)),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ground_truth.json").write_text(truth.to_json())
@@ -279,20 +321,26 @@ def _fresh_folder(folder: Path, prefix: str) -> None:
         stale.unlink()
 
 
-def _write_ct(folder: Path, header: StudyHeader, phantom: Phantom, grid: Grid, seed: int, key: str) -> int:
+def _write_ct(folder: Path, header: StudyHeader, phantom: Phantom, grid: Grid, seed: int, key: str,
+              pool: Executor) -> int:
     _fresh_folder(folder, "CT")
-    base = ct_base(header, grid.ys.size, grid.xs.size, grid.pixel_mm, grid.slice_mm)
+    writer = SeriesWriter(ct_base(header, grid.ys.size, grid.xs.size, grid.pixel_mm, grid.slice_mm),
+                          header.transfer_syntax)
     origin_x, origin_y = float(grid.xs[0]), float(grid.ys[0])
     n = grid.zs.size
-    for k in range(n - 1, -1, -1):
+
+    def write_slice(k: int) -> None:
         instance = n - k
         z = float(grid.zs[k])
-        ds = new_slice(base)
+        ds = Dataset()
         ds.SOPInstanceUID = _uid(key, "ct", instance)
         ds.InstanceNumber = instance
         ds.ImagePositionPatient = [ds_text(origin_x), ds_text(origin_y), ds_text(z)]
         ds.SliceLocation = ds_text(z)
-        save(ds, folder / f"CT_{instance:04d}.dcm", ct_slice(phantom, grid, k, seed), header.transfer_syntax)
+        writer.write(folder / f"CT_{instance:04d}.dcm", ds, ct_slice(phantom, grid, k, seed))
+
+    for done in [pool.submit(write_slice, k) for k in range(n - 1, -1, -1)]:
+        done.result()  # re-raises a slice's error
     return n
 
 
@@ -309,7 +357,8 @@ def _write_pet(folder: Path, header: StudyHeader, suv: np.ndarray, grid: Grid, k
         philips = (float(ds_text(factor * activity_scale)), activity_scale)
         to_stored_units = 1.0 / philips[0]
     n = grid.zs.size
-    base = pet_base(header, grid.ys.size, grid.xs.size, grid.pixel_mm, grid.slice_mm, n, philips)
+    writer = SeriesWriter(pet_base(header, grid.ys.size, grid.xs.size, grid.pixel_mm, grid.slice_mm, n, philips),
+                          header.transfer_syntax)
     origin_x, origin_y = float(grid.xs[0]), float(grid.ys[0])
     written = np.empty_like(suv)
     bed_length = (grid.zs[-1] - grid.zs[0] + grid.slice_mm) / acq.n_beds
@@ -324,7 +373,7 @@ def _write_pet(folder: Path, header: StudyHeader, suv: np.ndarray, grid: Grid, k
         stored = np.clip(np.rint(values / slope), 0, PET_INT16_MAX).astype(np.int16)
         written[k] = stored.astype(np.float64) * slope / to_stored_units
         start = acq.bed_start(bed)
-        ds = new_slice(base)
+        ds = Dataset()
         ds.SOPInstanceUID = _uid(key, "pet", instance)
         ds.InstanceNumber = instance
         ds.ImageIndex = instance
@@ -337,6 +386,6 @@ def _write_pet(folder: Path, header: StudyHeader, suv: np.ndarray, grid: Grid, k
         ds.RescaleSlope = ds_text(slope)
         bq = float(suv[k].sum(dtype=np.float64)) / factor * voxel_ml
         ds.PrimaryPromptsCountsAccumulated = int(bq * acq.bed_seconds * 0.01)
-        save(ds, folder / f"PT_{instance:04d}.dcm", stored, header.transfer_syntax)
+        writer.write(folder / f"PT_{instance:04d}.dcm", ds, stored)
     return written, philips
 

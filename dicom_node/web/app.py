@@ -1,13 +1,15 @@
 """The dashboard and HTTP API (FastAPI): server-rendered pages for admins, JSON for scripts and the RIS.
 
 Every page and API route reads through `db.queries`, so the pages, the API and the CLIs agree. The only
-writes are audit events (logins, refusals) and clinical metadata registered by a user or a RIS.
+writes are audit events (logins, refusals), login sessions, and clinical metadata registered by a user or a
+RIS; anonymous access (loopback only) is read-only. `serve` runs this app in its own process (`server`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,10 @@ from dicom_node.metrics import make_registry, worker_stale_seconds
 from dicom_node.web import health as health_checks
 from dicom_node.web.auth import COOKIE_NAME, Authenticator, Principal
 from dicom_node.web.images import render_png, result_images
+from dicom_node.web.refusals import RefusalLog
+from dicom_node.web.security import add_protections
+from dicom_node.web.sessions import LoginSessions
+from dicom_node.web.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +107,24 @@ def _client(request: Request) -> str | None:
 
 @dataclass
 class NodeWeb:
-    """What the routes share: settings, database sessions and the authenticator."""
+    """What the routes share: settings, database sessions, who may log in and who was refused."""
 
     settings: Settings
     sessions: sessionmaker[Session]
     auth: Authenticator
 
+    def __post_init__(self) -> None:
+        self.logins = LoginSessions(self.sessions, self.settings.dashboard.session_hours)
+        self.throttle = LoginThrottle()
+        self.refusals = RefusalLog(self.audit)
+
     def audit(self, category: str, action: str, **fields: Any) -> None:
         with transaction(self.sessions) as session:
             record(session, category, action, **fields)
+
+    def close(self) -> None:
+        """Write the summaries of refusals still being counted (at shutdown)."""
+        self.refusals.close()
 
 
 def _web(request: Request) -> NodeWeb:
@@ -128,20 +143,13 @@ def identify(request: Request) -> Principal | None:
     if header.lower().startswith("bearer "):
         principal = web.auth.token(header[7:].strip())
         if principal is None:
-            log.warning(
-                "refused API request: invalid bearer token",
-                extra={"path": request.url.path, "peer": _client(request)},
-            )
-            web.audit(
-                "admin",
-                "api-refused",
-                outcome="refused",
-                reason="invalid bearer token",
-                peer=_client(request),
-                path=request.url.path,
+            web.refusals.refused(
+                "api-refused", _client(request), "invalid bearer token", path=request.url.path
             )
         return principal
     principal = web.auth.read_cookie(request.cookies.get(COOKIE_NAME))
+    if principal is not None and not web.logins.is_open(principal.session_id or "", principal.name):
+        principal = None  # logged out (or the session expired): the cookie opens nothing any more
     if principal is None and web.auth.allow_anonymous:
         principal = Principal("anonymous", "anonymous")
     return principal
@@ -165,6 +173,24 @@ def api_user(request: Request) -> Principal:
     return principal
 
 
+def refuse_write(request: Request, user: Principal, csrf: str | None) -> None:
+    """Writes need a user or a token (anonymous access is read-only), and a session needs its CSRF token.
+
+    A bearer token is never sent by a browser on its own, so token calls need no CSRF token; a session
+    cookie is, so a write with one must echo the session's token (form field or X-CSRF-Token header)."""
+    web = _web(request)
+    if user.kind == "anonymous":
+        reason = "anonymous access is read-only: log in or use a bearer token"
+    elif user.kind == "user" and not web.auth.check_csrf(request.cookies.get(COOKIE_NAME), csrf):
+        reason = (
+            "missing or wrong CSRF token: reload the page (API calls with a session: X-CSRF-Token header)"
+        )
+    else:
+        return
+    web.refusals.refused("api-refused", _client(request), reason, path=request.url.path, actor=user.actor)
+    raise HTTPException(403, reason)
+
+
 PageUser = Annotated[Principal, Depends(page_user)]
 ApiUser = Annotated[Principal, Depends(api_user)]
 Db = Annotated[Session, Depends(db)]
@@ -183,6 +209,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     web = NodeWeb(settings, sessions, auth)
     app.state.node = web
     audit = web.audit
+    add_protections(app, settings.dashboard, web.refusals)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters.update(when=_when, size=_size, percent=_percent, kind=_kind)
     templates.env.globals.update(disclaimer=DISCLAIMER, version=__version__, ae_title=settings.node.ae_title)
@@ -206,18 +233,10 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg']}" for err in exc.errors()
         )
-        log.warning(
-            "refused API request: invalid input", extra={"path": request.url.path, "problems": problems}
+        # Validation runs before authentication: counted per source like every unauthenticated refusal.
+        web.refusals.refused(
+            "api-refused", _client(request), f"invalid input: {problems}", path=request.url.path
         )
-        if request.method != "GET":
-            audit(
-                "admin",
-                "api-refused",
-                outcome="refused",
-                reason=f"invalid input: {problems}",
-                peer=_client(request),
-                path=request.url.path,
-            )
         return JSONResponse({"detail": f"invalid input: {problems}"}, status_code=422)
 
     # --- login ---------------------------------------------------------------------------------------
@@ -236,28 +255,38 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         password: Annotated[str, Form()],
         next: Annotated[str, Form()] = "/studies",
     ) -> Response:
+        source = _client(request) or "unknown"
+        wait = web.throttle.wait(username, source)
+        if wait > 0:  # not checked, and not counted: the delay does not grow while it runs
+            seconds = math.ceil(wait)
+            web.refusals.refused(
+                "login", source, f"throttled after repeated failures: retry in {seconds} s",
+                actor=username[:128],
+            )
+            return templates.TemplateResponse(
+                request,
+                "login.html",
+                {"next": _safe_next(next), "error": f"Too many failed log-ins: try again in {seconds} s."},
+                status_code=429,
+                headers={"Retry-After": str(seconds)},
+            )
         principal = auth.login(username, password)
         if principal is None:
-            log.warning("dashboard login refused", extra={"peer": _client(request)})
-            audit(
-                "admin",
-                "login",
-                outcome="refused",
-                reason="wrong user name or password",
-                actor=username[:128],
-                peer=_client(request),
-            )
+            web.throttle.failed(username, source)
+            web.refusals.refused("login", source, "wrong user name or password", actor=username[:128])
             return templates.TemplateResponse(
                 request,
                 "login.html",
                 {"next": _safe_next(next), "error": "Wrong user name or password."},
                 status_code=401,
             )
-        audit("admin", "login", actor=principal.actor, peer=_client(request))
+        web.throttle.succeeded(username, source)
+        session_id = web.logins.open(principal.name, source)
+        audit("admin", "login", actor=principal.actor, peer=source)
         response = RedirectResponse(_safe_next(next), status_code=303)
         response.set_cookie(
             COOKIE_NAME,
-            auth.issue_cookie(principal),
+            auth.issue_cookie(principal, session_id),
             httponly=True,
             samesite="strict",
             max_age=int(settings.dashboard.session_hours * 3600),
@@ -266,7 +295,10 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout(request: Request, user: PageUser) -> Response:
+    def logout(request: Request, user: PageUser, csrf: Annotated[str, Form()] = "") -> Response:
+        refuse_write(request, user, csrf)
+        if user.session_id is not None:
+            web.logins.end(user.session_id)
         audit("admin", "logout", actor=user.actor, peer=_client(request))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE_NAME)
@@ -314,8 +346,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         psa_ng_ml: Annotated[str, Form()] = "",
         prostatectomy: Annotated[str, Form()] = "",
     ) -> Response:
-        if not auth.check_csrf(request.cookies.get(COOKIE_NAME) or "anonymous", csrf):
-            raise HTTPException(403, "form expired or posted from another site: reload the page")
+        refuse_write(request, user, csrf)
         study = queries.find_study(session, key)
         if study is None or not study.accession_number:
             raise HTTPException(404, "no study with an accession number under this key")
@@ -499,7 +530,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
             raise HTTPException(422, "give psa_ng_ml, prostatectomy or both")
 
     @app.post("/api/clinical", status_code=201)
-    def api_clinical(clinical: ClinicalIn, user: ApiUser) -> dict[str, Any]:
+    def api_clinical(request: Request, clinical: ClinicalIn, user: ApiUser) -> dict[str, Any]:
+        refuse_write(request, user, request.headers.get("x-csrf-token"))
         _refuse_empty(clinical, user)
         return _register(clinical, user, source="http")
 

@@ -1,8 +1,10 @@
 """Who is asking: configured users (hashed passwords, signed session cookie), bearer tokens, or anonymous.
 
 Passwords are stored as pbkdf2_sha256$iterations$salt$hash (hex salt and hash, hashlib.pbkdf2_hmac), so the
-config file never holds a password; every comparison is constant-time. The session cookie is the user name
-and an expiry signed with HMAC-SHA256, which avoids server-side session state in the one-process dashboard.
+config file never holds a password; every comparison is constant-time. The session cookie is the user name,
+an expiry and a session id, signed with HMAC-SHA256; the session id must also be open in the database
+(`sessions.LoginSessions`), which is what lets logout end a session. One password hash runs at a time, so
+a login flood occupies at most one core of the dashboard's process.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import hmac
 import json
 import logging
 import secrets
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dicom_node.config import DashboardSettings
 
@@ -52,6 +55,7 @@ class Principal:
 
     name: str
     kind: str  # "user", "token" or "anonymous"
+    session_id: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def actor(self) -> str:
@@ -75,6 +79,7 @@ class Authenticator:
         # Unknown users still cost one hash computation, so timing does not reveal which names exist.
         rounds = max((int(h.split("$")[1]) for h in self._users.values()), default=DEFAULT_ITERATIONS)
         self._dummy_hash = f"{SCHEME}${rounds}$unknown-user$00"
+        self._hashing = threading.Lock()
 
     @property
     def allow_anonymous(self) -> bool:
@@ -82,7 +87,8 @@ class Authenticator:
 
     def login(self, name: str, password: str) -> Principal | None:
         stored = self._users.get(name)
-        ok = verify_password(password, stored if stored is not None else self._dummy_hash)
+        with self._hashing:
+            ok = verify_password(password, stored if stored is not None else self._dummy_hash)
         return Principal(name, "user") if ok and stored is not None else None
 
     def token(self, presented: str) -> Principal | None:
@@ -97,13 +103,14 @@ class Authenticator:
     def _sign(self, payload: bytes) -> str:
         return hmac.new(self._secret, payload, hashlib.sha256).hexdigest()
 
-    def issue_cookie(self, principal: Principal) -> str:
+    def issue_cookie(self, principal: Principal, session_id: str) -> str:
         expires = int(time.time() + self.settings.session_hours * 3600)
-        payload = base64.urlsafe_b64encode(json.dumps({"u": principal.name, "exp": expires}).encode())
+        data = {"u": principal.name, "exp": expires, "sid": session_id}
+        payload = base64.urlsafe_b64encode(json.dumps(data).encode())
         return f"{payload.decode()}.{self._sign(payload)}"
 
     def read_cookie(self, value: str | None) -> Principal | None:
-        """The user of a valid, unexpired cookie for a user still in the configuration."""
+        """The user of a valid, unexpired cookie for a configured user (its session is checked by the app)."""
         if not value or "." not in value:
             return None
         payload, signature = value.rsplit(".", 1)
@@ -111,12 +118,12 @@ class Authenticator:
             return None
         try:
             data = json.loads(base64.urlsafe_b64decode(payload.encode()))
-            name, expires = str(data["u"]), float(data["exp"])
+            name, expires, session_id = str(data["u"]), float(data["exp"]), str(data["sid"])
         except (ValueError, KeyError, TypeError):
             return None
         if expires < time.time() or name not in self._users:
             return None
-        return Principal(name, "user")
+        return Principal(name, "user", session_id)
 
     def csrf_token(self, cookie: str) -> str:
         """A per-session token that forms must echo back, so another site cannot post as the user."""

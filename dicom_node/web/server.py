@@ -1,70 +1,138 @@
-"""Runs the dashboard (uvicorn) in a thread of the `serve` process.
+"""Runs the dashboard (uvicorn) in its own process, started, watched and stopped by `serve`.
 
-The socket is bound here, before the thread starts, so that a port already in use stops `serve` at once
-with a clear message, and so that port 0 (pick a free port) reports the port actually used.
+A separate process keeps the dashboard's work off the receiver's interpreter: password hashing during a
+login flood, page rendering and PNG encoding never hold the GIL the DICOM listener needs. The dashboard
+reads everything from the database, so it needs nothing from the receiving process but the settings.
+
+The socket is bound here, in `serve`, before the process starts, so that a port already in use stops
+`serve` at once with a clear message, and so that port 0 (pick a free port) reports the port actually used;
+the process inherits the listening socket.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
 import socket
 import threading
-
-import uvicorn
-from sqlalchemy.orm import Session, sessionmaker
+import time
+from multiprocessing.process import BaseProcess
 
 from dicom_node.config import Settings
-from dicom_node.web.app import create_app
+from dicom_node.log import configure_logging
 
 log = logging.getLogger(__name__)
+
+RESTART_DELAY_S = 5.0
+"""Wait before restarting a dashboard process that died, so a crash loop does not spin."""
+NICENESS = 5
+"""The dashboard yields the CPU to receiving and analysis when both want it."""
 
 
 class DashboardError(Exception):
     """The dashboard cannot start (e.g. its port is taken); the message says which setting to change."""
 
 
-class DashboardServer:
-    """A uvicorn server on its own thread; stop() ends it and waits for the thread."""
+def dashboard_main(settings: Settings, listener: socket.socket, parent_pid: int) -> None:
+    """Entry point of the dashboard process: serve the app on the inherited socket until SIGTERM."""
+    import uvicorn
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
-        family = socket.AF_INET6 if ":" in settings.dashboard.bind else socket.AF_INET
+    from db.session import make_engine, make_session_factory
+    from dicom_node.web.app import create_app
+
+    configure_logging(settings.logging)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; `serve` stops us.
+    os.nice(NICENESS)
+    engine = make_engine(settings.database.url.get_secret_value())
+    app = create_app(settings, make_session_factory(engine))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+            # X-Forwarded-For from loopback would let any local process pick its source address and so
+            # step around the per-source login throttling: the TCP peer is the source.
+            proxy_headers=False,
+        )
+    )
+
+    def housekeeping() -> None:
+        """Summarise finished refusal windows; exit if `serve` is gone (killed without stopping us)."""
+        while not server.should_exit:
+            app.state.node.refusals.flush_due()
+            if os.getppid() != parent_pid:
+                log.warning("serve process gone: dashboard exits")
+                server.should_exit = True
+            time.sleep(1.0)
+
+    threading.Thread(target=housekeeping, name="housekeeping", daemon=True).start()
+    # uvicorn handles SIGTERM itself, then re-raises it to the handler found before it started: with the
+    # default one the process would die before summarising its refusal counts below.
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    log.info("dashboard process serving", extra={"pid": os.getpid()})
+    try:
+        server.run(sockets=[listener])
+    finally:
+        app.state.node.close()
+        engine.dispose()
+
+
+class DashboardProcess:
+    """The dashboard's listening socket and the process serving it; restarted if it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        dashboard = settings.dashboard
+        family = socket.AF_INET6 if ":" in dashboard.bind else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self._socket.bind((settings.dashboard.bind, settings.dashboard.port))
+            self._socket.bind((dashboard.bind, dashboard.port))
         except OSError as exc:
             self._socket.close()
             raise DashboardError(
-                f"dashboard cannot listen on {settings.dashboard.bind}:{settings.dashboard.port}: "
-                f"{exc.strerror or exc} (change dashboard.port or dashboard.bind)"
+                f"dashboard.port {dashboard.port} on {dashboard.bind}: cannot listen: {exc.strerror or exc} "
+                "(change dashboard.port or dashboard.bind)"
             ) from exc
         self._socket.listen(128)
-        self.host = settings.dashboard.bind
+        self.host = dashboard.bind
         self.port = int(self._socket.getsockname()[1])
-        config = uvicorn.Config(
-            create_app(settings, sessions),
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
+        self._context = multiprocessing.get_context("spawn")
+        self._process: BaseProcess | None = None
+        self._restart_at = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> DashboardProcess:
+        self._process = self._context.Process(
+            target=dashboard_main, args=(self.settings, self._socket, os.getpid()), name="psma-dashboard"
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, name="dashboard", daemon=True)
-
-    def _run(self) -> None:
-        self._server.run(sockets=[self._socket])
-
-    def start(self) -> DashboardServer:
-        self._thread.start()
-        log.info("dashboard listening", extra={"url": f"http://{self.host}:{self.port}/"})
+        self._process.start()
+        log.info("dashboard listening", extra={"url": f"http://{self.host}:{self.port}/", "pid": self.pid})
         return self
 
+    def supervise(self) -> None:
+        """Restart the dashboard process if it died (after a short delay)."""
+        if self._process is None or self._process.is_alive():
+            return
+        now = time.monotonic()
+        if self._restart_at == 0.0:
+            self._process.join(0)
+            log.error("dashboard process died", extra={"exitcode": self._process.exitcode})
+            self._restart_at = now + RESTART_DELAY_S
+        if now >= self._restart_at:
+            self._restart_at = 0.0
+            self.start()
+
     def stop(self) -> None:
-        """Stop serving."""
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        """SIGTERM the process (uvicorn finishes requests under way), kill it if it lingers."""
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join(10)
+            if self._process.is_alive():
+                log.warning("dashboard process did not stop in time: killed")
+                self._process.kill()
+                self._process.join(5)
         self._socket.close()
-
-
-def start_dashboard(settings: Settings, sessions: sessionmaker[Session]) -> DashboardServer:
-    return DashboardServer(settings, sessions).start()

@@ -3,6 +3,14 @@
 TotalSegmentator runs in a subprocess because its Python API calls torch.set_num_threads(1) for the whole
 process; its weights cannot be downloaded on air-gapped hospital machines, so their absence is reported
 with the way to install them instead of letting it try the network.
+
+The same run supplies the reference organs of the PROMISE V2 miPSMA score (inference/reference_organs.py):
+spleen and liver come from the `total` task through `--roi_subset`, the aorta (blood pool) too when the part
+of `total` that holds it is installed (Dataset293, cardiac; the `--fast` model has it). The parotid glands
+are not part of `total`: TotalSegmentator (2.3 and later) segments them in the separate, openly licensed
+`head_glands_cavities` task (weights Dataset775_head_glands_cavities_492subj; outputs
+parotid_gland_left/right.nii.gz; `--roi_subset` and `--fast` do not apply to it). That second run happens
+only when its weights are installed; otherwise the parotid glands are reported as not assessable.
 """
 
 from __future__ import annotations
@@ -19,12 +27,24 @@ import nibabel as nib
 import numpy as np
 
 from inference.localize import LocalisationError
-from inference.result import Localisation
+from inference.result import Localisation, OrganMask, ReferenceOrganName
 from inference.volume import Series, VolumeError
 
 log = logging.getLogger(__name__)
 
-ROIS = ("prostate", "urinary_bladder")
+ROIS = ("prostate", "urinary_bladder", "spleen", "liver")
+"""`total` task structures of its organs part (Dataset291): the published centre and two reference organs."""
+AORTA_WEIGHTS = "Dataset293_TotalSegmentator_part3_cardiac_1559subj"
+"""The aorta is in part 3 of `total` (1.5 mm run): asked for only when installed, so a site with the
+published run's weights alone keeps working offline; the 3 mm `--fast` model holds every class."""
+HEAD_TASK = "head_glands_cavities"
+HEAD_WEIGHTS = "Dataset775_head_glands_cavities_492subj"
+REFERENCE_FILES: dict[ReferenceOrganName, tuple[str, ...]] = {
+    "blood pool": ("aorta",),
+    "spleen": ("spleen",),
+    "liver": ("liver",),
+    "parotid glands": ("parotid_gland_left", "parotid_gland_right"),
+}
 INSTALL_HINT = (
     "install it with `pip install TotalSegmentator` (version 2.x) and put the weights of its `total` task "
     "(Apache-2.0) into {home}/nnunet/results: on a machine with internet run `TotalSegmentator` once (or "
@@ -66,6 +86,35 @@ def centre_from_masks(out_dir: Path) -> Localisation:
     raise LocalisationError("TotalSegmentator found neither a prostate nor a urinary bladder in the CT")
 
 
+def _flip_lps() -> np.ndarray:
+    return np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def organ_mask(organ: ReferenceOrganName, folder: Path, names: tuple[str, ...], task: str) -> OrganMask:
+    """Union of the named masks, cut to its bounding box, with an LPS affine; or why there is none."""
+    source = f"TotalSegmentator task {task}, " + " + ".join(f"{n}.nii.gz" for n in names)
+    union: np.ndarray | None = None
+    affine: np.ndarray | None = None
+    for name in names:
+        path = folder / f"{name}.nii.gz"
+        if not path.exists():
+            return OrganMask(organ, None, None, source, note=f"TotalSegmentator wrote no {path.name}")
+        image = cast(nib.Nifti1Image, nib.load(str(path)))
+        data = np.asanyarray(image.dataobj) > 0
+        union = data if union is None else union | data
+        affine = image.affine
+    assert union is not None and affine is not None
+    if not union.any():
+        return OrganMask(organ, None, None, source,
+                         note="empty mask: the organ is outside the CT field of view or was not found")
+    points = np.argwhere(union)
+    low, high = points.min(axis=0), points.max(axis=0) + 1
+    shift = np.eye(4)
+    shift[:3, 3] = low
+    box = union[low[0]:high[0], low[1]:high[1], low[2]:high[2]].copy()
+    return OrganMask(organ, box, _flip_lps() @ affine @ shift, f"{source} ({int(box.sum())} voxels)")
+
+
 class TotalSegmentatorLocalizer:
     """Runs `TotalSegmentator --roi_subset prostate urinary_bladder` on the CT written as NIfTI."""
 
@@ -88,27 +137,63 @@ class TotalSegmentatorLocalizer:
             )
         return executable
 
+    def _run(self, argv: list[str]) -> str | None:
+        """Run one TotalSegmentator call; the failure message, or None when it succeeded."""
+        env = dict(os.environ, TOTALSEG_HOME_DIR=str(self.home))
+        log.info("running TotalSegmentator", extra={"argv": argv[1:], "home": str(self.home)})
+        try:
+            done = subprocess.run(
+                argv, env=env, capture_output=True, text=True, timeout=self.timeout_seconds, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return f"TotalSegmentator took longer than {self.timeout_seconds:g} s"
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            return f"TotalSegmentator failed (exit {done.returncode}): {' | '.join(tail)}"
+        return None
+
     def locate(self, ct: Series, pet: Series | None = None) -> Localisation:
         executable = self._executable()
         with tempfile.TemporaryDirectory(prefix="totalseg-") as work:
             nifti = Path(work) / "ct.nii.gz"
             _write_nifti(ct, nifti)
             out_dir = Path(work) / "masks"
-            argv = [executable, "-i", str(nifti), "-o", str(out_dir), "--roi_subset", *ROIS]
+            with_aorta = self.fast or (self.home / "nnunet" / "results" / AORTA_WEIGHTS).is_dir()
+            rois = [*ROIS, "aorta"] if with_aorta else list(ROIS)
+            argv = [executable, "-i", str(nifti), "-o", str(out_dir), "--roi_subset", *rois]
             if self.fast:
                 argv.append("--fast")
-            env = dict(os.environ, TOTALSEG_HOME_DIR=str(self.home))
-            log.info("running TotalSegmentator", extra={"argv": argv[1:], "home": str(self.home)})
-            try:
-                done = subprocess.run(
-                    argv, env=env, capture_output=True, text=True, timeout=self.timeout_seconds, check=False
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise LocalisationError(f"TotalSegmentator took longer than {self.timeout_seconds:g} s") from exc
-            if done.returncode != 0:
-                tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-                raise LocalisationError(f"TotalSegmentator failed (exit {done.returncode}): {' | '.join(tail)}")
-            return centre_from_masks(out_dir)
+            failure = self._run(argv)
+            if failure is not None:
+                raise LocalisationError(failure)
+            localisation = centre_from_masks(out_dir)
+            if with_aorta:
+                blood = organ_mask("blood pool", out_dir, REFERENCE_FILES["blood pool"], "total")
+            else:
+                blood = OrganMask("blood pool", None, None, "TotalSegmentator task total, aorta.nii.gz", note=(
+                    f"the part of the TotalSegmentator total task that segments the aorta (weights "
+                    f"{AORTA_WEIGHTS}) is not installed"
+                ))
+            localisation.reference_masks = [
+                blood,
+                organ_mask("spleen", out_dir, REFERENCE_FILES["spleen"], "total"),
+                organ_mask("liver", out_dir, REFERENCE_FILES["liver"], "total"),
+                self._parotids(executable, nifti, Path(work) / "head"),
+            ]
+            return localisation
+
+    def _parotids(self, executable: str, nifti: Path, out_dir: Path) -> OrganMask:
+        """Parotid glands from the `head_glands_cavities` task, when its weights are installed."""
+        names = REFERENCE_FILES["parotid glands"]
+        source = f"TotalSegmentator task {HEAD_TASK}"
+        if not (self.home / "nnunet" / "results" / HEAD_WEIGHTS).is_dir():
+            return OrganMask("parotid glands", None, None, source, note=(
+                f"the TotalSegmentator {HEAD_TASK} task (weights {HEAD_WEIGHTS}) is not installed"
+            ))
+        failure = self._run([executable, "-i", str(nifti), "-o", str(out_dir), "-ta", HEAD_TASK])
+        if failure is not None:
+            return OrganMask("parotid glands", None, None, source, note=failure)
+        return organ_mask("parotid glands", out_dir, names, HEAD_TASK)
 
 
 def _write_nifti(ct: Series, path: Path) -> None:

@@ -35,7 +35,7 @@ from tests.support.node import deep_merge, free_port, wait_for_port, write_confi
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Model D imported by the real import code from a checkpoint of the right architecture."""
     work = tmp_path_factory.mktemp("models")
-    checkpoint = work / "net_key_metric=0.7700.pt"
+    checkpoint = work / "checkpoint_epoch=4.pt"
     torch.save({"net": build_network(4).state_dict()}, checkpoint)
     import_checkpoint(checkpoint, get_spec("D"), work / "models")
     return work / "models"

@@ -94,7 +94,7 @@ def test_by_prostatectomy_routing_runs_model_c_for_operated_patients(
     options = AnalysisOptions(models_dir=models_dir, device="cpu", routing="by-prostatectomy", gradcam=False)
     result = analyse(bed_study.pet_paths, bed_study.ct_paths, options)
     assert result.localisation.organ == "bladder"
-    assert (result.prostatectomy.value, result.prostatectomy.source) == (True, "inferred")
+    assert (result.prostatectomy.value, result.prostatectomy.source) == (True, "imputed")
     assert (result.psa.value, result.psa.source) == (30.1, "imputed")
     assert result.model_id == "C" and result.classifier_run
     assert result.model_input is not None and result.model_input.shape == (4, 30, 40, 30)

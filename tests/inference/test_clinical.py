@@ -1,8 +1,17 @@
-"""PSA / prostatectomy: registered, then DICOM tags, then imputed / inferred; each with its provenance."""
+"""PSA / prostatectomy: registered, then DICOM tags, then imputed (organ guess opt-in); with provenance."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
 from pydicom import Dataset
+
+from dicom_node.cli.main import cli
+from dicom_node.synth import SynthOptions, generate_study
 
 from inference.clinical import ClinicalRules, RegisteredClinical, resolve_prostatectomy, resolve_psa
 
@@ -52,18 +61,39 @@ def test_custom_tags_and_patterns_from_settings() -> None:
     assert resolve_prostatectomy(None, headers, rules, organ_found="prostate").value is True
 
 
-def test_without_information_psa_is_imputed_and_prostatectomy_inferred_from_the_organ_found() -> None:
+def test_without_information_psa_is_imputed_and_prostatectomy_imputed_as_operated_as_published() -> None:
     headers = [_header(AdditionalPatientHistory="routine")]
     psa = resolve_psa(None, headers, RULES)
     assert (psa.value, psa.source) == (30.1, "imputed")
-    operated = resolve_prostatectomy(None, headers, RULES, organ_found="bladder")
-    intact = resolve_prostatectomy(None, headers, RULES, organ_found="prostate")
+    for organ in ("prostate", "bladder", "given", None):
+        px = resolve_prostatectomy(None, headers, RULES, organ_found=organ)
+        assert (px.value, px.source) == (True, "imputed")
+        assert "px = 1" in px.detail
+
+
+def test_imputation_to_not_operated_is_configurable() -> None:
+    rules = ClinicalRules(impute_prostatectomy=False)
+    px = resolve_prostatectomy(None, [_header(AdditionalPatientHistory="routine")], rules, "bladder")
+    assert (px.value, px.source) == (False, "imputed")
+    assert "published imputation is px = 1" in px.detail
+
+
+def test_guessing_from_the_organ_found_is_an_explicit_opt_in() -> None:
+    rules = ClinicalRules(infer_prostatectomy=True)
+    headers = [_header(AdditionalPatientHistory="routine")]
+    operated = resolve_prostatectomy(None, headers, rules, organ_found="bladder")
+    intact = resolve_prostatectomy(None, headers, rules, organ_found="prostate")
     assert (operated.value, operated.source) == (True, "inferred")
     assert (intact.value, intact.source) == (False, "inferred")
-    unknown = resolve_prostatectomy(None, headers, RULES, organ_found="given")
-    assert (unknown.value, unknown.source) == (False, "imputed")
-    no_inference = resolve_prostatectomy(None, headers, ClinicalRules(infer_prostatectomy=False), "bladder")
-    assert no_inference.source == "imputed"
+    given = resolve_prostatectomy(None, headers, rules, organ_found="given")
+    assert (given.value, given.source) == (True, "imputed")
+
+
+def test_the_settings_default_to_the_published_imputation() -> None:
+    from dicom_node.config import ClinicalSettings
+
+    rules = ClinicalRules.from_settings(ClinicalSettings())
+    assert rules.impute_prostatectomy is True and rules.infer_prostatectomy is False
 
 
 def test_a_registration_with_only_one_field_leaves_the_other_to_tags() -> None:
@@ -71,3 +101,33 @@ def test_a_registration_with_only_one_field_leaves_the_other_to_tags() -> None:
     registered = RegisteredClinical(psa_ng_ml=None, prostatectomy=False)
     assert resolve_psa(registered, headers, RULES).source == "tag"
     assert resolve_prostatectomy(registered, headers, RULES, "bladder").value is False
+
+
+@pytest.fixture(scope="module")
+def study_without_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("no-history")
+    generate_study(
+        folder, SynthOptions(ct_matrix=64, pet_matrix=32, extent_mm=150, seed=5, write_clinical_history=False)
+    )
+    return folder
+
+
+@pytest.mark.parametrize(("impute", "expected"), [(None, True), (False, False)])
+def test_analyze_cli_imputes_unknown_prostatectomy_as_configured(
+    study_without_history: Path, tmp_path: Path, impute: bool | None, expected: bool
+) -> None:
+    config: dict = {"database": {"url": f"sqlite:///{tmp_path / 'node.db'}"},
+                    "models": {"models_dir": str(tmp_path / "models")}}
+    if impute is not None:
+        config["clinical"] = {"impute_prostatectomy": impute}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    outcome = CliRunner().invoke(
+        cli,
+        ["--config", str(tmp_path / "config.yaml"), "analyze", str(study_without_history), "--json",
+         "--center-lps=0,0,0"],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    summary = json.loads(outcome.stdout)
+    assert summary["prostatectomy"]["value"] is expected
+    assert summary["prostatectomy"]["source"] == "imputed"
+    assert (summary["psa"]["value"], summary["psa"]["source"]) == (30.1, "imputed")

@@ -84,10 +84,12 @@ def reference_input(
         "A": ((150,) * 3, None),
         "B": ((70,) * 3, None),
         "C": ((70,) * 3, (30, 40, 30)),
+        "C-range": ((70,) * 3, (30, 40, 30)),
         "D": ((70,) * 3, (65, 46, 69)),
         "D-range": ((70,) * 3, (65, 46, 69)),
     }[model]
-    fixed_range = model in ("C", "D-range")
+    # Model_C.py scales per volume like D; only Model_C_scaleRange.py (C-range) uses the fixed range.
+    fixed_range = model in ("C-range", "D-range")
     tail = [Resize(spatial_size=size)] + ([CenterSpatialCrop(roi_size=roi)] if roi else [])
     ct_scale = (
         ScaleIntensityRange(a_min=-1024, a_max=3071, b_min=0, b_max=1, clip=False)
@@ -103,7 +105,7 @@ def reference_input(
         torch.as_tensor(Compose([ct_scale, *tail])(ct_t)),
         torch.as_tensor(Compose([pet_scale, *tail])(pet_t)),
     ]
-    if model in ("C", "D", "D-range"):
+    if model in ("C", "C-range", "D", "D-range"):
         spatial = channels[0].shape[1:]
         channels.append(torch.Tensor([psa / 7434.0]).repeat(1, *spatial))
         channels.append(torch.Tensor([1.0 if px else 0.0]).repeat(1, *spatial))
@@ -147,7 +149,8 @@ def node_input(
 
 
 @pytest.mark.parametrize(
-    ("model", "px"), [("D", False), ("D-range", False), ("C", True), ("B", False), ("A", False)]
+    ("model", "px"),
+    [("D", False), ("D-range", False), ("C", True), ("C-range", True), ("B", False), ("A", False)],
 )
 def test_model_input_equals_authors_pipeline_on_different_grids(
     recurrence_study: Study,

@@ -183,6 +183,17 @@ def _multiframe(k: int, ds: pydicom.Dataset) -> None:
     ds.NumberOfFrames = 3
 
 
+def _eight_bits(k: int, ds: pydicom.Dataset) -> None:
+    if k == 2:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = bytes(ds.Rows * ds.Columns)
+
+
+def _colour(k: int, ds: pydicom.Dataset) -> None:
+    if k == 4:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+
+
 @pytest.mark.parametrize(
     ("hook", "message"),
     [
@@ -194,8 +205,13 @@ def _multiframe(k: int, ds: pydicom.Dataset) -> None:
         (_other_series, "2 different series"),
         (_no_position, "ImagePositionPatient is missing"),
         (_multiframe, "multi-frame image with 3 frames"),
+        (_eight_bits, "CT slice slice0002.dcm has Bits Allocated 8 while the series has 16"),
+        (_colour, "CT slice slice0004.dcm has 3 samples per pixel (colour)"),
     ],
-    ids=["gap", "duplicate", "tilt", "orientation", "size", "two-series", "no-position", "multiframe"],
+    ids=[
+        "gap", "duplicate", "tilt", "orientation", "size", "two-series", "no-position", "multiframe",
+        "bits-allocated", "colour",
+    ],
 )
 def test_irregular_stacks_are_refused_with_specific_reason(tmp_path: Path, hook, message: str) -> None:  # type: ignore[no-untyped-def]
     paths = _broken(tmp_path, hook)
@@ -224,3 +240,14 @@ def test_undecodable_pixels_are_refused_when_read(tmp_path: Path) -> None:
     series = Series.scan(paths)
     with pytest.raises(VolumeError, match="slice0002.dcm: pixel data"):
         series.read()
+
+
+def test_a_slice_without_pixel_data_is_refused_naming_it(tmp_path: Path) -> None:
+    paths = _broken(tmp_path, None)
+    dataset = pydicom.dcmread(paths[3])
+    del dataset.PixelData
+    dataset.save_as(paths[3])
+    series = Series.scan(paths)
+    with pytest.raises(VolumeError) as error:
+        series.read()
+    assert str(error.value) == "CT slice slice0003.dcm has no pixel data"

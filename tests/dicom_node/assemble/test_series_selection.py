@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dicom_node.config import AssemblySettings
 from dicom_node.series_selection import select_series
 from tests.dicom_node.assemble.rows import ct_summary, pet_summary
@@ -68,15 +70,55 @@ def test_pet_without_ct_says_so() -> None:
     assert select_series([pet_summary()], AssemblySettings()).reason == "no CT in the study"
 
 
-def test_ct_in_another_frame_of_reference_falls_back_to_z_overlap() -> None:
+def test_ct_in_another_frame_of_reference_is_refused_by_default() -> None:
     selection = select_series([pet_summary(), ct_summary(CT_POSITIONS, for_uid="9.9")], AssemblySettings())
+    assert selection.ct is None and selection.reason is not None
+    assert "no CT shares the PET's Frame of Reference" in selection.reason
+    assert "allow_different_frame_of_reference" in selection.reason
+
+
+def test_ct_in_the_pets_frame_is_chosen_over_a_better_ct_in_another_frame() -> None:
+    pet = pet_summary()
+    same_frame = ct_summary([-104.0 + 3.0 * n for n in range(68)])
+    other_frame = ct_summary([-104.0 + 0.5 * n for n in range(410)], for_uid="9.9")
+    selection = select_series([pet, other_frame, same_frame], AssemblySettings())
+    assert selection.ct is same_frame and selection.flags["ct_match"] == "frame_of_reference"
+
+
+def test_opting_in_pairs_a_ct_of_another_frame_by_z_overlap() -> None:
+    settings = AssemblySettings(allow_different_frame_of_reference=True)
+    selection = select_series([pet_summary(), ct_summary(CT_POSITIONS, for_uid="9.9")], settings)
     assert selection.ok and selection.flags["ct_match"] == "z_overlap"
 
 
-def test_ct_neither_sharing_frame_nor_overlapping_is_refused() -> None:
+def test_ct_neither_sharing_frame_nor_overlapping_is_refused_when_opted_in() -> None:
     far = [500.0 + 2.0 * n for n in range(50)]
-    selection = select_series([pet_summary(), ct_summary(far, for_uid="9.9")], AssemblySettings())
+    settings = AssemblySettings(allow_different_frame_of_reference=True)
+    selection = select_series([pet_summary(), ct_summary(far, for_uid="9.9")], settings)
     assert selection.reason is not None and "no CT sharing the PET's frame of reference" in selection.reason
+
+
+def test_ct_mixing_bits_allocated_is_refused_naming_both_values() -> None:
+    mixed = replace(ct_summary(CT_POSITIONS), layout={"BitsAllocated": (8, 16), "Rows": (512, 512)})
+    selection = select_series([pet_summary(), mixed], AssemblySettings())
+    assert selection.ct is None
+    assert selection.reason == "CT series mixes Bits Allocated 8 and 16 across its slices; cannot stack them"
+
+
+def test_a_consistent_ct_is_chosen_over_one_with_mixed_slice_sizes() -> None:
+    pet = pet_summary()
+    mixed = replace(ct_summary([-104.0 + 0.5 * n for n in range(410)]), layout={"Rows": (256, 512)})
+    plain = replace(ct_summary(CT_POSITIONS), layout={"BitsAllocated": (16, 16), "Rows": (512, 512)})
+    assert select_series([pet, mixed, plain], AssemblySettings()).ct is plain
+
+
+def test_colour_or_8_bit_slices_are_refused() -> None:
+    colour = replace(ct_summary(CT_POSITIONS), layout={"SamplesPerPixel": (3, 3)})
+    reason = select_series([pet_summary(), colour], AssemblySettings()).reason
+    assert reason is not None and "3 samples per pixel" in reason
+    pet = replace(pet_summary(), layout={"BitsAllocated": (8, 8)})
+    reason = select_series([pet, ct_summary(CT_POSITIONS)], AssemblySettings()).reason
+    assert reason == "PET slices have Bits Allocated 8; CT and PET images need 16 (or 32)"
 
 
 def test_best_ct_covers_the_pet_is_original_and_thinnest() -> None:

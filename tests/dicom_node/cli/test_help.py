@@ -10,9 +10,17 @@ from dicom_node import __version__
 from dicom_node.cli.main import cli
 
 
+def _subcommand(group: click.Group, name: str) -> click.Command:
+    """Through get_command: the top-level group imports its commands only when asked for them."""
+    command = group.get_command(click.Context(group), name)
+    assert command is not None, name
+    return command
+
+
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found = [prefix]
-    for name, command in group.commands.items():
+    for name in group.list_commands(click.Context(group)):
+        command = _subcommand(group, name)
         if isinstance(command, click.Group):
             found += _commands(command, prefix + (name,))
         else:
@@ -28,7 +36,7 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
     command: click.Command = cli
     for name in path:
         assert isinstance(command, click.Group)
-        command = command.commands[name]
+        command = _subcommand(command, name)
     assert (command.help or command.short_help or "").strip(), f"{' '.join(path)} has no help text"
 
 

@@ -24,7 +24,7 @@ def _run(config: Path, *args: str):  # type: ignore[no-untyped-def]
 
 def test_import_then_list_and_verify(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    source = write_random_checkpoint(tmp_path / "net_key_metric=0.7700.pt", layout="net")
+    source = write_random_checkpoint(tmp_path / "checkpoint_epoch=4.pt", layout="net+opt")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     imported = _run(config, "import", str(source), "--as", "d")
     assert imported.exit_code == 0, imported.output

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,9 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
+from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Engine
@@ -139,6 +144,107 @@ def send_on_context(port: int, dataset_bytes: bytes, request_class: str, context
     assoc._reactor_checkpoint.set()
     assoc.release()
     return int(response.Status)
+
+
+@contextmanager
+def lenient_uids() -> Iterator[None]:
+    """Let this process's pynetdicom put UIDs longer than 64 characters on the wire (a faulty sender)."""
+    previous = _config.VALIDATORS["UI"]
+    _config.VALIDATORS["UI"] = lambda value: (True, "")
+    try:
+        yield
+    finally:
+        _config.VALIDATORS["UI"] = previous
+
+
+_DCMDUMP_FAILED = re.compile(r"reading file: (.+)$")
+
+
+def dcmtk_unreadable(paths: list[Path]) -> list[str]:
+    """The files among `paths` that dcmtk's dcmdump cannot read."""
+    if not paths:
+        return []
+    result = subprocess.run(["dcmdump", *map(str, paths)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, timeout=120)
+    return [match.group(1) for line in result.stderr.splitlines() if (match := _DCMDUMP_FAILED.search(line))]
+
+
+def associate_request(calling: str, called: str = "PSMA_NODE") -> bytes:
+    """The bytes of an A-ASSOCIATE-RQ proposing Verification and CT Image Storage (explicit VR LE)."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = calling, called
+    contexts = [build_context(Verification), build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])]
+    for number, context in enumerate(contexts):
+        context.context_id = 2 * number + 1
+    primitive.presentation_context_definition_list = contexts
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.7156.1"
+    primitive.user_information = [maximum, implementation]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+class RawPeer:
+    """A TCP peer of the node that speaks (or fails to speak) DICOM byte by byte, from a chosen source
+    address: loopback accepts any 127.0.0.0/8 source."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def associate(self, calling: str = "RAWPEER") -> int:
+        """Send an A-ASSOCIATE-RQ; the type of the PDU answering it (2 accepted, 3 rejected)."""
+        self.send(associate_request(calling))
+        header = self._read(6)
+        self._read(int.from_bytes(header[2:6], "big"))
+        return header[0]
+
+    def stall_mid_p_data(self) -> None:
+        """Begin a P-DATA-TF PDU announcing 1000 bytes, send ten of them, and go quiet."""
+        self.send(b"\x04\x00" + (1000).to_bytes(4, "big") + b"\x00" * 10)
+
+    def closed_by_node(self, within: float) -> bool:
+        """True once the node has closed (or reset) the connection, waiting at most `within` seconds."""
+        self.sock.settimeout(within)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            pass
+        return True
+
+    def reset(self) -> None:
+        """Abort with a TCP RST (SO_LINGER 0), as a crashing peer or a middlebox does."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _read(self, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError(f"closed after {len(data)} of {count} bytes")
+            data += chunk
+        return data
+
+
+def process_threads(pid: int) -> int:
+    """How many threads a process runs now (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no thread count for process {pid}")
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> object:

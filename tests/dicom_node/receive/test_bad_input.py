@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom.dsutils import encode
 from pydicom.uid import generate_uid
 
 from tests.dicom_node.receive.clients import (
     NodeDatabase,
+    dcmtk_unreadable,
     echoscu,
+    lenient_uids,
     pynetdicom_echo,
     send_on_context,
     send_raw_files,
@@ -128,12 +132,12 @@ def test_missing_or_invalid_uids_are_refused_with_a900(
     assert not list(Path(node.config["storage"]["directory"]).rglob("etc"))
 
 
-def test_truncated_pixel_data_is_refused_with_c000(tmp_path: Path, node: NodeProcess,
+def test_truncated_pixel_data_is_refused_with_c002(tmp_path: Path, node: NodeProcess,
                                                    db: NodeDatabase) -> None:
     ds = image("PT", generate_uid(), generate_uid(), 0)
     ds.PixelData = ds.PixelData[:1000]
     path = _file(tmp_path, "truncated.dcm", ds)
-    assert send_raw_files(node.port, [path]) == [0xC000]
+    assert send_raw_files(node.port, [path]) == [0xC002]
     assert _refusal(db, ds.SOPInstanceUID).startswith("pixel data truncated")
     _still_serving(node)
 
@@ -189,3 +193,80 @@ def test_disk_floor_refuses_with_a700_and_keeps_serving(tmp_path: Path, receivin
     assert db.instances() == []
     assert not any(Path(node.config["storage"]["directory"]).rglob("*.dcm"))
     assert echoscu(node.port).returncode == 0
+
+
+@pytest.mark.parametrize("sent_implicit, context", [
+    (False, "1.2.840.10008.1.2"), (True, "1.2.840.10008.1.2.1")], ids=["explicit-on-implicit", "implicit-on-explicit"])
+def test_data_set_encoded_against_the_negotiated_syntax_is_refused_with_c001(
+        node: NodeProcess, db: NodeDatabase, sent_implicit: bool, context: str) -> None:
+    ds = image("CT", generate_uid(), generate_uid(), 0)
+    status = send_on_context(node.port, encode(ds, sent_implicit, True), CT_IMAGE, CT_IMAGE, ds.SOPInstanceUID,
+                             transfer_syntax=context)
+    assert status == 0xC001  # pydicom would read it, dcmtk not: acknowledging it would store an unreadable file
+    found, negotiated = ("implicit", "Explicit") if sent_implicit else ("explicit", "Implicit")
+    assert _refusal(db, ds.SOPInstanceUID).startswith(
+        f"data set is encoded with {found} VR but the negotiated transfer syntax is {negotiated} VR Little Endian")
+    assert ds.SOPInstanceUID not in db.instance_uids()
+    _still_serving(node)
+
+
+def test_overlong_sop_instance_uid_is_refused_with_a900_not_dropped(node: NodeProcess, db: NodeDatabase) -> None:
+    ds = image("CT", generate_uid(), generate_uid(), 0)
+    ds.SOPInstanceUID = "1.2." + "3" * 198  # 202 characters in the request and the data set
+    with lenient_uids():
+        status = send_on_context(node.port, encode(ds, False, True), CT_IMAGE, CT_IMAGE, ds.SOPInstanceUID)
+    assert status == 0xA900
+    rows = [row for row in db.audit("instance", "refused") if row.sop_instance_uid == ds.SOPInstanceUID[:64]]
+    assert len(rows) == 1
+    assert rows[0].reason.startswith("invalid SOP Instance UID: 202 characters, at most 64 allowed")
+    _still_serving(node)
+
+
+def _ct(**changes: object) -> Dataset:
+    ds = image("CT", generate_uid(), generate_uid(), 0)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize("changes, status, reason", [
+    ({"PixelData": None}, 0xA900, "no Pixel Data: a CT Image Storage instance must carry its image"),
+    ({"PixelData": b""}, 0xC002, "Pixel Data is empty (0 bytes)"),
+    ({"BitsAllocated": 8, "BitsStored": 8, "HighBit": 7}, 0xA900,
+     "Bits Allocated 8: a CT Image Storage slice has 16 bits per pixel"),
+    ({"SamplesPerPixel": 3}, 0xA900, "Samples per Pixel 3: a CT Image Storage slice has one sample per pixel"),
+    ({"NumberOfFrames": 2}, 0xA900, "Number of Frames 2: a CT Image Storage instance holds one slice"),
+    ({"Rows": 16}, 0xC002, "pixel data of 2048 bytes does not match Rows x Columns x Samples x Bits Allocated "
+                           "x Frames (16x32x1x16x1), which needs 1024"),
+], ids=["missing", "empty", "8-bit-ct", "rgb-ct", "two-frames", "layout-mismatch"])
+def test_pixel_data_the_analysis_could_not_use_is_refused_at_receive_time(
+        tmp_path: Path, node: NodeProcess, db: NodeDatabase, changes: dict[str, object], status: int,
+        reason: str) -> None:
+    ds = _ct(**changes)
+    path = _file(tmp_path, "pixels.dcm", ds)
+    assert send_raw_files(node.port, [path]) == [status]
+    assert _refusal(db, ds.SOPInstanceUID) == reason
+    assert ds.SOPInstanceUID not in db.instance_uids()
+
+
+def test_data_set_cut_short_is_refused_as_truncated_not_as_missing_uid(tmp_path: Path, node: NodeProcess,
+                                                                       db: NodeDatabase) -> None:
+    ds = image("CT", generate_uid(), generate_uid(), 0)
+    body = encode(ds, False, True)
+    ends = [element.value_tell + element.length
+            for element in data_element_generator(BytesIO(body), False, True) if element.tag < 0x0020000D]
+    cut_in_header, at_boundary = _file(tmp_path, "a.dcm", ds, body[:ends[-1] + 4]), \
+        _file(tmp_path, "b.dcm", ds, body[:ends[-1]])
+    assert send_raw_files(node.port, [cut_in_header, at_boundary]) == [0xC000, 0xC000]
+    reasons = [row.reason for row in db.audit("instance", "refused") if row.sop_instance_uid == ds.SOPInstanceUID]
+    assert reasons[0].startswith("dataset truncated: 4 bytes of a cut element header after element")
+    assert reasons[1].startswith("data set ends after element") and reasons[1].endswith("it was cut short")
+
+
+def test_every_acknowledged_file_is_readable_by_dcmtk(node: NodeProcess) -> None:
+    """Runs last in this module: whatever the refusals above let through, dcmtk can read."""
+    stored = sorted(Path(node.config["storage"]["directory"]).rglob("*.dcm"))
+    assert stored and dcmtk_unreadable(stored) == []

@@ -9,6 +9,7 @@ from pydicom import dcmread
 
 from db.session import make_engine, make_session_factory, upgrade
 from dicom_node.config import Settings
+from dicom_node.patient_identity import IDENTITY_ATTRIBUTES
 from dicom_node.store import HEADER_KEYWORDS, content_digest, reconcile_storage
 from tests.dicom_node.receive.clients import (
     DCMTK_ENV,
@@ -46,7 +47,7 @@ def test_instances_are_stored_with_rows_headers_and_study(tmp_path: Path, db_url
         assert row.current and row.revision == 1 and row.analysable and not row.missing_file
         assert row.calling_ae == "MODALITY" and row.study_uid == study_uid
         assert row.slice_position == float(source.ImagePositionPatient[2])  # axial: normal is +z
-        assert set(row.header) <= set(HEADER_KEYWORDS) | {
+        assert set(row.header) <= set(HEADER_KEYWORDS) | set(IDENTITY_ATTRIBUTES.values()) | {
             "RadiopharmaceuticalName", "RadionuclideHalfLife", "RadionuclideCodeMeaning",
             "RadiopharmaceuticalCodeMeaning"}
         assert row.header["InstanceNumber"] == source.InstanceNumber

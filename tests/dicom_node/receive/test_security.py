@@ -104,7 +104,7 @@ def test_tls_client_certificate_required(certificates: Path, receiving_node, nod
     db = node_db(node)
     rejected = wait_for(lambda: db.audit("association", "rejected"))
     assert len(rejected) == 1 and rejected[0].reason.startswith("TLS handshake failed")
-    assert rejected[0].detail == {"tls": True} and rejected[0].peer == "127.0.0.1"
+    assert rejected[0].detail == {"tls": True, "kind": "tls"} and rejected[0].peer == "127.0.0.1"
     accepted = db.audit("association", "accepted")
     assert accepted[0].detail["peer_certificate"] == "commonName=client"
 

@@ -11,6 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
+from dicom_node.patient_identity import IDENTITY_ATTRIBUTES
 from dicom_node.store import HEADER_KEYWORDS, InstanceRefused, parse_instance, received_file
 from tests.dicom_node.receive.dicom_files import image
 
@@ -26,7 +27,8 @@ def test_real_ge_pet_header_fields(shared_data: Path) -> None:
     header = parsed.header
     assert json.loads(json.dumps(header)) == header
     assert set(header) <= set(HEADER_KEYWORDS) | {"RadiopharmaceuticalName", "RadionuclideHalfLife",
-                                                  "RadionuclideCodeMeaning", "RadiopharmaceuticalCodeMeaning"}
+                                                  "RadionuclideCodeMeaning", "RadiopharmaceuticalCodeMeaning",
+                                                  *IDENTITY_ATTRIBUTES.values()}
     assert header["Units"] == "BQML" and header["DecayCorrection"] == "START"
     assert header["RadionuclideHalfLife"] == 6588.0 and header["RadionuclideCodeMeaning"] == "18F"
     assert header["RadiopharmaceuticalName"].startswith("FDG")

@@ -1,4 +1,5 @@
-"""The Secondary Capture: valid, correctly labelled, in radiological orientation, and legible."""
+"""The Secondary Capture: valid, correctly labelled, in radiological orientation, legible, clear of the
+corners viewers overlay, with the findings per focus and no admin text for the radiologist."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from scipy import ndimage
 
 from dicom_node.config import ResultSettings
 from dicom_node.report.render import (
     BANNER,
+    FOCUS_COLOUR,
     PUBLISHED_PERFORMANCE,
+    SAFE_TOP_BOTTOM,
     PanelFacts,
     Rendered,
     display_bounds,
@@ -23,10 +26,13 @@ from dicom_node.report.render import (
     plane_grid,
     render_all,
     render_summary,
+    safe_area,
 )
 from dicom_node.report.sc import build_sc_series
 from dicom_node.report.sr import device_uid
+from inference.result import AnalysisResult, Focus
 from tests.dicom_node.report.synthetic import CENTRE, LESION_OFFSET, make_analysis, make_pet_header
+from tests.dicom_node.report.synthetic_findings import make_analysis_with_findings
 from tests.dicom_node.report.validation import dciodvfy_errors
 
 FACTS = PanelFacts(accession_number="ACC12345", study_date="20240501",
@@ -160,3 +166,82 @@ def test_sc_pixels_saved_as_png_equal_the_rendering_so_text_stays_sharp(tmp_path
     png = tmp_path / "sc.png"
     Image.fromarray(dcmread(path).pixel_array, "RGB").save(png)
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), picture.pixels)
+
+
+ADMIN_NOTE = ("classifier not installed: weights for model D are not installed in /srv/psma/var/models: download "
+              "them and install them with `psma-node models import D model_D.pt`")
+
+
+def _not_installed() -> AnalysisResult:
+    analysis = make_analysis_with_findings(classifier_run=False)
+    analysis.classifier_note = ADMIN_NOTE
+    analysis.warnings = [ADMIN_NOTE, "PET header read from /var/lib/psma/storage/x.dcm had no PatientWeight"]
+    return analysis
+
+
+def test_every_picture_keeps_its_content_inside_the_viewer_safe_area() -> None:
+    for analysis in (make_analysis_with_findings(), _not_installed(), make_analysis(with_images=False)):
+        for picture in render_all(analysis, FACTS):
+            width, height = picture.image.size
+            x0, y0, x1, y1 = safe_area(width, height)
+            assert y0 >= SAFE_TOP_BOTTOM * height and height - y1 >= SAFE_TOP_BOTTOM * height
+            for line in picture.lines:
+                lx0, ly0, lx1, ly1 = line.box
+                assert x0 <= lx0 and lx1 <= x1 and y0 <= ly0 and ly1 <= y1, (line.text, line.box, (width, height))
+            for box in [*picture.views.values(), *picture.overlays.values()]:
+                assert x0 <= box[0] and box[2] < x1 and y0 <= box[1] and box[3] < y1
+            pixels = picture.pixels
+            outside = np.ones((height, width), bool)
+            outside[y0:y1, x0:x1] = False
+            assert not pixels[outside].any(), "something drawn where viewers print their overlays"
+
+
+def test_classifier_not_installed_reads_as_such_without_paths_or_instructions() -> None:
+    analysis = _not_installed()
+    drawn = " ".join(line.text for picture in render_all(analysis, FACTS) for line in picture.lines)
+
+    assert "Classifier not run: classifier not installed at this site" in drawn
+    assert "UNDETERMINED" in drawn and BANNER in drawn
+    for admin in ("/srv", "/var", "var/models", "psma-node models", "install them", "download", ".dcm"):
+        assert admin not in drawn, admin
+    assert "Warning: PET header read from … had no PatientWeight" in drawn
+
+
+def test_findings_per_focus_and_the_suggested_category_are_listed() -> None:
+    analysis = make_analysis_with_findings()
+    assert analysis.findings is not None
+    first, second = analysis.findings.foci
+    drawn = " ".join(" ".join(line.text for line in render_summary(analysis, FACTS).lines).split())
+
+    assert (f"Focus 1: SUVmax {first.suv_max:.1f}, SUVpeak 11.8, SUVmean {first.suv_mean:.1f} g/ml, "
+            f"volume {first.volume_ml:.1f} ml, miPSMA 2") in drawn
+    assert f"Focus 2: SUVmax 3.1, SUVpeak n/a, SUVmean 2.4 g/ml, volume {second.volume_ml:.2f} ml, " \
+           "miPSMA not assessable" in drawn
+    assert "Suggested PROMISE V2 category (AI suggestion only): miT2 (prostate in situ)" in drawn
+    assert "green = focus outline" in drawn
+
+
+def test_no_focus_and_many_foci_are_said_plainly() -> None:
+    analysis = make_analysis_with_findings()
+    assert analysis.findings is not None
+    template = analysis.findings.foci[1]
+    analysis.findings.foci = [Focus(**{**template.__dict__, "number": n}) for n in range(1, 7)]
+    drawn = " ".join(text for text, _ in panel_lines(analysis, FACTS))
+    assert "Focus 4:" in drawn and "Focus 5:" not in drawn
+    assert "… and 2 more foci (all listed in the SR and SEG)" in drawn
+
+    analysis.findings.foci, analysis.findings.local_category = [], "miT0"
+    drawn = " ".join(text for text, _ in panel_lines(analysis, FACTS))
+    assert "No focal PSMA uptake in the analysed region (bladder excluded)" in drawn
+    assert "Suggested PROMISE V2 category (AI suggestion only): miT0" in drawn
+
+
+def test_focus_outline_surrounds_the_lesion_in_every_view() -> None:
+    picture = render_summary(make_analysis_with_findings(), FACTS)
+    pixels = picture.pixels
+    for plane in ("axial", "coronal", "sagittal"):
+        x, y = _lesion_pixel(picture, plane)
+        fx0, fy0, fx1, fy1 = picture.overlays[f"{plane}:focus-1"]
+        assert fx0 < x < fx1 and fy0 < y < fy1, plane
+        outline = pixels[fy0:fy1 + 1, fx0:fx1 + 1]
+        assert (outline == FOCUS_COLOUR).all(axis=-1).sum() >= 8, plane

@@ -1,5 +1,5 @@
 """The full PACS round trip: Orthanc routes a PET/CT study to a real node, the node analyses it and sends
-the SR and the SC series back into the same study in Orthanc; dcmtk storescu as the modality too."""
+the SR, the SEG and the SC series back into the same study in Orthanc; dcmtk storescu as the modality too."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ QUICK = {"assembly": {"quiet_seconds": 4, "ceiling_seconds": 120}, "workers": {"
 
 
 def _results_in(orthanc: OrthancServer, study_uid: str) -> list[dict[str, Any]]:
-    return [t for t in orthanc.study_instances(study_uid) if t.get("Modality") in ("SR", "OT")]
+    return [t for t in orthanc.study_instances(study_uid) if t.get("Modality") in ("SR", "OT", "SEG")]
 
 
 def _study(tmp_path: Path, seed: int) -> tuple[str, list[Path]]:
@@ -34,7 +34,7 @@ def _study(tmp_path: Path, seed: int) -> tuple[str, list[Path]]:
     return truth.study_uid, files
 
 
-def test_orthanc_routes_a_study_to_the_node_and_receives_sr_and_sc_in_the_same_study(
+def test_orthanc_routes_a_study_to_the_node_and_receives_sr_seg_and_sc_in_the_same_study(
         tmp_path: Path, node_factory) -> None:
     orthanc = OrthancServer(tmp_path / "orthanc", aet="ORTHANC")
     pacs = {"name": "orthanc", "kind": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1",
@@ -48,10 +48,11 @@ def test_orthanc_routes_a_study_to_the_node_and_receives_sr_and_sc_in_the_same_s
         orthanc_study = orthanc.post("/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}})[0]
         orthanc.post("/modalities/psma/store", {"Resources": [orthanc_study], "Synchronous": True})
         results = node.wait_until(
-            lambda: len(_results_in(orthanc, study_uid)) >= 5 and _results_in(orthanc, study_uid),
-            150, "SR and SC in Orthanc",
+            lambda: len(_results_in(orthanc, study_uid)) >= 6 and _results_in(orthanc, study_uid),
+            150, "SR, SEG and SC in Orthanc",
         )
-        assert {t["Modality"] for t in results} == {"SR", "OT"}
+        assert {t["Modality"] for t in results} == {"SR", "OT", "SEG"}
+        assert len([t for t in results if t["Modality"] == "SEG"]) == 1
         sr = [t for t in results if t["Modality"] == "SR"]
         sc = [t for t in results if t["Modality"] == "OT"]
         assert len(sr) == 1 and len(sc) >= 1

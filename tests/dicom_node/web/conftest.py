@@ -45,6 +45,7 @@ def make_settings(tmp_path: Path, url: str, **dashboard: object) -> Settings:
                 "users": [{"name": "alice", "password_hash": FAST_HASH}],
                 "tokens": [TOKEN],
                 "session_secret": "test-secret",
+                "allowed_hosts": ["testserver"],  # the name FastAPI's TestClient sends
                 **dashboard,
             },
         }

@@ -56,7 +56,7 @@ def test_login_and_token_identify_the_caller() -> None:
 
 def test_cookie_round_trip_and_tampering() -> None:
     auth = _auth()
-    cookie = auth.issue_cookie(Principal("alice", "user"))
+    cookie = auth.issue_cookie(Principal("alice", "user"), "session-1")
     assert auth.read_cookie(cookie) == Principal("alice", "user")
     payload, signature = cookie.rsplit(".", 1)
     assert auth.read_cookie(payload + "." + "0" * len(signature)) is None
@@ -67,7 +67,7 @@ def test_cookie_round_trip_and_tampering() -> None:
 
 def test_cookie_expires(monkeypatch: pytest.MonkeyPatch) -> None:
     auth = _auth(session_hours=1)
-    cookie = auth.issue_cookie(Principal("alice", "user"))
+    cookie = auth.issue_cookie(Principal("alice", "user"), "session-1")
     later = time.time() + 3601
     monkeypatch.setattr(time, "time", lambda: later)
     assert auth.read_cookie(cookie) is None
@@ -75,7 +75,7 @@ def test_cookie_expires(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_csrf_token_is_bound_to_the_session() -> None:
     auth = _auth()
-    cookie = auth.issue_cookie(Principal("alice", "user"))
+    cookie = auth.issue_cookie(Principal("alice", "user"), "session-1")
     assert auth.check_csrf(cookie, auth.csrf_token(cookie))
     assert not auth.check_csrf(cookie, auth.csrf_token("another-session"))
     assert not auth.check_csrf(cookie, None)

@@ -1,0 +1,562 @@
+"""The DICOM port's defence against peers that hold connections without speaking DICOM.
+
+pynetdicom gives every accepted TCP connection its own threads at once and reads each PDU with blocking
+socket reads that have no deadline. So idle connections, a peer stalling mid-PDU, or bytes that are not DICOM
+(an HTTP request, a port scanner) each held threads and a slot for as long as the peer liked, and its own
+association ceiling (which counts such connections) rejected real senders without a word. Two pieces sit in
+front of it:
+
+* `ConnectionGate`: one thread with a selector accepts every connection and holds it, with no thread of its
+  own, until its complete A-ASSOCIATE-RQ has arrived (within `acse_timeout_s`, and within `pdu_timeout_s`
+  once it has begun) and decodes; bytes that cannot start one close the connection at once. The number of
+  such waiting connections is bounded (`max_pending_connections`, the oldest of the source holding the most
+  makes room) and so is each source's share (`max_connections_per_host`). Only then is the connection handed
+  to pynetdicom, together with the request already read. TLS handshakes run in the gate too.
+* `GuardedSocket`: pynetdicom's socket wrapper with a deadline on every PDU read: a peer stalling mid-PDU is
+  cut after `pdu_timeout_s`, and a reset or a stall is one log line, not a traceback. It reads into one
+  buffer per PDU instead of 4 kB pieces, so the guard costs nothing per C-STORE.
+
+Every connection the node closes is logged and audited by `ClosureReporter`: the first per source at once,
+the rest as one summary per source and `connection_report_seconds`, so a flood cannot fill log or database.
+
+Patches of pynetdicom internals, tested with pynetdicom 3.0.4 (pinned `>=3.0.4,<3.1` in pyproject.toml):
+`GuardedRequestHandler._create_association` replaces pynetdicom's private method of that name, to put a
+`GuardedSocket` where pynetdicom would put its own `AssociationSocket`; `OneLineDulLog` relies on the text
+of two DUL log messages. They can go once pynetdicom reads PDUs with a deadline, lets a server hand over
+bytes it has already read, and stops counting unassociated connections as associations; re-check both
+with every pynetdicom upgrade (tests/dicom_node/receive/test_port_guard.py exercises them).
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.events import NotificationEvent
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from dicom_node.config import NodeSettings
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+
+log = logging.getLogger(__name__)
+
+_HEADER_BYTES = 6  # PDU type, reserved, 4-byte length (PS3.8 9.3.1)
+_ASSOCIATE_RQ = 0x01
+_MIN_ASSOCIATE_RQ = 68  # the fixed fields of an A-ASSOCIATE-RQ, before its variable items (PS3.8 9.3.2)
+# storescu proposing every storage class sends ~15 kB; anything far beyond is not a real request.
+MAX_ASSOCIATE_RQ_BYTES = 256 * 1024
+_HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"DELE", b"PATC", b"CONN", b"PRI ")
+_WAKE = object()
+
+
+def describe_first_bytes(data: bytes) -> str:
+    """What a non-DICOM peer sent, for the reason text (printable, short)."""
+    if data.startswith(_HTTP_METHODS):
+        kind = "an HTTP request"
+    elif data[:2] == b"\x16\x03":
+        kind = "a TLS handshake on a plain DICOM port"
+    else:
+        kind = "not a DICOM association request"
+    return f"{kind} (first bytes {bytes(data[:16])!r})"
+
+
+def associate_request_problem(data: bytes | bytearray) -> str | None:
+    """Why `data` (the bytes so far) cannot be the start of an A-ASSOCIATE-RQ; None while it can."""
+    if data[0] != _ASSOCIATE_RQ:
+        return describe_first_bytes(data)
+    if len(data) < _HEADER_BYTES:
+        return None
+    length = struct.unpack_from(">L", data, 2)[0]
+    if not _MIN_ASSOCIATE_RQ <= length <= MAX_ASSOCIATE_RQ_BYTES:
+        return (f"A-ASSOCIATE-RQ length {length} outside {_MIN_ASSOCIATE_RQ}..{MAX_ASSOCIATE_RQ_BYTES} "
+                f"(first bytes {bytes(data[:16])!r})")
+    if len(data) == _HEADER_BYTES + length:
+        try:
+            A_ASSOCIATE_RQ().decode(bytes(data))
+        except Exception as exc:  # noqa: BLE001 - any decoding failure means a malformed request
+            return f"malformed A-ASSOCIATE-RQ: {type(exc).__name__}: {exc}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+class _Window:
+    __slots__ = ("counts", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.counts: dict[str, int] = {}
+
+
+class ClosureReporter:
+    """Logs and audits connections the node closes or refuses: a source's first one in an interval at
+    once, the rest of that interval as one summary, so no flood can grow the log or the audit table."""
+
+    def __init__(self, interval_s: float, audit: Callable[..., None]) -> None:
+        self._interval = interval_s
+        self._audit = audit
+        self._lock = threading.Lock()
+        self._windows: dict[str, _Window] = {}
+        # Audit rows are written off the caller's thread: the gate must never wait for the database.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="port-guard-audit")
+
+    def closed(self, peer: str, kind: str, reason: str, action: str = "connection-closed",
+               **detail: Any) -> None:
+        """One connection closed (or refused) by the node, or lost mid-PDU; `kind` is a short category."""
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.get(peer)
+            if window is not None and now - window.started < self._interval:
+                window.counts[kind] = window.counts.get(kind, 0) + 1
+                return
+            self._windows[peer] = _Window(now)
+        if window is not None and window.counts:
+            self._summarise(peer, window)
+        log.warning("connection closed", extra={"peer": peer, "kind": kind, "reason": reason})
+        self._writer.submit(self._audit, "association", action, outcome="refused", reason=reason, peer=peer,
+                            kind=kind, **detail)
+
+    def flush(self, everything: bool = False) -> None:
+        """Write the summaries of intervals that have ended (all of them with `everything`)."""
+        now = time.monotonic()
+        with self._lock:
+            ended = [(peer, window) for peer, window in self._windows.items()
+                     if everything or now - window.started >= self._interval]
+            for peer, _window in ended:
+                del self._windows[peer]
+        for peer, window in ended:
+            if window.counts:
+                self._summarise(peer, window)
+
+    def _summarise(self, peer: str, window: _Window) -> None:
+        total = sum(window.counts.values())
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(window.counts.items()))
+        reason = f"{total} more connection(s) from {peer} closed within {self._interval:g} s ({kinds})"
+        log.warning("connections closed", extra={"peer": peer, "count": total, "kinds": kinds})
+        self._writer.submit(self._audit, "association", "connection-closed", outcome="refused",
+                            reason=reason, peer=peer, kind="summary", count=total, counts=dict(window.counts))
+
+    def close(self) -> None:
+        self.flush(everything=True)
+        self._writer.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------------------------------- the gate
+
+
+class _Waiting:
+    """A connection the gate holds until its A-ASSOCIATE-RQ is complete."""
+
+    __slots__ = ("address", "data", "deadline", "events", "handshaking", "peer", "since", "sock")
+
+    def __init__(self, sock: socket.socket, address: tuple[str, int], now: float, deadline: float,
+                 tls: bool) -> None:
+        self.sock = sock
+        self.address = address
+        self.peer = str(address[0])
+        self.since = now
+        self.deadline = deadline
+        self.data = bytearray()
+        self.handshaking = tls
+        self.events = selectors.EVENT_READ
+
+    def missing(self) -> int:
+        """Bytes still needed to complete the request (header first, then the length it states)."""
+        if len(self.data) < _HEADER_BYTES:
+            return _HEADER_BYTES - len(self.data)
+        return _HEADER_BYTES + struct.unpack_from(">L", self.data, 2)[0] - len(self.data)
+
+
+HandOver = Callable[[socket.socket, tuple[str, int], bytes], None]
+
+
+class ConnectionGate:
+    """Accepts connections on the listening socket and hands over those with a valid A-ASSOCIATE-RQ."""
+
+    def __init__(self, listener: socket.socket, node: NodeSettings, tls: ssl.SSLContext | None,
+                 hand_over: HandOver, reporter: ClosureReporter) -> None:
+        self._listener = listener
+        self._node = node
+        self._tls = tls
+        self._hand_over = hand_over
+        self._reporter = reporter
+        self._selector = selectors.DefaultSelector()
+        self._waiting: dict[socket.socket, _Waiting] = {}
+        self._per_host: dict[str, int] = {}
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._stopping = False
+        self._accept_paused_until = 0.0
+        self._thread = threading.Thread(target=self._run, name="dicom-gate", daemon=True)
+
+    def start(self) -> None:
+        self._listener.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._wake_read.setblocking(False)
+        self._selector.register(self._wake_read, selectors.EVENT_READ, _WAKE)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting and close every connection still waiting (their peers may retry)."""
+        self._stopping = True
+        self._wake_write.send(b"x")
+        self._thread.join(timeout=10)
+        for waiting in list(self._waiting.values()):
+            self._forget(waiting)
+        self._selector.close()
+        self._wake_read.close()
+        self._wake_write.close()
+
+    # -------------------------------------------------------------------------------------- loop
+
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        while not self._stopping:
+            now = time.monotonic()
+            timeout = min([1.0, *(w.deadline - now for w in self._waiting.values())])
+            for key, _mask in self._selector.select(max(timeout, 0.0)):
+                if key.data is None:
+                    self._accept()
+                elif key.data is _WAKE:
+                    self._wake_read.recv(64)
+                else:
+                    self._advance(key.data)
+            now = time.monotonic()
+            self._expire(now)
+            if now >= self._accept_paused_until and self._accept_paused_until:
+                self._accept_paused_until = 0.0
+                self._selector.register(self._listener, selectors.EVENT_READ, None)
+            if now - last_flush >= 1.0:
+                self._reporter.flush()
+                last_flush = now
+
+    def _accept(self) -> None:
+        for _ in range(64):  # then serve the waiting ones: a flood of connects must not starve them
+            try:
+                sock, address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors, most likely: pause accepting briefly
+                log.error("cannot accept a connection", extra={"error": str(exc)})
+                self._selector.unregister(self._listener)
+                self._accept_paused_until = time.monotonic() + 0.5
+                return
+            self._admit(sock, (str(address[0]), int(address[1])))
+
+    def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        node = self._node
+        peer = address[0]
+        held = self._per_host.get(peer, 0)
+        if held >= node.max_connections_per_host:
+            _close(sock)
+            self._reporter.closed(peer, "host-limit", f"{peer} already has {held} connections waiting to "
+                                  f"associate (max_connections_per_host {node.max_connections_per_host})")
+            return
+        if len(self._waiting) >= node.max_pending_connections:
+            self._make_room()
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # else ~40 ms per DIMSE round trip
+        if self._tls is not None:
+            sock = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        now = time.monotonic()
+        waiting = _Waiting(sock, address, now, now + node.acse_timeout_s, self._tls is not None)
+        self._waiting[sock] = waiting
+        self._per_host[peer] = held + 1
+        self._selector.register(sock, selectors.EVENT_READ, waiting)
+
+    def _make_room(self) -> None:
+        """Close the oldest waiting connection of the source that holds the most."""
+        busiest = max(self._per_host, key=lambda host: self._per_host[host])
+        oldest = min((w for w in self._waiting.values() if w.peer == busiest), key=lambda w: w.since)
+        self._drop(oldest, "pending-limit",
+                   f"closed to make room: {len(self._waiting)} connections waiting to associate "
+                   f"(max_pending_connections {self._node.max_pending_connections}); the oldest of the "
+                   f"source holding the most")
+
+    def _advance(self, waiting: _Waiting) -> None:
+        try:
+            if waiting.handshaking and not self._handshake(waiting):
+                return
+            self._read(waiting)
+        except ssl.SSLError as exc:
+            self._forget(waiting)
+            self._reporter.closed(waiting.peer, "tls", f"TLS handshake failed: {exc}", action="rejected",
+                                  tls=True)
+        except OSError as exc:  # reset by the peer
+            self._lost(waiting, exc)
+
+    def _handshake(self, waiting: _Waiting) -> bool:
+        """Drive the TLS handshake without blocking; True once it is done."""
+        sock = waiting.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(waiting, selectors.EVENT_READ)
+            return False
+        except ssl.SSLWantWriteError:
+            self._want(waiting, selectors.EVENT_WRITE)
+            return False
+        except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+            # Closed before saying anything: a port probe or health check, not an association attempt.
+            log.debug("connection closed during TLS handshake", extra={"peer": waiting.peer})
+            self._forget(waiting)
+            return False
+        waiting.handshaking = False
+        self._want(waiting, selectors.EVENT_READ)
+        return True
+
+    def _read(self, waiting: _Waiting) -> None:
+        while True:
+            try:
+                chunk = waiting.sock.recv(waiting.missing())
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                return
+            except ssl.SSLWantWriteError:
+                self._want(waiting, selectors.EVENT_WRITE)
+                return
+            if not chunk:
+                self._lost(waiting, None)
+                return
+            if not waiting.data:  # the request has begun: the rest is due within the PDU timeout
+                waiting.deadline = min(waiting.deadline, time.monotonic() + self._node.pdu_timeout_s)
+            waiting.data += chunk
+            problem = associate_request_problem(waiting.data)
+            if problem is not None:
+                if len(waiting.data) < 16:  # a few more bytes, if already there, say what it was
+                    try:
+                        waiting.data += waiting.sock.recv(16 - len(waiting.data))
+                        problem = associate_request_problem(waiting.data) or problem
+                    except OSError:
+                        pass
+                self._drop(waiting, "not-dicom", problem)
+                return
+            if waiting.missing() == 0:
+                self._forget(waiting, close=False)
+                waiting.sock.setblocking(True)
+                self._hand_over(waiting.sock, waiting.address, bytes(waiting.data))
+                return
+
+    def _want(self, waiting: _Waiting, events: int) -> None:
+        if waiting.events != events:
+            waiting.events = events
+            self._selector.modify(waiting.sock, events, waiting)
+
+    def _expire(self, now: float) -> None:
+        for waiting in [w for w in self._waiting.values() if w.deadline <= now]:
+            if waiting.data:
+                expected = _HEADER_BYTES + struct.unpack_from(">L", waiting.data, 2)[0] \
+                    if len(waiting.data) >= _HEADER_BYTES else "?"
+                self._drop(waiting, "pdu-timeout",
+                           f"A-ASSOCIATE-RQ incomplete after pdu_timeout_s ({self._node.pdu_timeout_s:g} s): "
+                           f"{len(waiting.data)} of {expected} bytes")
+            else:
+                what = "TLS handshake and A-ASSOCIATE-RQ" if waiting.handshaking else "A-ASSOCIATE-RQ"
+                self._drop(waiting, "acse-timeout",
+                           f"no {what} within acse_timeout_s ({self._node.acse_timeout_s:g} s)")
+
+    def _lost(self, waiting: _Waiting, exc: OSError | None) -> None:
+        """The peer closed or reset the connection before its request was complete."""
+        self._forget(waiting)
+        if not waiting.data:  # a port probe or health check: nothing to report
+            log.debug("connection closed before any request", extra={"peer": waiting.peer})
+            return
+        how = f"reset ({exc.strerror or exc})" if exc is not None else "closed by the peer"
+        self._reporter.closed(waiting.peer, "lost", f"connection {how} mid A-ASSOCIATE-RQ "
+                              f"({len(waiting.data)} bytes received)")
+
+    def _drop(self, waiting: _Waiting, kind: str, reason: str) -> None:
+        self._forget(waiting)
+        self._reporter.closed(waiting.peer, kind, reason)
+
+    def _forget(self, waiting: _Waiting, close: bool = True) -> None:
+        if self._waiting.pop(waiting.sock, None) is None:
+            return
+        self._selector.unregister(waiting.sock)
+        held = self._per_host[waiting.peer] - 1
+        if held:
+            self._per_host[waiting.peer] = held
+        else:
+            del self._per_host[waiting.peer]
+        if close:
+            _close(waiting.sock)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- after the gate
+
+
+class _DulThread(threading.local):
+    reported = False
+
+
+_dul_thread = _DulThread()
+
+
+class OneLineDulLog(logging.Filter):
+    """On pynetdicom's DUL and DIMSE loggers: a failure `GuardedSocket` already reported is not logged a
+    second time, and an exception is one line (its text) instead of a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _dul_thread.reported and str(record.msg).startswith("The received PDU is shorter than expected"):
+            _dul_thread.reported = False
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text = f"{type(exc).__name__}: {exc}"
+            # pynetdicom logs a message, then `LOGGER.exception(exc)` with the exception as the message.
+            record.msg = text if isinstance(record.msg, BaseException) else f"{record.getMessage()}: {text}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def install_log_filters() -> None:
+    """Attach `OneLineDulLog` once to the pynetdicom loggers that log tracebacks for peer faults."""
+    for name in ("pynetdicom.dul", "pynetdicom.dimse"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, OneLineDulLog) for existing in logger.filters):
+            logger.addFilter(OneLineDulLog())
+
+
+class GuardedSocket(AssociationSocket):
+    """pynetdicom's socket wrapper, fed first with the A-ASSOCIATE-RQ the gate read, then reading each PDU
+    header and body with a deadline of `pdu_timeout_s`."""
+
+    def __init__(self, assoc: Association, client_socket: socket.socket, request: bytes,
+                 pdu_timeout_s: float, reporter: ClosureReporter) -> None:
+        super().__init__(assoc, client_socket=client_socket)
+        self._request = bytearray(request)
+        self._pdu_timeout = pdu_timeout_s
+        self._reporter = reporter
+        self._peer = str(assoc.requestor.address or "") or _peer_of(client_socket)
+        self._body_next = False  # the DUL reads a PDU's 6-byte header, then its body
+        client_socket.settimeout(pdu_timeout_s)
+        self._timeout = pdu_timeout_s
+
+    @property
+    def ready(self) -> bool:
+        if self._request and self.socket is not None:
+            return True
+        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        buffer = bytearray(nr_bytes)
+        got = 0
+        if self._request:
+            got = min(nr_bytes, len(self._request))
+            buffer[:got] = self._request[:got]
+            del self._request[:got]
+        sock = self.socket
+        deadline = 0.0
+        with memoryview(buffer) as view:
+            while got < nr_bytes and sock is not None:
+                if deadline:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        self._give_up("pdu-timeout", f"PDU incomplete after pdu_timeout_s "
+                                      f"({self._pdu_timeout:g} s): {got} of {nr_bytes} bytes")
+                        break
+                else:
+                    deadline = time.monotonic() + self._pdu_timeout
+                    timeout = self._pdu_timeout
+                if timeout != self._timeout:
+                    sock.settimeout(timeout)
+                    self._timeout = timeout
+                try:
+                    count = sock.recv_into(view[got:])
+                except TimeoutError:
+                    self._give_up("pdu-timeout", f"PDU incomplete after pdu_timeout_s ({self._pdu_timeout:g} s): "
+                                  f"{got} of {nr_bytes} bytes")
+                    break
+                except OSError as exc:
+                    self._ended(got, f"connection lost mid-PDU: {exc.strerror or exc}")
+                    break
+                if count == 0:
+                    self._ended(got, f"connection closed by the peer mid-PDU ({got} of {nr_bytes} bytes)")
+                    break
+                got += count
+        if got < nr_bytes:
+            del buffer[got:]
+        else:
+            self._body_next = not self._body_next
+        return buffer
+
+    def _ended(self, got: int, reason: str) -> None:
+        """The peer closed or reset the connection; only worth a report inside a PDU."""
+        if got == 0 and not self._body_next:
+            log.debug("connection ended between PDUs", extra={"peer": self._peer, "reason": reason})
+            return
+        _dul_thread.reported = True
+        self._reporter.closed(self._peer, "lost", reason)
+
+    def _give_up(self, kind: str, reason: str) -> None:
+        _dul_thread.reported = True
+        self._reporter.closed(self._peer, kind, reason)
+        if self.socket is not None:
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _peer_of(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return ""
+
+
+class GuardedRequestHandler(RequestHandler):
+    """pynetdicom's request handler, building the association around a `GuardedSocket`."""
+
+    server: Any  # receive._NodeServer: take_request(), pdu_timeout_s, reporter
+
+    def _create_association(self) -> Association:
+        from pynetdicom.association import Association
+
+        server = self.server
+        ae = self.ae
+        assoc = Association(ae, MODE_ACCEPTOR)
+        assoc._server = server
+        # pynetdicom finds its acceptors by this thread name prefix (AssociationServer.active_associations).
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        assoc.requestor.address_info = self.remote
+        request = server.take_request(self.request)
+        assoc.set_socket(GuardedSocket(assoc, self.request, request, server.pdu_timeout_s, server.reporter))
+        acceptor = assoc.acceptor
+        acceptor.maximum_length = ae.maximum_pdu_size
+        acceptor.ae_title = server.ae_title
+        acceptor.address_info = self.local
+        acceptor.implementation_class_uid = ae.implementation_class_uid
+        acceptor.implementation_version_name = ae.implementation_version_name
+        acceptor.supported_contexts = deepcopy(server.contexts)
+        for event, bound in server._handlers.items():
+            if event.is_intervention:
+                if bound:
+                    assoc.bind(event, *bound)
+            elif isinstance(event, NotificationEvent):
+                for handler, args in bound:
+                    assoc.bind(event, handler, args)
+        return assoc

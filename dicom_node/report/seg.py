@@ -1,0 +1,176 @@
+"""The DICOM Segmentation: what was measured, overlaid on the PET the radiologist already has open.
+
+A binary SEG (highdicom) on the analysed PET's own grid, each frame derived from the PET instance it
+covers, so viewers overlay it without resampling: the analysed prostate / prostate-bed region, the urinary
+bladder that was excluded from it, and one segment per focus (its SUVmax isocontour). Masks come from the
+analysis's crop grid and are mapped onto the source instances by `geometry.mask_to_frames`; instances no
+segment touches are not referenced and empty frames are omitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from highdicom import AlgorithmIdentificationSequence, ContributingEquipment
+from highdicom.color import CIELabColor
+from highdicom.seg import SegmentAlgorithmTypeValues, Segmentation, SegmentationTypeValues, SegmentDescription
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node.config import ResultSettings
+from dicom_node.report.geometry import mask_to_frames, planes
+from dicom_node.report.sr import MANUFACTURER, MODEL_NAME, PROSTATE_BED, mark_node_equipment
+from inference.result import AnalysisResult, Findings
+
+SERIES_DESCRIPTION = "AI PSMA recurrence SEG - NOT FOR DIAGNOSTIC USE"
+CONTENT_LABEL = "NOT FOR DIAG USE"
+"""Content Label is a 16-character CS: the full statement is in the description and the image comments."""
+CONTENT_DESCRIPTION = "AI result - NOT FOR DIAGNOSTIC USE: region, bladder, foci"
+IMAGE_COMMENTS = (
+    "AI RESULT - NOT FOR DIAGNOSTIC USE. Research software; segments are the region the AI analysed, the "
+    "urinary bladder excluded from it and each PSMA-avid focus as its SUVmax isocontour."
+)
+
+URINARY_BLADDER = Code("89837001", "SCT", "Urinary bladder")
+
+REGION_COLOUR = CIELabColor.from_rgb(0, 200, 90)
+BLADDER_COLOUR = CIELabColor.from_rgb(240, 210, 0)
+FOCUS_COLOURS = [CIELabColor.from_rgb(*rgb) for rgb in ((255, 40, 40), (255, 0, 200), (255, 140, 0), (0, 170, 255))]
+
+
+@dataclass(frozen=True)
+class _Segment:
+    key: str
+    mask: np.ndarray
+    description: SegmentDescription
+
+
+def _region_code(analysis: AnalysisResult) -> Code:
+    """Prostate bed after prostatectomy (private code, as in the SR), else the prostate."""
+    return PROSTATE_BED if analysis.prostatectomy.value is True else codes.SCT.Prostate
+
+
+def _localiser_family(analysis: AnalysisResult) -> Code:
+    if "totalsegmentator" in analysis.localisation.method.lower():
+        return codes.cid7162.ArtificialIntelligence
+    return codes.cid7162.MorphologicalOperations
+
+
+def _segments(analysis: AnalysisResult, findings: Findings) -> list[_Segment]:
+    """Region, bladder and foci with non-empty masks, numbered from 1 in that order."""
+    version = f"psma-node {analysis.software_version}"
+    region = _region_code(analysis)
+    localiser = AlgorithmIdentificationSequence(
+        name=f"psma-node localiser ({analysis.localisation.method})"[:64],
+        family=_localiser_family(analysis),
+        version=version,
+        parameters={"organ": analysis.localisation.organ,
+                    "region": findings.region_description[:64] or "prostate / prostate bed"},
+    )
+    isocontour = AlgorithmIdentificationSequence(
+        name="psma-node SUVmax isocontour",
+        family=codes.cid7162.NeighborhoodAnalysis,
+        version=version,
+        parameters={"isocontour_fraction_of_suvmax": f"{findings.isocontour_fraction:g}"},
+    )
+    wanted: list[tuple[str, np.ndarray | None, str, Code, Code, Code, AlgorithmIdentificationSequence, CIELabColor]] = [
+        ("region", findings.region_mask, f"Analysed region ({region.meaning.lower()})",
+         codes.SCT.AnatomicalStructure, region, region, localiser, REGION_COLOUR),
+        ("bladder", findings.bladder_mask, "Urinary bladder (excluded)",
+         codes.SCT.AnatomicalStructure, URINARY_BLADDER, URINARY_BLADDER, localiser, BLADDER_COLOUR),
+    ]
+    for index, focus in enumerate(findings.foci):
+        wanted.append((f"focus-{focus.number}", focus.mask, f"Focus {focus.number}: SUVmax {focus.suv_max:.1f}",
+                       codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion, region, isocontour,
+                       FOCUS_COLOURS[index % len(FOCUS_COLOURS)]))
+    segments: list[_Segment] = []
+    for key, mask, label, category, kind, site, algorithm, colour in wanted:
+        if mask is None or not np.any(mask):
+            continue
+        segments.append(_Segment(key, np.asarray(mask, dtype=bool), SegmentDescription(
+            segment_number=len(segments) + 1,
+            segment_label=label,
+            segmented_property_category=category,
+            segmented_property_type=kind,
+            algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            anatomic_regions=[site],
+            display_color=colour,
+        )))
+    return segments
+
+
+def build_seg(analysis: AnalysisResult, pet_headers: Sequence[Dataset], settings: ResultSettings, *,
+              series_uid: str, sop_uid: str, device_uid: str,
+              supersedes: str | None = None) -> tuple[Dataset, dict[str, int]] | None:
+    """The SEG and its segment numbers by key ("region", "bladder", "focus-1", ...); None when nothing to show.
+
+    `pet_headers` are the analysed PET series' instance headers (no pixels needed); the masks in
+    `analysis.findings` lie on the grid of `analysis.images.pet_suv_crop`. `supersedes` is the SOP Instance
+    UID of the SEG of the result this one replaces (a SEG has no Predecessor Documents; the comment says it).
+    """
+    findings = analysis.findings
+    if findings is None or analysis.images is None or not pet_headers:
+        return None
+    segments = _segments(analysis, findings)
+    if not segments:
+        return None
+    grid = analysis.images.pet_suv_crop.array.shape
+    for segment in segments:
+        if segment.mask.shape != grid:
+            raise ValueError(f"{segment.key} mask has shape {segment.mask.shape}, not the PET crop's {grid}")
+    affine = analysis.images.pet_suv_crop.affine_lps
+    pet_planes = planes(pet_headers)
+    frames = [mask_to_frames(segment.mask, affine, pet_planes) for segment in segments]
+    touched = set().union(*frames)
+    if not touched:
+        return None
+    sources = [plane.header for plane in sorted(
+        (plane for plane in pet_planes if plane.sop_instance_uid in touched),
+        key=lambda plane: float(plane.position @ plane.normal))]
+    rows, columns = int(sources[0].Rows), int(sources[0].Columns)
+    pixels = np.zeros((len(sources), rows, columns, len(segments)), dtype=bool)
+    for s, per_instance in enumerate(frames):
+        for f, header in enumerate(sources):
+            frame = per_instance.get(str(header.SOPInstanceUID))
+            if frame is not None:
+                pixels[f, :, :, s] = frame
+    equipment = ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=analysis.software_version,
+        institution_name=settings.institution_name or None,
+        contribution_description="AI analysis; NOT FOR DIAGNOSTIC USE",
+    )
+    seg = Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment.description for segment in segments],
+        series_instance_uid=series_uid,
+        series_number=settings.seg_series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=analysis.software_version,
+        device_serial_number=device_uid[-16:],
+        content_label=CONTENT_LABEL,
+        content_description=CONTENT_DESCRIPTION,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        omit_empty_frames=True,
+        contributing_equipment=[equipment],
+    )
+    seg.SeriesDescription = SERIES_DESCRIPTION
+    seg.ImageComments = IMAGE_COMMENTS + (f" Supersedes the earlier AI SEG {supersedes}." if supersedes else "")
+    seg.BodyPartExamined = settings.body_part_examined
+    if settings.institution_name:
+        seg.InstitutionName = settings.institution_name
+    mark_node_equipment(seg, device_uid)
+    return seg, {segment.key: number for number, segment in enumerate(segments, start=1)}
+

@@ -1,0 +1,252 @@
+"""Findings per focus in PROMISE V2 terms, on synthetic studies with several foci and reference organs.
+
+Reference-organ masks come from the stand-in TotalSegmentator (tests/support/fake_totalsegmentator.py), so
+the node's real path runs: CT to NIfTI, subprocess, mask reading, mapping onto the PET grid, SUVmeans.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dicom_node.config import LocalizerSettings
+from dicom_node.infer import summarise
+from dicom_node.jobs import ClaimedJob
+from inference.analysis import AnalysisOptions, analyse
+from inference.findings import PEAK_SPHERE_RADIUS_MM, suggest_local_category, suv_peak
+from inference.result import AnalysisResult, Focus
+from tests.inference.studies import Study, make_study
+from tests.support.fake_totalsegmentator import FakeTotalSegmentator, install_fake_totalsegmentator
+
+FINE = {"ct_matrix": 128, "pet_matrix": 128, "pet_fov_mm": 400.0}
+"""PET voxels of about 3 mm, so a 1 cm³ SUVpeak sphere holds a few dozen voxels."""
+TRUTH_TO_REFERENCE = {"blood pool": "aorta", "spleen": "spleen", "liver": "liver", "parotid glands": "parotid_gland_left"}
+
+
+def _options(tmp: Path, localizer: LocalizerSettings | None = None) -> AnalysisOptions:
+    return AnalysisOptions(models_dir=tmp / "no-models", device="cpu", localizer=localizer)
+
+
+def _totalseg(fake: FakeTotalSegmentator) -> LocalizerSettings:
+    return LocalizerSettings(kind="totalsegmentator", totalsegmentator_command=str(fake.executable),
+                             totalsegmentator_home=fake.home)
+
+
+@pytest.fixture(scope="module")
+def whole_body(tmp_path_factory: pytest.TempPathFactory) -> Study:
+    """Prostate in situ, 900 mm (pelvis to parotids), the recurrence plus two extra foci and a near-bladder one."""
+    return make_study(tmp_path_factory.mktemp("whole-body"), seed=3, extent_mm=900.0, extra_foci=2,
+                      near_bladder_focus=True, **FINE)
+
+
+@pytest.fixture(scope="module")
+def whole_body_result(whole_body: Study, tmp_path_factory: pytest.TempPathFactory) -> tuple[AnalysisResult, FakeTotalSegmentator]:
+    folder = tmp_path_factory.mktemp("fake-totalseg")
+    fake = install_fake_totalsegmentator(folder, whole_body.root / "ground_truth.json")
+    result = analyse(whole_body.pet_paths, whole_body.ct_paths, _options(folder, _totalseg(fake)))
+    return result, fake
+
+
+@pytest.fixture(scope="module")
+def bed_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[AnalysisResult, Study]:
+    """After prostatectomy, 600 mm (the default extent: the parotid glands are not scanned)."""
+    study = make_study(tmp_path_factory.mktemp("bed-600"), seed=5, prostatectomy=True, extent_mm=600.0,
+                       extra_foci=1, **FINE)
+    folder = tmp_path_factory.mktemp("fake-totalseg-bed")
+    fake = install_fake_totalsegmentator(folder, study.root / "ground_truth.json")
+    return analyse(study.pet_paths, study.ct_paths, _options(folder, _totalseg(fake))), study
+
+
+def _match(found: list[Focus], truth_focus: dict[str, Any]) -> Focus:
+    """The found focus whose SUVmax lies closest to a ground-truth focus centre."""
+    centre = np.array(truth_focus["center_lps"])
+    return min(found, key=lambda f: float(np.linalg.norm(np.array(f.suv_max_lps) - centre)))
+
+
+def _expected_score(suv_max: float, refs: dict[str, float]) -> tuple[int, float]:
+    """PROMISE V2 score from ground-truth reference uptakes, and the relative margin to the nearest threshold."""
+    thresholds = [refs["blood pool"], refs["spleen"], refs["parotid glands"]]
+    score = sum(suv_max >= t for t in thresholds)
+    margin = min(abs(suv_max - t) / t for t in thresholds)
+    return score, margin
+
+
+def test_every_focus_is_found_with_its_suvmax_position_and_order(
+    whole_body: Study, whole_body_result: tuple[AnalysisResult, FakeTotalSegmentator]
+) -> None:
+    result, _ = whole_body_result
+    assert result.findings is not None
+    foci = result.findings.foci
+    truth = whole_body.truth["foci"]
+    assert len(truth) == 4 and len(foci) == len(truth)
+    assert [f.number for f in foci] == [1, 2, 3, 4]
+    assert [f.suv_max for f in foci] == sorted((f.suv_max for f in foci), reverse=True)
+    matched = {id(_match(foci, t)) for t in truth}
+    assert len(matched) == len(truth)
+    for t in truth:
+        focus = _match(foci, t)
+        assert focus.suv_max == pytest.approx(t["suv_max"], rel=0.05)
+        assert np.linalg.norm(np.array(focus.suv_max_lps) - t["center_lps"]) <= t["radius_mm"] + 4.0
+        assert np.linalg.norm(np.array(focus.centroid_lps) - t["center_lps"]) <= 4.0
+        assert 0 < focus.suv_mean < focus.suv_max and focus.volume_ml > 0
+        assert focus.mask is not None and focus.mask.shape == result.images.pet_suv_crop.array.shape  # type: ignore[union-attr]
+    biggest = _match(foci, max(truth, key=lambda t: t["volume_ml"]))
+    assert biggest.volume_ml == pytest.approx(max(t["volume_ml"] for t in truth), rel=0.5)
+    masks = np.stack([f.mask for f in foci])  # type: ignore[misc]
+    assert masks.sum(axis=0).max() == 1, "a voxel belongs to one focus at most"
+    assert not (masks.any(axis=0) & result.findings.bladder_mask).any()  # type: ignore[operator]
+    assert result.quantification is not None and result.quantification.suv_max == foci[0].suv_max
+
+
+def test_suvpeak_lies_between_the_focus_mean_and_its_max(
+    whole_body_result: tuple[AnalysisResult, FakeTotalSegmentator],
+) -> None:
+    result, _ = whole_body_result
+    assert result.findings is not None
+    for focus in result.findings.foci:
+        assert focus.suv_peak is not None
+        assert 0 < focus.suv_peak <= focus.suv_max
+    large = max(result.findings.foci, key=lambda f: f.volume_ml)
+    assert large.volume_ml > 2.0 and large.suv_peak >= 0.8 * large.suv_max  # type: ignore[operator]
+
+
+def test_suvpeak_is_the_best_1cc_sphere_and_none_on_coarse_voxels() -> None:
+    suv = np.ones((30, 30, 30), dtype=np.float32)
+    suv[10:20, 10:20, 10:20] = 5.0
+    suv[15, 15, 15] = 50.0
+    focus = suv >= 5.0
+    sphere_voxels = (np.indices((15, 15, 15)) - 7).reshape(3, -1)
+    count = int(np.sum(np.linalg.norm(sphere_voxels * 2.0, axis=0) <= PEAK_SPHERE_RADIUS_MM))
+    assert suv_peak(suv, focus, (2.0, 2.0, 2.0)) == pytest.approx((5.0 * (count - 1) + 50.0) / count)
+    assert suv_peak(suv, focus, (9.4, 9.4, 4.0)) is None
+
+
+def test_near_bladder_focus_is_adjacent_and_the_others_separate(
+    whole_body: Study, whole_body_result: tuple[AnalysisResult, FakeTotalSegmentator]
+) -> None:
+    result, _ = whole_body_result
+    assert result.findings is not None
+    near = next(t for t in whole_body.truth["foci"] if t["kind"] == "near_bladder")
+    focus = _match(result.findings.foci, near)
+    assert focus.bladder_relation == "adjacent"
+    assert focus.bladder_distance_mm is not None and 4.0 < focus.bladder_distance_mm <= 10.0
+    far = [f for f in result.findings.foci if f.bladder_distance_mm is not None and f.bladder_distance_mm > 10]
+    assert far and all(f.bladder_relation == "separate" for f in far)
+
+
+def test_mipsma_scores_follow_the_reference_organs_of_the_stand_in_masks(
+    whole_body: Study, whole_body_result: tuple[AnalysisResult, FakeTotalSegmentator]
+) -> None:
+    result, fake = whole_body_result
+    findings = result.findings
+    assert findings is not None and findings.mipsma_assessable
+    organs = whole_body.truth["organs"]
+    truth_refs = {name: organs[key]["suv"] for name, key in TRUTH_TO_REFERENCE.items()}
+    measured = {r.name: r for r in findings.references}
+    for name, value in truth_refs.items():
+        assert measured[name].suv_mean == pytest.approx(value, rel=0.1), name
+        assert "TotalSegmentator" in measured[name].method and "PET voxels" in measured[name].method
+    assert "spleen instead of liver" in findings.mipsma_note
+    checked = 0
+    for focus in findings.foci:
+        expected, margin = _expected_score(focus.suv_max, truth_refs)
+        if margin >= 0.1:
+            assert focus.mipsma == expected, focus.mipsma_note
+            checked += 1
+    assert checked >= 2
+    calls = [c["argv"] for c in fake.recorded()]
+    assert calls[0][4:10] == ["--roi_subset", "prostate", "urinary_bladder", "spleen", "liver", "aorta"]
+    assert calls[1][-2:] == ["-ta", "head_glands_cavities"] and "--roi_subset" not in calls[1]
+
+
+def test_parotid_glands_outside_the_scan_make_scores_above_the_spleen_not_assessable(
+    bed_result: tuple[AnalysisResult, Study],
+) -> None:
+    result, study = bed_result
+    findings = result.findings
+    assert findings is not None and not findings.mipsma_assessable
+    assert study.truth["organs"]["parotid_gland_left"]["in_field_of_view"] is False
+    parotid = next(r for r in findings.references if r.name == "parotid glands")
+    assert parotid.suv_mean is None and "outside the CT field of view" in parotid.note
+    assert "parotid glands" in findings.mipsma_note
+    spleen = next(r for r in findings.references if r.name == "spleen").suv_mean
+    assert spleen is not None
+    for focus in findings.foci:
+        if focus.suv_max >= spleen:
+            assert focus.mipsma is None and "at least 2" in focus.mipsma_note
+            assert "not assessable" in focus.mipsma_note
+        else:
+            assert focus.mipsma in (0, 1)
+    assert findings.local_category == "miTr" and "Suggestion" in findings.local_category_note
+
+
+def test_missing_head_task_weights_are_reported_for_the_parotid_glands(whole_body: Study, tmp_path: Path) -> None:
+    from inference.localize import make_localizer
+    from inference.volume import Series
+
+    fake = install_fake_totalsegmentator(tmp_path, whole_body.root / "ground_truth.json", head_task=False)
+    localisation = make_localizer(_totalseg(fake)).locate(Series.scan(whole_body.ct_paths))
+    masks = {m.organ: m for m in localisation.reference_masks}
+    assert set(masks) == {"blood pool", "spleen", "liver", "parotid glands"}
+    assert masks["parotid glands"].mask is None and "head_glands_cavities" in masks["parotid glands"].note
+    assert masks["spleen"].mask is not None and masks["spleen"].affine_lps is not None
+    assert len(fake.recorded()) == 1
+
+
+def test_anatomical_localiser_leaves_every_score_not_assessable_and_says_why(
+    whole_body: Study, tmp_path: Path
+) -> None:
+    result = analyse(whole_body.pet_paths, whole_body.ct_paths, _options(tmp_path))
+    findings = result.findings
+    assert findings is not None and findings.foci and not findings.mipsma_assessable
+    assert all(r.suv_mean is None and "anatomical localiser" in r.note for r in findings.references)
+    assert "anatomical localiser" in findings.mipsma_note
+    for focus in findings.foci:
+        assert focus.mipsma is None
+        assert focus.mipsma_note.startswith("not assessable") and "anatomical localiser" in focus.mipsma_note
+
+
+def test_no_focus_gives_the_negative_category_and_still_a_quantification(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "negative", seed=7, recurrence=False, write_clinical_history=False)
+    result = analyse(study.pet_paths, study.ct_paths, _options(tmp_path))
+    assert result.findings is not None and result.findings.foci == []
+    assert result.findings.local_category == "miT0"
+    assert result.quantification is not None and result.quantification.suv_max < 4.0
+    assert result.findings.region_mask is not None and result.findings.region_mask.any()
+
+
+@pytest.mark.parametrize(
+    ("prostatectomy", "with_focus", "category"),
+    [(True, True, "miTr"), (True, False, "miT0"), (False, True, "miT2"), (False, False, "miT0"),
+     (None, True, "miT2")],
+)
+def test_local_category_suggestion(prostatectomy: bool | None, with_focus: bool, category: str) -> None:
+    focus = Focus(1, 9.0, 7.0, 6.0, 1.2, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), "separate", 30.0, None, "")
+    suggested, note = suggest_local_category(prostatectomy, [focus] if with_focus else [])
+    assert suggested == category
+    assert note.startswith("Suggestion only")
+    if category == "miT2":
+        assert "not assessed" in note
+    if prostatectomy is None:
+        assert "unknown" in note
+
+
+def test_summaries_carry_findings_without_arrays(whole_body_result: tuple[AnalysisResult, FakeTotalSegmentator]) -> None:
+    result, _ = whole_body_result
+    summary = result.to_summary()
+    text = json.dumps(summary)
+    assert summary["findings"]["foci"][0]["mipsma"] is not None  # type: ignore[index]
+    job = ClaimedJob(id=1, study_id=1, study_uid="1.2.3", generation=1, pet_series_uid="1", ct_series_uid="2",
+                     attempts=1, flags={})
+    row = summarise(result, job)
+    row_text = json.dumps(row)
+    assert row["findings"]["references"][0]["name"] == "blood pool"
+    for serialised in (text, row_text):
+        assert "mask" not in json.loads(serialised).get("findings", {}).get("foci", [{}])[0]
+        assert "array(" not in serialised and "False False" not in serialised and len(serialised) < 20_000
+    assert [m["organ"] for m in row["localisation"]["reference_masks"]] == [
+        "blood pool", "spleen", "liver", "parotid glands"]

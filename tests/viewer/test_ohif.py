@@ -1,0 +1,295 @@
+"""The node's results in a real viewer: OHIF (pinned prebuilt dist) on Orthanc's DICOMweb, in Debian Chromium.
+
+Real nodes analyse small synthetic studies and deliver SR + SEG + SC to Orthanc exactly as in production;
+the same Orthanc holds the studies' PET and CT. One viewer serves every case; each test opens one study,
+double-clicks the SR and checks what a radiologist sees: the focus drawn on the PET image through its
+SUVmax with its label, no error, the Measurements panel listing the finding, and the SEG overlaid.
+Screenshots go to $PSMA_VIEWER_ARTIFACTS (default: a temporary folder) for a human look.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from click.testing import CliRunner
+from playwright.sync_api import Browser, ConsoleMessage, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from dicom_node.cli.main import cli
+from dicom_node.synth import SynthOptions, generate_study
+from dicom_node.synth.transmit import send_files
+from tests.inference.studies import write_random_checkpoint
+from tests.support.node import NodeProcess, write_config
+from tests.support.ohif import CHROMIUM, CHROMIUM_ARGS, OhifServer, ohif_dist
+from tests.support.orthanc import OrthancServer
+
+pytestmark = pytest.mark.slow
+STUDY = {"ct_matrix": 128, "pet_matrix": 96, "extent_mm": 200.0, "pet_fov_mm": 400.0, "ct_fov_mm": 400.0}
+QUICK = {"assembly": {"quiet_seconds": 2, "ceiling_seconds": 120}, "workers": {"lease_seconds": 30},
+         "results": {"send_tick_seconds": 0.5}}
+CASES = {
+    "intact": ({"seed": 3, "recurrence": True, "prostatectomy": False}, "model"),
+    "prostatectomy": ({"seed": 5, "recurrence": True, "prostatectomy": True}, "model"),
+    "no-focus": ({"seed": 7, "recurrence": False, "prostatectomy": False}, "model"),
+    "no-classifier": ({"seed": 11, "recurrence": True, "prostatectomy": False}, "bare"),
+}
+"""Case name: synthetic study options, and which node analyses it (with a classifier model or without)."""
+RESULT_SERIES = {"SR": 9900, "SEG": 9902}
+SR_CONSOLE = re.compile(r"SCOORD|ReferencedSOPSequence|Structured Report|DICOM SR|dicom-sr|hydrat", re.I)
+
+
+@dataclass
+class Delivered:
+    """One case's study as it sits in Orthanc after the node delivered its results."""
+
+    study_uid: str
+    instances: list[dict[str, Any]]
+    sr: Dataset
+
+    def instance_number(self, sop_instance_uid: str) -> int:
+        return int(next(t for t in self.instances if t["SOPInstanceUID"] == sop_instance_uid)["InstanceNumber"])
+
+    def groups(self) -> dict[str, Dataset]:
+        """The SR's measurement groups by their label (first Comment)."""
+        report = next(i for i in self.sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+        return {next(c.TextValue for c in group.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue
+                     == "121106"): group for group in report.ContentSequence}
+
+
+@dataclass
+class Pacs:
+    orthanc_url: str
+    cases: dict[str, Delivered]
+
+
+def _artefacts() -> Path:
+    folder = Path(os.environ.get("PSMA_VIEWER_ARTIFACTS") or tempfile.mkdtemp(prefix="ohif-screenshots-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _node(root: Path, orthanc: OrthancServer, with_model: bool) -> NodeProcess:
+    destination = {"name": "orthanc", "kind": "dicom", "ae_title": orthanc.aet, "host": "127.0.0.1",
+                   "port": orthanc.dicom_port}
+    config = write_config(root, {**QUICK, "results": {**QUICK["results"], "destinations": [destination]}})
+    if with_model:
+        checkpoint = write_random_checkpoint(root / "checkpoint.pt")
+        outcome = CliRunner().invoke(cli, ["--config", str(config), "models", "import", str(checkpoint), "--as", "D"])
+        assert outcome.exit_code == 0, outcome.output
+    return NodeProcess(config)
+
+
+def _results_in(orthanc: OrthancServer, study_uid: str) -> list[dict[str, Any]] | None:
+    tags = orthanc.study_instances(study_uid)
+    numbers = {int(t.get("SeriesNumber", 0) or 0) for t in tags}
+    return tags if set(RESULT_SERIES.values()) <= numbers else None
+
+
+def _sr_file(orthanc: OrthancServer, sop_instance_uid: str) -> Dataset:
+    found = orthanc.post("/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}})
+    response = requests.get(f"{orthanc.url}/instances/{found[0]}/file", timeout=30)
+    response.raise_for_status()
+    return dcmread(BytesIO(response.content))
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+    """Four studies analysed by real nodes, their results in a real Orthanc with DICOMweb."""
+    root = tmp_path_factory.mktemp("viewer")
+    orthanc = OrthancServer(root / "orthanc", dicomweb=True)
+    nodes = {"model": _node(root / "node-model", orthanc, True), "bare": _node(root / "node-bare", orthanc, False)}
+    with orthanc:
+        try:
+            for node in nodes.values():
+                node.start()
+            uids: dict[str, str] = {}
+            for name, (options, which) in CASES.items():
+                folder = root / "studies" / name
+                truth = generate_study(folder, SynthOptions(**{**STUDY, **options}))
+                files = sorted(folder.glob("*/*.dcm"))
+                for path in files:
+                    orthanc.upload(path)
+                report = send_files(files, "127.0.0.1", nodes[which].port, "PSMA_NODE")
+                assert report.ok, report.failures
+                uids[name] = truth.study_uid
+            cases: dict[str, Delivered] = {}
+            for name, uid in uids.items():
+                node = nodes[CASES[name][1]]
+                tags = node.wait_until(lambda uid=uid: _results_in(orthanc, uid), 150, f"results of {name}")
+                sr = next(t for t in tags if t.get("Modality") == "SR")
+                cases[name] = Delivered(uid, tags, _sr_file(orthanc, sr["SOPInstanceUID"]))
+            yield Pacs(orthanc.url, cases)
+        finally:
+            for node in nodes.values():
+                node.stop()
+
+
+@pytest.fixture(scope="module")
+def viewer(pacs: Pacs) -> Iterator[tuple[Browser, str]]:
+    """One OHIF server and one headless Debian Chromium for the module."""
+    dist = ohif_dist()
+    if not (dist / "index.html").exists():
+        pytest.fail(f"OHIF viewer not installed at {dist}: run deploy/install-ohif-viewer.sh (make setup does)")
+    with OhifServer(dist, pacs.orthanc_url) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser, server.url
+        finally:
+            browser.close()
+        assert server.proxy_errors == []
+
+
+@pytest.fixture(scope="module")
+def artefacts() -> Path:
+    return _artefacts()
+
+
+class Session:
+    """One browser page on one study, collecting console errors and page errors."""
+
+    def __init__(self, browser: Browser, base: str, study_uid: str) -> None:
+        self.page = browser.new_page(viewport={"width": 1400, "height": 900})
+        self.errors: list[str] = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
+        self.page.goto(f"{base}/viewer?StudyInstanceUIDs={study_uid}")
+        self.page.locator('[data-cy^="study-browser-thumbnail"]').first.wait_for(timeout=60_000)
+        self._dismiss_tour()
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" or (message.type == "warning" and SR_CONSOLE.search(message.text)):
+            self.errors.append(f"{message.type}: {message.text}")
+
+    def _dismiss_tour(self) -> None:
+        skip = self.page.get_by_text("Skip all")
+        try:
+            skip.first.click(timeout=5_000)
+        except PlaywrightTimeout:
+            pass  # no tour shown
+
+    def open_series(self, series_number: int) -> None:
+        self.page.locator(f'[data-cy^="study-browser-thumbnail"][data-series="{series_number}"]').dblclick()
+
+    def answer(self, prompt: str, button: str = "Yes") -> None:
+        self.page.get_by_text(prompt).wait_for(timeout=30_000)
+        self.page.get_by_role("button", name=button, exact=True).first.click()
+
+    def annotation_text(self) -> str:
+        texts = self.page.locator('[data-cy="viewport-pane"] svg text').evaluate_all(
+            "nodes => nodes.map(node => node.textContent || '')")
+        return " | ".join(texts)
+
+    def overlay(self, corner: str) -> str:
+        return self.page.locator(f'[data-cy="viewport-overlay-{corner}"]').inner_text()
+
+    def close(self) -> None:
+        self.page.close()
+
+
+def _focus_roi(case: Delivered, modality: str = "PET") -> tuple[str, float]:
+    """The PET instance the SR draws focus 1 on, and its SUVmax as written."""
+    group = next(g for name, g in case.groups().items() if name.startswith("Focus 1") and name.endswith(modality))
+    scoord = next(i for i in group.ContentSequence if i.ValueType == "SCOORD")
+    suv_max = next(float(i.MeasuredValueSequence[0].NumericValue) for i in group.ContentSequence
+                   if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeMeaning == "SUVmax")
+    return str(scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID), suv_max
+
+
+def _wait_for_text(session: Session, wanted: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = session.annotation_text()
+        if wanted in text:
+            return text
+        session.page.wait_for_timeout(250)
+    return text
+
+
+def _check_sr_draws_focus(viewer: tuple[Browser, str], case: Delivered, shots: Path, name: str) -> Session:
+    browser, base = viewer
+    session = Session(browser, base, case.study_uid)
+    sop_uid, suv_max = _focus_roi(case)
+    session.open_series(RESULT_SERIES["SR"])
+    label = f"SUVmax: {suv_max:.2f} g/ml"
+    text = _wait_for_text(session, label)
+    session.page.screenshot(path=str(shots / f"{name}-sr.png"))
+    assert label in text, text
+    assert "Volume:" in text
+    assert f"I:{case.instance_number(sop_uid)} " in session.overlay("bottom-right").replace("\n", " ") + " "
+    assert "Something went wrong" not in session.page.inner_text("body")
+    return session
+
+
+def _check_measurements_panel(session: Session, shots: Path, name: str) -> None:
+    session.answer("continue tracking measurements")
+    session.page.locator('[data-cy="trackedMeasurements-btn"]').click()
+    panel = session.page.get_by_text(re.compile(r"Measurements \((\d+)\)"))
+    panel.first.wait_for(timeout=30_000)
+    count = int(re.search(r"\((\d+)\)", panel.first.inner_text()).group(1))  # type: ignore[union-attr]
+    session.page.screenshot(path=str(shots / f"{name}-measurements.png"))
+    assert count >= 1
+    assert session.page.get_by_text("Lesion").count() >= 1 or session.page.get_by_text("Recurrent").count() >= 1
+
+
+def _check_seg_overlays(session: Session, shots: Path, name: str, label: str) -> None:
+    session.open_series(RESULT_SERIES["SEG"])
+    session.answer("open this Segmentation")
+    session.page.locator('[data-cy="panelSegmentation-btn"]').click()
+    session.page.get_by_text(label).first.wait_for(timeout=30_000)
+    session.page.screenshot(path=str(shots / f"{name}-seg.png"))
+
+
+def test_intact_prostate_recurrence_is_drawn_listed_and_overlaid(viewer, pacs: Pacs, artefacts: Path) -> None:
+    case = pacs.cases["intact"]
+    session = _check_sr_draws_focus(viewer, case, artefacts, "intact")
+    _check_measurements_panel(session, artefacts, "intact")
+    _check_seg_overlays(session, artefacts, "intact", "Focus 1")
+    assert session.errors == []
+    session.close()
+
+
+def test_recurrence_after_prostatectomy_is_drawn_in_the_prostate_bed(viewer, pacs: Pacs, artefacts: Path) -> None:
+    case = pacs.cases["prostatectomy"]
+    assert any("prostate bed" in name for name in case.groups())
+    session = _check_sr_draws_focus(viewer, case, artefacts, "prostatectomy")
+    _check_seg_overlays(session, artefacts, "prostatectomy", "Focus 1")
+    assert session.errors == []
+    session.close()
+
+
+def test_no_focus_draws_the_analysed_region_with_no_focal_uptake(viewer, pacs: Pacs, artefacts: Path) -> None:
+    case = pacs.cases["no-focus"]
+    names = list(case.groups())
+    assert len(names) == 1 and names[0].endswith("no focal uptake")
+    browser, base = viewer
+    session = Session(browser, base, case.study_uid)
+    session.open_series(RESULT_SERIES["SR"])
+    text = _wait_for_text(session, "SUVmax:")
+    session.page.screenshot(path=str(artefacts / "no-focus-sr.png"))
+    assert "Probability of cancer:" in text and "SUVmax:" in text
+    assert "Something went wrong" not in session.page.inner_text("body")
+    _check_seg_overlays(session, artefacts, "no-focus", "Analysed region")
+    assert session.errors == []
+    session.close()
+
+
+def test_without_classifier_the_focus_is_still_drawn_without_a_probability(
+        viewer, pacs: Pacs, artefacts: Path) -> None:
+    case = pacs.cases["no-classifier"]
+    session = _check_sr_draws_focus(viewer, case, artefacts, "no-classifier")
+    assert "Probability" not in session.annotation_text()
+    assert session.errors == []
+    session.close()
