@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system-packages bench clean migration
+.PHONY: run test setup system-packages ohif-viewer bench clean migration
 
 system-packages:
 	@if [ "$$(id -u)" = 0 ]; then ./deploy/install-system-packages.sh; \
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $(STAMP)
 
-setup: system-packages $(STAMP)
+# OHIF's prebuilt viewer (npm @ohif/app, pinned) for the real-viewer tests; a no-op once cached.
+ohif-viewer:
+	./deploy/install-ohif-viewer.sh
+
+setup: system-packages $(STAMP) ohif-viewer
 
 run: setup
 	$(VENV)/bin/psma-node serve

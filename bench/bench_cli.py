@@ -51,7 +51,8 @@ def main(argv: Sequence[str] = ()) -> None:
         print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}; median of {args.runs} runs")
         bare = [_run([sys.executable, "-c", "pass"]) for _ in range(args.runs)]
         floor = statistics.median(w for w, _ in bare)
-        print(f"  {'reference: python -c pass':<28} wall {floor:5.3f} s  cpu {statistics.median(c for _, c in bare):5.3f} s")
+        bare_cpu = statistics.median(c for _, c in bare)
+        print(f"  {'reference: python -c pass':<28} wall {floor:5.3f} s  cpu {bare_cpu:5.3f} s")
         for command in COMMANDS:
             runs = [_run([str(entry), "--config", str(config), *command]) for _ in range(args.runs)]
             wall = statistics.median(w for w, _ in runs)

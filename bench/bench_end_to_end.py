@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from monai.networks.nets import DenseNet121
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import AuditEvent, Instance, Job, OutboxItem, Study
+from db.models import AuditEvent, Instance, Job, OutboxItem, Study, WorkerHeartbeat
 from db.session import make_engine, make_session_factory
 from dicom_node.synth import SynthOptions, generate_study
 from inference.checkpoints import import_checkpoint
@@ -49,6 +50,12 @@ def _random_checkpoint(folder: Path, models_dir: Path) -> None:
     import_checkpoint(path, get_spec("D"), models_dir)
 
 
+def _worker_ready(sessions: sessionmaker[Session]) -> bool:
+    """A worker signs in (heartbeat row) once torch and the pipeline are loaded: time the steady state."""
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(WorkerHeartbeat)) > 0
+
+
 def run(work: Path, options: SynthOptions) -> dict[str, float]:
     study_dir = work / "study"
     truth = generate_study(study_dir, options)
@@ -62,12 +69,13 @@ def run(work: Path, options: SynthOptions) -> dict[str, float]:
     models_dir = work / "node" / "models"
     _random_checkpoint(work, models_dir)
     with orthanc, NodeProcess(config) as node:
+        sessions = make_session_factory(make_engine(node.config["database"]["url"]))
+        node.wait_until(lambda: _worker_ready(sessions), 120, "the worker to finish loading torch")
         sent = subprocess.run(["storescu", "-aec", "PSMA_NODE", "-aet", "STORESCU", "127.0.0.1", str(node.port),
                                *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True,
                               text=True, timeout=600)
         if sent.returncode != 0:
             raise RuntimeError(sent.stderr)
-        sessions = make_session_factory(make_engine(node.config["database"]["url"]))
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             with sessions() as session:

@@ -72,12 +72,13 @@ def _models(work: Path) -> Path:
 def _child(study: Path, models_dir: Path) -> None:
     """One analysis in this (fresh) process; prints timings and peak RSS as JSON."""
     from inference.analysis import AnalysisOptions, analyse
+    from inference.network import resolve_device
 
     started = time.perf_counter()
     result = analyse(
         sorted((study / "PT").glob("*.dcm")),
         sorted((study / "CT").glob("*.dcm")),
-        AnalysisOptions(models_dir=models_dir),
+        AnalysisOptions(models_dir=models_dir, device=resolve_device("auto").type),
     )
     total = time.perf_counter() - started
     print(

@@ -54,8 +54,8 @@ def _raw_write_seconds(study: Path, scratch: Path) -> float:
 def _cli_seconds(folder: Path) -> tuple[float, float]:
     """Wall and CPU seconds of `psma-node synth FOLDER` in a fresh process, imports included."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall = _timed(lambda: subprocess.run([str(Path(sys.executable).with_name("psma-node")), "synth", str(folder)],
-                                         check=True, capture_output=True))
+    command = [str(Path(sys.executable).with_name("psma-node")), "synth", str(folder)]
+    wall = _timed(lambda: subprocess.run(command, check=True, capture_output=True))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 

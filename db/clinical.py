@@ -7,15 +7,24 @@ the history stays visible. Each registration is audited.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.audit import record
 from db.models import ClinicalInfo
-from inference.clinical import RegisteredClinical
 
 PSA_MAX_NG_ML = 100000.0
+
+
+@dataclass(frozen=True)
+class ClinicalRegistration:
+    """What is registered for a study: per field the newest value, and where each came from."""
+
+    psa_ng_ml: float | None
+    prostatectomy: bool | None
+    detail: str
 
 
 class ClinicalInputError(ValueError):
@@ -88,7 +97,7 @@ def clinical_history(
 
 def lookup_clinical(
     session: Session, accession_number: str | None, patient_id: str | None = None
-) -> RegisteredClinical | None:
+) -> ClinicalRegistration | None:
     """What was registered: per field, the newest value for the accession, else for the patient."""
     psa: ClinicalInfo | None = None
     status: ClinicalInfo | None = None
@@ -105,7 +114,7 @@ def lookup_clinical(
         if row is not None:
             key = f"accession {row.accession_number}" if row.accession_number else f"patient {row.patient_id}"
             parts.append(f"{label} registered via {row.source} for {key} at {row.created_at:%Y-%m-%d %H:%M}")
-    return RegisteredClinical(
+    return ClinicalRegistration(
         psa_ng_ml=psa.psa_ng_ml if psa else None,
         prostatectomy=status.prostatectomy if status else None,
         detail="; ".join(parts),

@@ -59,7 +59,9 @@ class StudyRow:
 
 
 @dataclass
-class SeriesSummary:
+class ReceivedSeries:
+    """One series of a study as the node received it, for the study timeline."""
+
     series_uid: str
     modality: str | None
     instances: int
@@ -79,7 +81,7 @@ class StudyTimeline:
     ct_series_uid: str | None
     generation: int
     events: list[AuditEvent]
-    series: list[SeriesSummary]
+    series: list[ReceivedSeries]
     jobs: list[Job]
     results: list[Result]
     outbox: list[OutboxItem]
@@ -216,7 +218,7 @@ def find_study(session: Session, key: str) -> Study | None:
     return study
 
 
-def series_summaries(session: Session, study_id: int) -> list[SeriesSummary]:
+def series_summaries(session: Session, study_id: int) -> list[ReceivedSeries]:
     rows = session.execute(
         select(
             Instance.series_uid,
@@ -232,7 +234,7 @@ def series_summaries(session: Session, study_id: int) -> list[SeriesSummary]:
         .order_by(func.min(Instance.received_at))
     )
     return [
-        SeriesSummary(
+        ReceivedSeries(
             series_uid=uid,
             modality=modality,
             instances=int(n),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
+
+from db.urls import with_installed_driver
 
 if TYPE_CHECKING:  # alembic (and mako, pygments) is imported only to migrate: ~0.3 s off every CLI command
     from alembic.config import Config as AlembicConfig
@@ -31,19 +32,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-def with_installed_driver(url: str) -> str:
-    """`postgresql://` and `postgres://` (what most admins write) with the PostgreSQL driver installed here.
-
-    SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3 and does not know `postgres://` at all; this
-    node ships psycopg2, so both mean `postgresql+psycopg2://` unless psycopg 3 is installed too.
-    """
-    for plain in ("postgresql://", "postgres://"):
-        if url.startswith(plain):
-            driver = "postgresql+psycopg://" if find_spec("psycopg") else "postgresql+psycopg2://"
-            return driver + url[len(plain):]
-    return url
 
 
 def make_engine(url: str) -> Engine:
@@ -97,7 +85,8 @@ def head_revision() -> str:
     """The newest migration: the revision no other version file names as its down_revision.
 
     Read from the version files' own assignments rather than through alembic's script loader, which
-    imports alembic and every migration (tests/db check it agrees with alembic's head).
+    imports alembic and every migration (tests/db/test_migrations.py: equal to what alembic's
+    upgrade records).
     """
     revisions: set[str] = set()
     parents: set[str] = set()

@@ -1,5 +1,11 @@
 """What every pynetdicom service user of the node (results sender, doctor, synth --send) needs for an
 association: TLS towards a destination, and two workarounds for how pynetdicom behaves on fast links.
+
+`keep_responses_for_sender` replaces a private method of pynetdicom's Association (`_serve_request`) and
+relies on its reactor checkpoint; it was tested with pynetdicom 3.0.4, which pyproject.toml pins
+(`>=3.0.4,<3.1`) together with the receiving side's patches (port_guard.py). It can go once pynetdicom's
+requestor reactor no longer takes DIMSE responses meant for a waiting `send_c_*` call; re-check on upgrade
+(tests/dicom_node/send exercises it).
 """
 
 from __future__ import annotations

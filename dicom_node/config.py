@@ -25,6 +25,10 @@ from pydantic import (
 
 ENV_PREFIX = "PSMA_NODE_"
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config.yaml"
+"""The repository's config.yaml: the default in a checkout; an installed wheel has none."""
+EXAMPLE_CONFIG_FILE = Path(__file__).resolve().parent / "config.example.yaml"
+"""The documented example shipped inside the package (`psma-node config example`): a copy of the repository's
+config.yaml, kept identical by tests/dicom_node/test_config_example.py."""
 
 
 class ConfigError(Exception):
@@ -136,11 +140,20 @@ class StorageSettings(_Section):
 class DatabaseSettings(_Section):
     url: SecretStr = Field(
         default=SecretStr("sqlite:///./var/psma-node.db"),
-        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg2://user:pass@host/db.",
+        description="SQLAlchemy URL: sqlite:///path or postgresql://user:pass@host/db (postgres:// works too).",
     )
     auto_upgrade: bool = Field(
         default=True, description="Run pending migrations on start instead of refusing to start."
     )
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _installed_driver(cls, value: Any) -> Any:
+        """postgresql:// and postgres:// run on the installed driver, for every part of the node."""
+        from db.urls import with_installed_driver
+
+        plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return with_installed_driver(plain) if isinstance(plain, str) else value
 
 
 class AssemblySettings(_Section):
@@ -543,6 +556,12 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
     """Read the YAML file (default: the embedded config.yaml), apply environment overrides, validate."""
     source = Path(path) if path is not None else DEFAULT_CONFIG_FILE
     environ = dict(os.environ) if environ is None else environ
+    if path is None and not source.exists():
+        raise ConfigError(
+            "no configuration file given (--config or PSMA_NODE_CONFIG) and none next to the installed "
+            "package: write the documented example with `psma-node config example > config.yaml`, "
+            "edit it, and pass --config config.yaml"
+        )
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:

@@ -29,7 +29,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.session import alembic_config, current_revision, head_revision, make_engine, with_installed_driver
+from db.session import alembic_config, current_revision, head_revision, make_engine
 from dicom_node.association import destination_tls, keep_responses_for_sender
 from dicom_node.config import Destination, Settings
 
@@ -266,8 +266,7 @@ def _sqlite_path(url: str) -> Path | None:
 
 def _doctor_engine(url: str, timeout: float) -> Engine:
     if make_url(url).get_backend_name() == "postgresql":
-        timeout_s = max(1, int(timeout))
-        return create_engine(with_installed_driver(url), connect_args={"connect_timeout": timeout_s})
+        return create_engine(url, connect_args={"connect_timeout": max(1, int(timeout))})
     return make_engine(url)
 
 
@@ -402,15 +401,18 @@ def check_models(settings: Settings) -> list[CheckResult]:
 
 
 def check_device(settings: Settings) -> CheckResult:
+    """The device by the rule every worker uses (`resolve_device`), so doctor and workers agree."""
     import torch
 
+    from inference.network import DeviceError, resolve_device
+
     wanted = settings.models.device
-    cuda = torch.cuda.is_available()
-    if wanted == "cuda" and not cuda:
-        return CheckResult("device", Status.FAIL, "models.device is cuda but torch sees no CUDA device",
-                           "install the CUDA build of torch and the NVIDIA driver, "
-                           "or set models.device: auto")
-    used = "CUDA (" + torch.cuda.get_device_name(0) + ")" if cuda and wanted != "cpu" else "CPU"
+    try:
+        device = resolve_device(wanted)
+    except DeviceError as exc:
+        return CheckResult("device", Status.FAIL, str(exc),
+                           "or, to use a GPU, install the CUDA build of torch and the NVIDIA driver")
+    used = "CUDA (" + torch.cuda.get_device_name(device) + ")" if device.type == "cuda" else "CPU"
     return CheckResult("device", Status.OK, f"inference runs on {used} (models.device: {wanted})")
 
 

@@ -26,10 +26,11 @@ from db.clinical import lookup_clinical
 from db.models import Instance, JobState, Result, Study, StudyState
 from db.session import transaction
 from dicom_node.config import Settings
+from dicom_node.inference_options import analysis_options, registered_clinical
 from dicom_node.jobs import ClaimedJob, finish_job
 from dicom_node.report import publish_result
 from dicom_node.study_state import transition, utcnow
-from inference.analysis import AnalysisError, AnalysisOptions, analyse
+from inference.analysis import AnalysisError, analyse
 from inference.result import AnalysisResult
 
 log = logging.getLogger(__name__)
@@ -191,10 +192,9 @@ def run_job(
             assert study is not None
             pet_paths = series_paths(session, job.study_id, job.pet_series_uid)
             ct_paths = series_paths(session, job.study_id, job.ct_series_uid)
-            registered = lookup_clinical(session, study.accession_number, study.patient_id)
-        analysis = analyse(
-            pet_paths, ct_paths, AnalysisOptions.from_settings(settings), registered=registered
-        )
+            found = lookup_clinical(session, study.accession_number, study.patient_id)
+        registered = registered_clinical(found)
+        analysis = analyse(pet_paths, ct_paths, analysis_options(settings, device), registered=registered)
     except Exception as exc:
         _fail(sessions, job, worker_id, device, _describe(exc), time.monotonic() - clock, started)
         return JobState.FAILED.value

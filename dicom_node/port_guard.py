@@ -21,8 +21,8 @@ the rest as one summary per source and `connection_report_seconds`, so a flood c
 
 Patches of pynetdicom internals, tested with pynetdicom 3.0.4 (pinned `>=3.0.4,<3.1` in pyproject.toml):
 `GuardedRequestHandler._create_association` replaces pynetdicom's private method of that name, to put a
-`GuardedSocket` where pynetdicom would put its own `AssociationSocket`; `OneLineDulLog` relies on the text
-of two DUL log messages. They can go once pynetdicom reads PDUs with a deadline, lets a server hand over
+`GuardedSocket` where pynetdicom would put its own `AssociationSocket`; `OneLinePeerFaults` relies on the text
+of a DUL log message. They can go once pynetdicom reads PDUs with a deadline, lets a server hand over
 bytes it has already read, and stops counting unassociated connections as associations; re-check both
 with every pynetdicom upgrade (tests/dicom_node/receive/test_port_guard.py exercises them).
 """
@@ -61,6 +61,7 @@ _MIN_ASSOCIATE_RQ = 68  # the fixed fields of an A-ASSOCIATE-RQ, before its vari
 MAX_ASSOCIATE_RQ_BYTES = 256 * 1024
 _HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"DELE", b"PATC", b"CONN", b"PRI ")
 _WAKE = object()
+_GATE_THREAD = "dicom-gate"
 
 
 def describe_first_bytes(data: bytes) -> str:
@@ -128,8 +129,7 @@ class ClosureReporter:
         if window is not None and window.counts:
             self._summarise(peer, window)
         log.warning("connection closed", extra={"peer": peer, "kind": kind, "reason": reason})
-        self._writer.submit(self._audit, "association", action, outcome="refused", reason=reason, peer=peer,
-                            kind=kind, **detail)
+        self._write("association", action, outcome="refused", reason=reason, peer=peer, kind=kind, **detail)
 
     def flush(self, everything: bool = False) -> None:
         """Write the summaries of intervals that have ended (all of them with `everything`)."""
@@ -148,8 +148,14 @@ class ClosureReporter:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(window.counts.items()))
         reason = f"{total} more connection(s) from {peer} closed within {self._interval:g} s ({kinds})"
         log.warning("connections closed", extra={"peer": peer, "count": total, "kinds": kinds})
-        self._writer.submit(self._audit, "association", "connection-closed", outcome="refused",
-                            reason=reason, peer=peer, kind="summary", count=total, counts=dict(window.counts))
+        self._write("association", "connection-closed", outcome="refused", reason=reason, peer=peer,
+                    kind="summary", count=total, counts=dict(window.counts))
+
+    def _write(self, *args: Any, **fields: Any) -> None:
+        try:
+            self._writer.submit(self._audit, *args, **fields)
+        except RuntimeError:  # after close(): an association still ending during shutdown
+            log.debug("audit writer closed; connection event not audited", extra={"reason": fields.get("reason")})
 
     def close(self) -> None:
         self.flush(everything=True)
@@ -201,7 +207,7 @@ class ConnectionGate:
         self._wake_read, self._wake_write = socket.socketpair()
         self._stopping = False
         self._accept_paused_until = 0.0
-        self._thread = threading.Thread(target=self._run, name="dicom-gate", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=_GATE_THREAD, daemon=True)
 
     def start(self) -> None:
         self._listener.setblocking(False)
@@ -229,12 +235,17 @@ class ConnectionGate:
             now = time.monotonic()
             timeout = min([1.0, *(w.deadline - now for w in self._waiting.values())])
             for key, _mask in self._selector.select(max(timeout, 0.0)):
-                if key.data is None:
-                    self._accept()
-                elif key.data is _WAKE:
-                    self._wake_read.recv(64)
-                else:
-                    self._advance(key.data)
+                try:
+                    if key.data is None:
+                        self._accept()
+                    elif key.data is _WAKE:
+                        self._wake_read.recv(64)
+                    else:
+                        self._advance(key.data)
+                except Exception:  # a bug must cost one connection, never the port
+                    log.exception("DICOM gate failed on a connection")
+                    if isinstance(key.data, _Waiting):
+                        self._forget(key.data)
             now = time.monotonic()
             self._expire(now)
             if now >= self._accept_paused_until and self._accept_paused_until:
@@ -413,11 +424,14 @@ class _DulThread(threading.local):
 _dul_thread = _DulThread()
 
 
-class OneLineDulLog(logging.Filter):
-    """On pynetdicom's DUL and DIMSE loggers: a failure `GuardedSocket` already reported is not logged a
-    second time, and an exception is one line (its text) instead of a traceback."""
+class OneLinePeerFaults(logging.Filter):
+    """On pynetdicom's loggers: what pynetdicom logs while the gate decodes a request is dropped (the gate
+    reports it, aggregated per source), a failure `GuardedSocket` already reported is not logged a second
+    time, and an exception is one line (its text) instead of a traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.threadName == _GATE_THREAD:
+            return False
         if _dul_thread.reported and str(record.msg).startswith("The received PDU is shorter than expected"):
             _dul_thread.reported = False
             return False
@@ -432,12 +446,17 @@ class OneLineDulLog(logging.Filter):
         return True
 
 
+# pynetdicom modules that log what a peer's faulty bytes cause (filters on a logger do not reach its children)
+_PEER_FAULT_LOGGERS = ("dul", "dimse", "dimse_messages", "pdu", "pdu_items", "pdu_primitives", "utils", "fsm",
+                       "acse", "association", "dsutils", "presentation", "transport")
+
+
 def install_log_filters() -> None:
-    """Attach `OneLineDulLog` once to the pynetdicom loggers that log tracebacks for peer faults."""
-    for name in ("pynetdicom.dul", "pynetdicom.dimse"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(existing, OneLineDulLog) for existing in logger.filters):
-            logger.addFilter(OneLineDulLog())
+    """Attach `OneLinePeerFaults` once to the pynetdicom loggers that log peer faults."""
+    for name in _PEER_FAULT_LOGGERS:
+        logger = logging.getLogger(f"pynetdicom.{name}")
+        if not any(isinstance(existing, OneLinePeerFaults) for existing in logger.filters):
+            logger.addFilter(OneLinePeerFaults())
 
 
 class GuardedSocket(AssociationSocket):

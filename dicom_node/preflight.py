@@ -15,13 +15,15 @@ import re
 import socket
 import ssl
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
-from db.session import ensure_schema, make_engine, with_installed_driver
+from db.session import ensure_schema, make_engine
 from dicom_node.config import Settings
 
 SUPPORTED_DATABASES = "use sqlite:///path/to/node.db or postgresql://user:password@host:5432/dbname"
@@ -53,7 +55,7 @@ def check_database_url(url: str) -> None:
     """The URL parses, names a supported database, and its driver is installed (no connection made)."""
     shown = mask_url(url)
     try:
-        parsed = make_url(with_installed_driver(url))
+        parsed = make_url(url)
     except ArgumentError:
         raise StartupError(f"database.url {shown!r} is not a database URL: {SUPPORTED_DATABASES}") from None
     backend = parsed.get_backend_name()
@@ -79,7 +81,7 @@ def check_database_url(url: str) -> None:
 def _connection_problem(url: str, exc: SQLAlchemyError) -> StartupError:
     shown = mask_url(url)
     reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-    parsed = make_url(with_installed_driver(url))
+    parsed = make_url(url)
     if "does not exist" in reason and "database" in reason:
         createdb = f"createdb -h {parsed.host} -U {parsed.username} {parsed.database}"
         fix = f"create it ({createdb}) or correct the name"
@@ -137,8 +139,9 @@ def _check_creatable(key: str, path: Path, what: str = "folder") -> None:
     try:
         probe = tempfile.mkdtemp(prefix=".psma-node-probe-", dir=anchor)
     except OSError as exc:
+        where = f"write into the {what}" if anchor == path else f"create the {what} in {anchor}"
         raise StartupError(
-            f"{key} {path}: cannot create the {what} in {anchor}: {exc.strerror or exc}: "
+            f"{key} {path}: cannot {where}: {exc.strerror or exc}: "
             f"point {key} to a writable place or give the node's user write access"
         ) from None
     os.rmdir(probe)
@@ -249,11 +252,39 @@ def problems(settings: Settings) -> list[StartupError]:
     return found
 
 
+def _device_problem(requested: str) -> str | None:
+    """Run in a child process: what `resolve_device` says about `requested` (None: usable)."""
+    from inference.network import DeviceError, resolve_device
+
+    try:
+        resolve_device(requested)
+    except DeviceError as exc:
+        return str(exc)
+    return None
+
+
+def check_device(requested: str) -> None:
+    """models.device judged by the one device rule (`inference.network.resolve_device`) before workers start.
+
+    Only "cuda" can be refused, so only then is torch loaded, and in a short-lived child process: the
+    receiving process and the worker supervisor stay free of torch.
+    """
+    if requested != "cuda":
+        return
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as probe:
+        problem = probe.submit(_device_problem, requested).result()
+    if problem is not None:
+        raise StartupError(problem)
+
+
 def check_before_start(settings: Settings) -> None:
-    """What `serve` checks before starting anything: the above, and that its ports are free."""
+    """What `serve` checks before starting anything: the above, that the device can be used, and that its
+    ports are free."""
     found = problems(settings)
     if found:
         raise found[0]
+    if settings.workers.count:
+        check_device(settings.models.device)
     check_port("node.port", settings.node.bind, settings.node.port)
     if settings.dashboard.enabled:
         check_port("dashboard.port", settings.dashboard.bind, settings.dashboard.port)

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 STORE_WARNINGS = {0xB000, 0xB006, 0xB007}
 CONNECT_TIMEOUT_S = 10.0
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 
 _lock = threading.Lock()
 _threads: dict[str, threading.Thread] = {}
@@ -306,7 +307,9 @@ def _store(assoc: Association, peer: Peer, item: Item, ds: Dataset, fallback: bo
         if sop_class == COMPREHENSIVE_3D_SR and fallback and _accepted(assoc, COMPREHENSIVE_SR):
             sent, used_fallback = as_comprehensive(ds), True
         else:
-            hint = "; results.fallback_to_comprehensive is off" if sop_class == COMPREHENSIVE_3D_SR else ""
+            hint = {COMPREHENSIVE_3D_SR: "; results.fallback_to_comprehensive is off",
+                    SEGMENTATION: "; set results.seg_enabled to false if this PACS cannot store segmentations",
+                    }.get(sop_class, "")
             return Outcome(item, False, "context-rejected",
                            reason=f"{peer.label} refused the presentation context for {sop_class}{hint}")
     if not assoc.is_established:

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicom_node.config import AssemblySettings
+from pydicom.uid import (
+    CTImageStorage,
+    EnhancedPETImageStorage,
+    PositronEmissionTomographyImageStorage,
+)
 
-PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
-ENHANCED_PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.130"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+from dicom_node.config import AssemblySettings
 
 PSMA_NAME_FRAGMENTS = (
     "psma",
@@ -196,9 +197,9 @@ def judge_pet(series: SeriesSummary, settings: AssemblySettings) -> PetVerdict:
     header = series.header
     names = tracer_names(header)
     tracer = names[0] if names else None
-    if series.sop_class_uid == ENHANCED_PET_IMAGE_STORAGE:
+    if series.sop_class_uid == EnhancedPETImageStorage:
         return PetVerdict(series, "PET is Enhanced PET (multi-frame), which is not supported", tracer)
-    if series.sop_class_uid != PET_IMAGE_STORAGE:
+    if series.sop_class_uid != PositronEmissionTomographyImageStorage:
         return PetVerdict(
             series, f"PET series has SOP class {series.sop_class_uid}, not PET Image Storage", tracer
         )
@@ -267,7 +268,7 @@ def _ct_candidates(series: Sequence[SeriesSummary]) -> list[SeriesSummary]:
         s
         for s in series
         if s.modality == "CT"
-        and s.sop_class_uid == CT_IMAGE_STORAGE
+        and s.sop_class_uid == CTImageStorage
         and s.count >= 2
         and "LOCALIZER" not in s.image_type
         and s.is_axial()

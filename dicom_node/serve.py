@@ -68,7 +68,8 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
     receiver = Receiver(settings, sessions)
     # Assembly runs every tick, and at once when a sender releases its association: a study proven
     # complete whose senders are all done is queued without the settle window (completeness.decide).
-    assembly = WakeLoop("assembly", partial(assembly_tick, settings, sessions), settings.assembly.tick_seconds)
+    assembly = WakeLoop("assembly", partial(assembly_tick, settings, sessions),
+                        settings.assembly.tick_seconds)
     assembler = assembler_for(sessions)
     assembler.delivering, assembler.on_handover = receiver.studies_in_transfer, assembly.wake
     receiver.on_association_closed = assembler.association_closed

@@ -76,14 +76,16 @@ _RADIOPHARMACEUTICAL_FIELDS = (
 _TAGS = {keyword: Tag(keyword)
          for keyword in (*HEADER_KEYWORDS, "Radiopharmaceutical", "RadionuclideHalfLife", "CodeMeaning",
                          "RadiopharmaceuticalInformationSequence", "StudyInstanceUID", "SOPInstanceUID",
-                         "PatientName", "PatientID", "StudyDate", "PatientBirthDate")}
+                         "PatientName", "PatientID", "StudyDate", "PatientBirthDate",
+                         "Rows", "Columns", "BitsAllocated", "BitsStored", "SamplesPerPixel", "NumberOfFrames")}
 # Native (unencapsulated) transfer syntaxes, whose pixel data length can be checked against the header.
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
                               "1.2.840.10008.1.2.2"})
 UNDEFINED_LENGTH = 0xFFFFFFFF
 IMPLICIT_VR = "1.2.840.10008.1.2"
 DEFLATED_EXPLICIT_VR = "1.2.840.10008.1.2.1.99"
-_VR_CODES = frozenset(vr.value.encode("ascii") for vr in VR)
+_VR_NAMES = frozenset(vr.value for vr in VR)
+_VR_CODES = frozenset(name.encode("ascii") for name in _VR_NAMES)
 _PIXEL_DATA = Tag("PixelData")
 # Image Pixel rules of the single-frame PET and CT IODs (PS3.3 C.8.2.1, C.8.9.4) the analysis relies on.
 _SINGLE_FRAME_LAYOUT = {CT_IMAGE_STORAGE: ("CT Image Storage", (16,)),
@@ -296,29 +298,120 @@ def _uid(value: Any, name: str) -> str:
     return text
 
 
-def _check_complete(ds: Dataset, size: int | None) -> None:
-    """pydicom quietly accepts a value shorter than its declared length, and quietly drops a last element
-    header cut in two: both are a truncated stream."""
+def _check_structure(ds: Dataset, data: bytes, transfer_syntax: str) -> None:
+    """Refuse what pydicom reads quietly but other DICOM software cannot: a value shorter than its declared
+    length or a last element header cut in two (a truncated stream); an unknown VR code, which pydicom
+    reads with a 2-byte length where dcmtk (and PS3.5 7.1.2) expect a 4-byte one; broken sequence items.
+    One pass over the top-level elements, unconverted."""
+    explicit = transfer_syntax != IMPLICIT_VR
+    offsets = transfer_syntax != DEFLATED_EXPLICIT_VR  # a deflated data set's offsets are the inflated ones
     end: int | None = 0
     last = None
-    for tag, raw in ds.items():  # items() hands out the elements unconverted
-        if not isinstance(raw, RawDataElement):
+    for tag, raw in ds.items():
+        if not isinstance(raw, RawDataElement):  # an undefined-length sequence, parsed (leniently) already
             end = None
+            if offsets and raw.VR == "SQ" and raw.is_undefined_length:
+                _check_sequence(data, tag, getattr(raw, "file_tell", None), None, explicit)
             continue
+        if explicit and raw.VR not in _VR_NAMES:
+            found = f"({raw.VR!r})" if raw.VR else "(not explicit VR data)"
+            raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, f"element {tag} has no valid VR {found}")
         if raw.length == UNDEFINED_LENGTH or raw.value_tell is None:
-            end = None  # sequences and encapsulated pixel data: their end is not known here
-        else:
-            end, last = raw.value_tell + raw.length, tag
-        if isinstance(raw.value, bytes) and raw.length != UNDEFINED_LENGTH and len(raw.value) < raw.length:
+            end = None  # encapsulated pixel data: its end is not known here
+            continue
+        end, last = raw.value_tell + raw.length, tag
+        if isinstance(raw.value, bytes) and len(raw.value) < raw.length:
             raise InstanceRefused(
                 STATUS_CANNOT_UNDERSTAND,
                 f"dataset truncated: element {tag} declares {raw.length} bytes, {len(raw.value)} present",
             )
-    if size is not None and end and last is not None and 0 < size - end < 8:
+        if offsets and raw.VR == "SQ":
+            _check_sequence(data, tag, raw.value_tell, end, explicit)
+    if offsets and end and last is not None and 0 < len(data) - end < 8:
         raise InstanceRefused(
             STATUS_CANNOT_UNDERSTAND,
-            f"dataset truncated: {size - end} bytes of a cut element header after element {last}",
+            f"dataset truncated: {len(data) - end} bytes of a cut element header after element {last}",
         )
+
+
+class _Malformed(Exception):
+    """A sequence whose structure other DICOM software cannot parse."""
+
+
+_ITEM, _ITEM_END, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE00D), (0xFFFE, 0xE0DD)
+_LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+                              b"UT", b"UV"})
+_MAX_NESTING = 16
+
+
+def _walk_items(buf: bytes, pos: int, limit: int | None, explicit: bool, depth: int) -> int:
+    """Check the items of a sequence starting at `pos` (up to `limit`, or to its delimiter when its
+    length is undefined); returns the position after it."""
+    if depth > _MAX_NESTING:
+        raise _Malformed(f"sequences nested deeper than {_MAX_NESTING}")
+    while limit is None or pos < limit:
+        if pos + 8 > len(buf):
+            raise _Malformed("a sequence runs past the end of the data set")
+        group, element, length = struct.unpack_from("<HHL", buf, pos)
+        pos += 8
+        if (group, element) == _SEQUENCE_END and limit is None:
+            return pos
+        if (group, element) != _ITEM:
+            raise _Malformed(f"({group:04X},{element:04X}) found where a sequence item belongs")
+        if length == UNDEFINED_LENGTH:
+            pos = _walk_elements(buf, pos, None, explicit, depth)
+        else:
+            end = pos + length
+            if end > (len(buf) if limit is None else limit):
+                raise _Malformed("a sequence item is longer than its sequence")
+            _walk_elements(buf, pos, end, explicit, depth)
+            pos = end
+    return pos
+
+
+def _walk_elements(buf: bytes, pos: int, limit: int | None, explicit: bool, depth: int) -> int:
+    """Check the elements of one sequence item; returns the position after it."""
+    while limit is None or pos < limit:
+        if pos + 8 > len(buf):
+            raise _Malformed("a sequence item runs past the end of the data set")
+        group, element = struct.unpack_from("<HH", buf, pos)
+        if (group, element) == _ITEM_END and limit is None:
+            return pos + 8
+        vr = buf[pos + 4:pos + 6] if explicit else b""
+        if not explicit:
+            length = struct.unpack_from("<L", buf, pos + 4)[0]
+            pos += 8
+        elif vr not in _VR_CODES:
+            raise _Malformed(f"element ({group:04X},{element:04X}) in a sequence item has no valid VR ({vr!r})")
+        elif vr in _LONG_LENGTH_VRS:
+            if pos + 12 > len(buf):
+                raise _Malformed("a sequence item runs past the end of the data set")
+            length = struct.unpack_from("<L", buf, pos + 8)[0]
+            pos += 12
+        else:
+            length = struct.unpack_from("<H", buf, pos + 6)[0]
+            pos += 8
+        if length == UNDEFINED_LENGTH:
+            pos = _walk_items(buf, pos, None, explicit, depth + 1)
+            continue
+        end = pos + length
+        if end > (len(buf) if limit is None else limit):
+            raise _Malformed(f"element ({group:04X},{element:04X}) is longer than its sequence item")
+        if vr == b"SQ":
+            _walk_items(buf, pos, end, explicit, depth + 1)
+        pos = end
+    return pos
+
+
+def _check_sequence(data: bytes, tag: Any, start: int | None, end: int | None, explicit: bool) -> None:
+    """pydicom reads past broken sequence items (a wrong item tag, an element overrunning its item) that
+    dcmtk refuses: walk the sequence's structure in the received bytes."""
+    if start is None:
+        return
+    try:
+        _walk_items(data, start, end, explicit, 1)
+    except _Malformed as exc:
+        raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, f"malformed sequence {tag}: {exc}") from None
 
 
 def _dataset_start(data: bytes) -> int | None:
@@ -339,6 +432,8 @@ def _check_encoding(data: bytes, transfer_syntax: str) -> None:
         return
     explicit = data[start + 4:start + 6] in _VR_CODES
     implicit_negotiated = transfer_syntax == IMPLICIT_VR
+    if not explicit and start + 8 + int.from_bytes(data[start + 4:start + 8], "little") > len(data):
+        return  # not a plausible implicit VR element either: garbage, left to the structure checks
     if explicit == implicit_negotiated:
         found = "explicit" if explicit else "implicit"
         raise InstanceRefused(
@@ -359,16 +454,20 @@ def _cut_short(ds: Dataset, size: int) -> str | None:
             f"Instance UID or Pixel Data: it was cut short")
 
 
-def _pixel_description(ds: Dataset, keyword: str, default: int | None = None) -> int:
-    value = ds.get(keyword)
-    if value is None or value == "":
+def _pixel_description(values: _HeaderValues, keyword: str, default: int | None = None) -> int:
+    value = values.json(keyword)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if value is None:
         if default is None:
             raise InstanceRefused(STATUS_NOT_THE_SOP_CLASS, f"Pixel Data without {keyword}")
         return default
+    if not isinstance(value, (int, float)):
+        raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, f"{keyword} is not a number ({value!r})")
     return int(value)
 
 
-def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_class: str) -> None:
+def _check_pixel_data(ds: Dataset, values: _HeaderValues, transfer_syntax: str, sop_class: str) -> None:
     """Image data must be there and laid out as the header says; a PET or CT slice as its IOD allows
     (refused here, at the sender, rather than failing the analysis later)."""
     pixel = ds.get_item(_PIXEL_DATA)
@@ -381,16 +480,11 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_class: str) -> None
     length = pixel.length if isinstance(pixel, RawDataElement) else len(pixel.value or b"")
     if length == 0:
         raise InstanceRefused(STATUS_PIXEL_DATA_MISMATCH, "Pixel Data is empty (0 bytes)")
-    try:
-        rows, columns = _pixel_description(ds, "Rows"), _pixel_description(ds, "Columns")
-        bits = _pixel_description(ds, "BitsAllocated")
-        samples = _pixel_description(ds, "SamplesPerPixel", 1)
-        frames = _pixel_description(ds, "NumberOfFrames", 1)
-        stored = _pixel_description(ds, "BitsStored", bits)
-    except InstanceRefused:
-        raise
-    except Exception as exc:  # pydicom raises many kinds on corrupt values
-        raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, f"cannot read image pixel description: {exc}") from exc
+    rows, columns = _pixel_description(values, "Rows"), _pixel_description(values, "Columns")
+    bits = _pixel_description(values, "BitsAllocated")
+    samples = _pixel_description(values, "SamplesPerPixel", 1)
+    frames = _pixel_description(values, "NumberOfFrames", 1)
+    stored = _pixel_description(values, "BitsStored", bits)
     if rule is not None:
         name, allowed_bits = rule
         if samples != 1:
@@ -428,8 +522,8 @@ def parse_instance(data: bytes, sop_class_uid: str | None = None,
         ds = dcmread(BytesIO(data), force=False)
         transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
         # Element offsets of a deflated data set are those of the inflated stream.
-        _check_complete(ds, None if transfer_syntax == DEFLATED_EXPLICIT_VR else len(data))
         _check_encoding(data, transfer_syntax)
+        _check_structure(ds, data, transfer_syntax)
         values = _HeaderValues(ds)
         header = {keyword: values.json(keyword) for keyword in HEADER_KEYWORDS}
         header.update(values.radiopharmaceutical())
@@ -466,7 +560,7 @@ def parse_instance(data: bytes, sop_class_uid: str | None = None,
         cut = _cut_short(ds, len(data))
         if cut is not None:
             raise InstanceRefused(STATUS_CANNOT_UNDERSTAND, cut)
-    _check_pixel_data(ds, transfer_syntax, sop_class)
+    _check_pixel_data(ds, values, transfer_syntax, sop_class)
     # Salted hashes, never the values: assembly refuses a study whose instances name two patients.
     header.update(identity_hashes(study_uid_raw or "", {
         "PatientID": patient_id, "PatientName": patient_name, "PatientBirthDate": patient_birth_date}))

@@ -192,7 +192,8 @@ class PipeWaiter:
 
 
 class PostgresWaiter:
-    """LISTEN on a connection of its own; if it breaks, waits fall back to plain timeouts while it reconnects."""
+    """LISTEN on a connection of its own; if it breaks, waits fall back to plain timeouts until it
+    reconnects."""
 
     def __init__(self, url: str, channel: str) -> None:
         self._engine: Engine = create_engine(url, poolclass=NullPool)
@@ -212,7 +213,8 @@ class PostgresWaiter:
                 cursor.execute(f"LISTEN {self._channel}")
             self._connection = raw
         except Exception as exc:  # the database may be down; polling carries on
-            log.warning("cannot LISTEN for wake-ups; polling", extra={"channel": self._channel, "error": str(exc)})
+            log.warning("cannot LISTEN for wake-ups; polling",
+                        extra={"channel": self._channel, "error": str(exc)})
             self._connection = None
 
     def wait(self, timeout: float) -> bool:
@@ -240,7 +242,8 @@ class PostgresWaiter:
                 woken = woken or bool(connection.notifies)
                 connection.notifies.clear()
             except Exception as exc:
-                log.warning("wake-up connection lost; polling", extra={"channel": self._channel, "error": str(exc)})
+                log.warning("wake-up connection lost; polling",
+                            extra={"channel": self._channel, "error": str(exc)})
                 self._drop()
                 woken = True  # look once now: something may have been missed
         return woken
@@ -277,7 +280,9 @@ class WakeLoop(threading.Thread):
     A wake-up arriving while `work` runs makes it run again right after, so none is lost.
     """
 
-    def __init__(self, name: str, work: Callable[[], None], interval: float, waiter: Waiter | None = None) -> None:
+    def __init__(
+        self, name: str, work: Callable[[], None], interval: float, waiter: Waiter | None = None
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.work = work
         self.interval = interval

@@ -55,19 +55,6 @@ def new_worker_id(index: int) -> str:
     return f"{socket.gethostname()}:w{index}:{uuid.uuid4().hex[:8]}"
 
 
-def pick_device(preference: str) -> str:
-    """CUDA when available (or demanded), else CPU."""
-    import torch
-
-    if preference == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if preference == "cuda":
-        log.warning("CUDA requested but not available: using the CPU")
-    return "cpu"
-
-
 class _Heartbeat(threading.Thread):
     """Renews the current job's lease and the worker's heartbeat row while the main thread analyses."""
 
@@ -120,32 +107,46 @@ def _warn_about_missing_weights(settings: Settings) -> None:
 
 def worker_main(settings: Settings, worker_id: str, parent_pid: int | None) -> None:
     """Entry point of a worker process: loop claiming and running jobs until told to stop."""
-    prefer_passive_openmp()  # before pick_device imports torch
+    prefer_passive_openmp()  # before resolve_device imports torch
     configure_logging(settings.logging)
     stop = threading.Event()
     busy = threading.Event()
+    starting = threading.Event()  # loading torch & co. (seconds): a stop need not wait for it to finish
+    starting.set()
     url = settings.database.url.get_secret_value()
     jobs_queued = listen(url, JOBS)  # rung when a job is queued: an idle worker starts it at once
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
         jobs_queued.interrupt()
-        if busy.is_set():
+        if busy.is_set() or starting.is_set():
             busy.clear()
+            starting.clear()
             raise WorkerStopping()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us.
     engine = make_engine(url)
     sessions = make_session_factory(engine)
-    device = pick_device(settings.models.device)
-    if settings.workers.torch_threads:
-        import torch
+    try:
+        from inference.network import resolve_device  # the one device rule; serve/worker checked it first
 
-        torch.set_num_threads(settings.workers.torch_threads)
-    from dicom_node.infer import run_job  # heavy imports (torch, monai) only ever in worker processes
+        device = resolve_device(settings.models.device).type
+        if settings.workers.torch_threads:
+            import torch
 
-    _warn_about_missing_weights(settings)
+            torch.set_num_threads(settings.workers.torch_threads)
+        from dicom_node.infer import run_job  # heavy imports (torch, monai) only ever in worker processes
+        from inference.network import make_deterministic
+
+        make_deterministic()  # its first call imports torch._inductor (1-3 s): not while a study waits
+        _warn_about_missing_weights(settings)
+        starting.clear()
+    except WorkerStopping:  # stopped while loading: it holds no job and has no heartbeat row yet
+        jobs_queued.close()
+        engine.dispose()
+        log.info("worker stopped while starting", extra={"worker_id": worker_id})
+        return
 
     with transaction(sessions) as session:
         session.merge(

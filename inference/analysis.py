@@ -13,11 +13,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
-import dicom_node
 from inference.attention import DEFAULT_TARGET_LAYER, AttentionError, gradcam_map, to_patient
 from inference.checkpoints import CheckpointError, WeightsMissing, load_model
 from inference.clinical import ClinicalRules, RegisteredClinical, resolve_prostatectomy, resolve_psa
@@ -29,7 +29,8 @@ from inference.model_specs import (
     get_spec,
     route,
 )
-from inference.network import DeviceError, choose_device, make_deterministic, predict
+from inference.localize import LocalisationError, LocalizerOptions, make_localizer
+from inference.network import make_deterministic, predict
 from inference.preprocess import PreprocessError, crop, cube_box, model_input
 from inference.findings import FindingsOptions, build_findings, quantification_from
 from inference.quantify import QuantifyError, QuantifyOptions, analysed_region, quantify
@@ -37,9 +38,6 @@ from inference.reference_organs import reference_scorer
 from inference.result import AnalysisImages, AnalysisResult, Finding, Findings, Localisation, Quantification
 from inference.suv import SUVError, suv_factor, to_suv
 from inference.volume import Series, Volume, VolumeError
-
-if TYPE_CHECKING:
-    from dicom_node.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,38 +53,27 @@ class AnalysisError(RuntimeError):
 
 @dataclass
 class AnalysisOptions:
-    """Everything an analysis depends on besides the images: plain typed values."""
+    """Everything an analysis depends on besides the images: plain typed values.
+
+    `device` is a device already chosen by `inference.network.resolve_device` ("cpu" or "cuda"): each
+    entry point resolves the configured preference once and passes the result in. `software_version` is
+    the caller's version, written into every result.
+    """
 
     models_dir: Path
     routing: str = "published-test"
     default_model: str = "D"
     threshold: float = 0.5
-    device: str = "auto"
+    device: str = "cpu"
+    software_version: str = "unspecified"
     expected_sha256: dict[str, str] = field(default_factory=dict)
     gradcam: bool = True
     gradcam_layer: str = DEFAULT_TARGET_LAYER
     clinical: ClinicalRules = field(default_factory=ClinicalRules)
-    localizer: Any = None
+    localizer: LocalizerOptions = field(default_factory=LocalizerOptions)
     quantify: QuantifyOptions = field(default_factory=QuantifyOptions)
     allow_different_frame_of_reference: bool = False
     findings: FindingsOptions = field(default_factory=FindingsOptions)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AnalysisOptions:
-        models = settings.models
-        return cls(
-            models_dir=Path(models.models_dir),
-            routing=models.routing,
-            default_model=models.default_model,
-            threshold=models.threshold,
-            device=models.device,
-            expected_sha256=dict(models.expected_sha256),
-            gradcam=models.gradcam,
-            gradcam_layer=models.gradcam_layer,
-            clinical=ClinicalRules.from_settings(settings.clinical),
-            localizer=settings.localizer,
-            allow_different_frame_of_reference=settings.assembly.allow_different_frame_of_reference,
-        )
 
 
 @contextmanager
@@ -105,12 +92,12 @@ def _locate(
         center = tuple(float(v) for v in center_lps)
         if len(center) != 3 or not all(np.isfinite(center)):
             raise AnalysisError("localise", f"centre must be three finite LPS millimetres, got {center_lps}")
-        return Localisation(center, "given", 1.0, "given", "centre given by the caller; localiser not run")  # type: ignore[arg-type]
-    from dicom_node.config import LocalizerSettings
-    from inference.localize import LocalisationError, make_localizer
-
+        return Localisation(
+            center, "given", 1.0, "given", "centre given by the caller; localiser not run",  # type: ignore[arg-type]
+            reference_note="no localiser ran (the centre was given), so no reference-organ masks",
+        )
     try:
-        return make_localizer(options.localizer or LocalizerSettings()).locate(ct, pet)
+        return make_localizer(options.localizer).locate(ct, pet)
     except LocalisationError as exc:
         raise AnalysisError("localise", str(exc)) from exc
 
@@ -224,10 +211,7 @@ def analyse(
     except (PreprocessError, VolumeError) as exc:
         raise AnalysisError("preprocess", str(exc)) from exc
 
-    try:
-        device = choose_device(options.device)
-    except DeviceError as exc:
-        raise AnalysisError("model", str(exc)) from exc
+    device = torch.device(options.device)
 
     result = AnalysisResult(
         finding=Finding.UNDETERMINED,
@@ -237,7 +221,7 @@ def analyse(
         weights_sha256=None,
         classifier_run=False,
         classifier_note="",
-        software_version=dicom_node.__version__,
+        software_version=options.software_version,
         psa=psa,
         prostatectomy=prostatectomy,
         localisation=localisation,

@@ -11,12 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from inference.result import ClinicalValue
-
-if TYPE_CHECKING:
-    from dicom_node.config import ClinicalSettings
 
 
 @dataclass(frozen=True)
@@ -39,18 +36,6 @@ class ClinicalRules:
     impute_psa: float = 30.1
     impute_prostatectomy: bool = True
     infer_prostatectomy: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: ClinicalSettings) -> ClinicalRules:
-        return cls(
-            tags=tuple(settings.tags),
-            psa_pattern=settings.psa_pattern,
-            prostatectomy_pattern=settings.prostatectomy_pattern,
-            no_prostatectomy_pattern=settings.no_prostatectomy_pattern,
-            impute_psa=settings.impute_psa,
-            impute_prostatectomy=settings.impute_prostatectomy,
-            infer_prostatectomy=settings.infer_prostatectomy,
-        )
 
 
 def tag_texts(headers: Sequence[Any], tags: Sequence[str]) -> list[tuple[str, str]]:

@@ -42,6 +42,7 @@ class FindingsOptions:
     min_contrast: float = 1.5
     saddle_fraction: float = 0.7
     background_shell_mm: tuple[float, float] = (15.0, 25.0)
+    background_percentile: float = 50.0
     adapted_fraction: float = 0.5
     search_radius_mm: float = 30.0
     adjacent_mm: float = 10.0
@@ -49,10 +50,11 @@ class FindingsOptions:
 
 
 @dataclass
-class _Candidate:
+class DetectedFocus:
+    """A focus as detection leaves it: its maximum, isocontour level and mask (on the PET crop grid)."""
+
     index: tuple[int, int, int]
     suv_max: float
-    background: float
     level: float
     mask: np.ndarray
     note: str
@@ -115,14 +117,16 @@ def bladder_relation(
 
 
 def _background(
-    suv: np.ndarray, region: np.ndarray, taken: np.ndarray, distance: np.ndarray, shell: tuple[float, float]
+    suv: np.ndarray, region: np.ndarray, taken: np.ndarray, distance: np.ndarray, options: FindingsOptions
 ) -> float:
+    """The surrounding uptake: a percentile (by default the median) of the region in a shell around it."""
+    shell = options.background_shell_mm
     ring = region & ~taken & (distance >= shell[0]) & (distance <= shell[1])
     values = suv[ring] if ring.any() else suv[region & ~taken]
-    return float(np.median(values)) if values.size else 0.0
+    return float(np.percentile(values, options.background_percentile)) if values.size else 0.0
 
 
-def detect_foci(pet_suv: Volume, analysed: AnalysedRegion, options: FindingsOptions) -> list[_Candidate]:
+def detect_foci(pet_suv: Volume, analysed: AnalysedRegion, options: FindingsOptions) -> list[DetectedFocus]:
     """Foci of the region, hottest first, each with its isocontour (see the module docstring)."""
     suv = pet_suv.array
     region = analysed.region
@@ -132,7 +136,7 @@ def detect_foci(pet_suv: Volume, analysed: AnalysedRegion, options: FindingsOpti
     points = np.argwhere(maxima)
     points = points[np.argsort(-suv[tuple(points.T)], kind="stable")]
     taken = np.zeros(suv.shape, dtype=bool)
-    foci: list[_Candidate] = []
+    foci: list[DetectedFocus] = []
     for point in points:
         index = tuple(int(v) for v in point)
         if taken[index] or len(foci) >= options.max_foci:
@@ -144,11 +148,11 @@ def detect_foci(pet_suv: Volume, analysed: AnalysedRegion, options: FindingsOpti
             if (shoulder & taken).any():
                 continue
         distance = _distance_mm(suv.shape, spacing, index)  # type: ignore[arg-type]
-        background = _background(suv, region, taken, distance, options.background_shell_mm)
+        background = _background(suv, region, taken, distance, options)
         if peak < options.min_contrast * background:
             continue
         level = options.isocontour_fraction * peak
-        note = f"{options.isocontour_fraction:.0%} of SUVmax"
+        note = f"{options.isocontour_fraction:.0%} of SUVmax (local background {background:.1f})"
         if level < options.min_contrast * background:
             level = background + options.adapted_fraction * (peak - background)
             note = (
@@ -161,7 +165,7 @@ def detect_foci(pet_suv: Volume, analysed: AnalysedRegion, options: FindingsOpti
         if (mask & (distance >= options.search_radius_mm - max(spacing))).any():
             note += f"; reaches the {options.search_radius_mm:.0f} mm search sphere (volume is a lower bound)"
         taken |= mask
-        foci.append(_Candidate(index, peak, background, float(level), mask, note))  # type: ignore[arg-type]
+        foci.append(DetectedFocus(index, peak, float(level), mask, note))  # type: ignore[arg-type]
     return foci
 
 

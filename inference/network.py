@@ -13,20 +13,33 @@ DevicePreference = Literal["auto", "cpu", "cuda"]
 
 
 class DeviceError(RuntimeError):
-    """The configured device cannot be used here."""
+    """The configured device cannot be used here; the message names the setting and the fix."""
 
 
-def choose_device(preference: str = "auto") -> torch.device:
-    """CUDA when available (auto) or when asked for; asking for CUDA on a machine without it is an error."""
-    if preference == "cpu":
+def resolve_device(requested: str) -> torch.device:
+    """The one device rule of the node, from `models.device` to the device inference runs on.
+
+    - "cpu": the CPU, always.
+    - "auto": CUDA when torch sees a CUDA device, else the CPU (never an error).
+    - "cuda": CUDA, or DeviceError when this machine has none; never a silent fall back to the CPU,
+      because a site that asked for a GPU sized its throughput on one.
+
+    Every entry point that runs or checks inference (`serve` and `worker` before starting workers,
+    each worker process, `analyze`, `doctor`) calls this once and passes the result on.
+    """
+    if requested == "cpu":
         return torch.device("cpu")
-    if preference == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError("models.device is 'cuda' but no CUDA device is available (use auto or cpu)")
-        return torch.device("cuda")
-    if preference == "auto":
+    if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    raise DeviceError(f"unknown device {preference!r} (auto, cpu or cuda)")
+    if requested == "cuda":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise DeviceError(
+            f"models.device is 'cuda' but this machine has no CUDA device ({why}); "
+            "set models.device: auto or cpu"
+        )
+    raise DeviceError(f"models.device is {requested!r}: expected auto, cpu or cuda")
 
 
 def make_deterministic() -> None:

@@ -33,7 +33,7 @@ ReferenceOrganName = Literal["blood pool", "spleen", "liver", "parotid glands"]
 """The PROMISE V2 reference regions of the miPSMA expression score."""
 
 
-@dataclass
+@dataclass(eq=False)
 class OrganMask:
     """A reference organ's mask as the localiser found it, cut to its bounding box, in patient geometry.
 

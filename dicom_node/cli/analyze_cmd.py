@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from dicom_node.cli.context import CliContext, pass_cli
+from dicom_node.cli.context import CONFIG_ERROR_EXIT, CliContext, pass_cli
 from inference.clinical import RegisteredClinical
 from inference.runtime import prefer_passive_openmp
 from inference.discover import DiscoveryError, find_pet_ct
@@ -93,16 +93,23 @@ def analyze_command(
 ) -> None:
     """Analyse the PET/CT examination in DICOM_DIR (any layout) and print the result."""
     prefer_passive_openmp()  # before torch loads (bench/RESULTS.md, "Inference pipeline")
-    from inference.analysis import AnalysisError, AnalysisOptions, analyse  # torch: only when analysing
+    from dicom_node.inference_options import analysis_options
+    from inference.analysis import AnalysisError, analyse  # torch: only when analysing
+    from inference.network import DeviceError, resolve_device
 
     settings = ctx.settings()
     center_lps = _center(center)
+    try:
+        device = resolve_device(settings.models.device).type
+    except DeviceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(CONFIG_ERROR_EXIT)
     try:
         pair = find_pet_ct(dicom_dir)
         result = analyse(
             pair.pet.paths,
             pair.ct.paths,
-            AnalysisOptions.from_settings(settings),
+            analysis_options(settings, device),
             registered=_registered(psa, prostatectomy),
             center_lps=center_lps,
             model_id=model_id,

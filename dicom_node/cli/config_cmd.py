@@ -1,4 +1,5 @@
-"""`psma-node config check|reference`: validate the configuration, show it, and print its reference."""
+"""`psma-node config check|example|reference`: validate the configuration, show it, print the documented
+example to start from, and print its reference."""
 
 from __future__ import annotations
 
@@ -36,6 +37,17 @@ def check(ctx: CliContext) -> None:
         sys.exit(CONFIG_ERROR_EXIT)
     click.echo(yaml.safe_dump(effective_config(settings), sort_keys=False), nl=False)
     click.echo(f"configuration OK: {source}", err=True)
+
+
+@config_group.command("example")
+def example() -> None:
+    """Print the documented example configuration shipped with the package (every key, commented).
+
+    Start a site's configuration with `psma-node config example > config.yaml`.
+    """
+    from dicom_node.config import EXAMPLE_CONFIG_FILE
+
+    click.echo(EXAMPLE_CONFIG_FILE.read_text(encoding="utf-8"), nl=False)
 
 
 @config_group.command("reference")

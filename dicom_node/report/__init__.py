@@ -143,7 +143,7 @@ def _segmentation(session: Session, analysis: AnalysisResult, pet_headers: list[
     try:
         built = build_seg(analysis, pet_headers, results, series_uid=series_uid, sop_uid=sop_uid,
                           device_uid=device, supersedes=supersedes)
-    except ValueError as exc:  # GeometryError, and highdicom's refusals of odd source images
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom on odd source headers
         reason = f"SEG not built: {type(exc).__name__}: {exc}"
         log.warning("segmentation not built", extra={"study_uid": study_uid, "reason": reason})
         audit.record(session, "result", "segmentation-skipped", outcome="warning", reason=reason,

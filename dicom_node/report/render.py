@@ -428,6 +428,13 @@ def _layout(analysis: AnalysisResult, facts: PanelFacts, width: int, body_px: in
     return pieces, height
 
 
+def panel_height(analysis: AnalysisResult, facts: PanelFacts, width: int, body_px: int) -> int:
+    """Height a panel of this width needs to show every line at `body_px` (the layout `_draw_panel` uses)."""
+    margin = max(8, body_px)
+    _, needed = _layout(analysis, facts, width - 2 * margin, body_px)
+    return int(int(body_px * 1.35) * 1.8) + body_px + needed
+
+
 def _draw_panel(canvas: Image.Image, area: tuple[int, int, int, int], analysis: AnalysisResult,
                 facts: PanelFacts, body_px: int, lines_out: list[TextLine]) -> None:
     """Banner plus wrapped text inside `area`, shrinking the text until every line fits (none is dropped)."""
@@ -524,7 +531,8 @@ def render_summary(analysis: AnalysisResult, facts: PanelFacts, view_px: int = 4
     width = 3 * view_px + 4 * gap
     header = body_px * 2
     bar_h = body_px * 2
-    panel_h = body_px * 19
+    # Room for every line at full size (many foci add lines), within limits; beyond them the text shrinks.
+    panel_h = min(max(body_px * 19, panel_height(analysis, facts, width, body_px)), body_px * 32)
     height = header + view_px + bar_h + gap + panel_h
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
@@ -562,7 +570,8 @@ def render_plane(analysis: AnalysisResult, facts: PanelFacts, plane: Plane, view
     assert analysis.images is not None
     body_px = max(16, view_px // 34)
     panel_w = view_px
-    width, height = view_px + panel_w, view_px
+    width = view_px + panel_w
+    height = min(max(view_px, panel_height(analysis, facts, panel_w, body_px)), view_px * 3 // 2)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     view, overlays = render_view(analysis, plane, view_px)
     canvas.paste(view, (0, 0))

@@ -65,7 +65,7 @@ from pydicom.uid import UID, generate_uid
 
 from dicom_node.config import ResultSettings
 from dicom_node.report.geometry import GeometryError, ImagePlane, ImagePoint, mask_to_frames, nearest_instance
-from dicom_node.report.render import BANNER, PUBLISHED_PERFORMANCE
+from dicom_node.report.render import BANNER, NOT_INSTALLED, PUBLISHED_PERFORMANCE, for_radiologists
 from inference.result import AnalysisResult, ClinicalValue, Finding, Findings, Focus
 
 log = logging.getLogger(__name__)
@@ -153,12 +153,15 @@ def statement(analysis: AnalysisResult) -> str:
     parts = [BANNER.replace("–", "-") + ".",
              f"Published performance (Korb et al., Cancers 2025): {published}" if published
              else PUBLISHED_PERFORMANCE]
+    note = for_radiologists(analysis.classifier_note)  # no server paths or commands: those are the admin's
+    if analysis.classifier_note.startswith(NOT_INSTALLED.split(" at ")[0]):
+        note = NOT_INSTALLED
     if not analysis.classifier_run:
-        parts.append(f"Classifier not run: {analysis.classifier_note or 'no classification model installed'}; "
+        parts.append(f"Classifier not run: {note or 'no classification model installed'}; "
                      "the finding is Undetermined and only the quantitative findings are reported.")
-    elif analysis.classifier_note:
-        parts.append(analysis.classifier_note)
-    parts.extend(f"Warning: {w}" for w in analysis.warnings)
+    elif note:
+        parts.append(note)
+    parts.extend(f"Warning: {for_radiologists(w)}" for w in analysis.warnings if w != analysis.classifier_note)
     return " ".join(parts)
 
 
@@ -435,7 +438,8 @@ def _result_group(analysis: AnalysisResult, algorithm: AlgorithmIdentification, 
     crop = analysis.images.pet_suv_crop if analysis.images is not None else None
     point = _away_from_foci(pet_headers, _region_centre(analysis, findings), findings)
     no_focus = findings is not None and not findings.foci
-    identifier = f"Analysed region ({name})" + (": no focal uptake" if no_focus else "")
+    identifier = (f"Analysed region ({name})" + (": no focal uptake" if no_focus else "")
+                  + f"; AI: recurrence {finding.value}")  # the label says the answer, not just the question
     region, where = _region_on(point, findings.region_mask if findings is not None else None,
                                crop.affine_lps if crop is not None else None, DEFAULT_REGION_RADIUS_MM)
     measurements: list[Measurement] = []

@@ -9,6 +9,7 @@ go through pydicom's encoders.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -274,10 +275,13 @@ def _energy_window() -> Dataset:
 IMPLEMENTATION_VERSION_NAME = "PSMA_NODE_SYNTH"
 PREAMBLE = b"\x00" * 128 + b"DICM"
 PIXEL_DATA = BaseTag(0x7FE00010)
+_ENCODER = threading.Lock()
+"""Slices are written from several threads; pydicom's compression plugins (OpenJPEG, RLE) are not known to
+be thread-safe (concurrent use crashed the interpreter), so one slice is compressed at a time."""
 
 
 def _explicit(group: int, element: int, vr: bytes, value: bytes) -> bytes:
-    """One explicit VR little endian element with a 2-byte length (the file meta's VRs, and OB's long form)."""
+    """One explicit VR little endian element: 2-byte length (the file meta's VRs), or OB's long form."""
     if vr == b"OB":
         return struct.pack("<HH2sHI", group, element, vr, 0, len(value)) + value
     return struct.pack("<HH2sH", group, element, vr, len(value)) + value
@@ -362,5 +366,6 @@ class SeriesWriter:
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta = meta
-        ds.compress(self.syntax, pixels, generate_instance_uid=False)
-        ds.save_as(path, enforce_file_format=True)
+        with _ENCODER:
+            ds.compress(self.syntax, pixels, generate_instance_uid=False)
+            ds.save_as(path, enforce_file_format=True)

@@ -357,8 +357,8 @@ def _write_pet(folder: Path, header: StudyHeader, suv: np.ndarray, grid: Grid, k
         philips = (float(ds_text(factor * activity_scale)), activity_scale)
         to_stored_units = 1.0 / philips[0]
     n = grid.zs.size
-    writer = SeriesWriter(pet_base(header, grid.ys.size, grid.xs.size, grid.pixel_mm, grid.slice_mm, n, philips),
-                          header.transfer_syntax)
+    base = pet_base(header, grid.ys.size, grid.xs.size, grid.pixel_mm, grid.slice_mm, n, philips)
+    writer = SeriesWriter(base, header.transfer_syntax)
     origin_x, origin_y = float(grid.xs[0]), float(grid.ys[0])
     written = np.empty_like(suv)
     bed_length = (grid.zs[-1] - grid.zs[0] + grid.slice_mm) / acq.n_beds

@@ -81,10 +81,12 @@ def _size(value: int | float | None) -> str:
 
 
 def _kind(sop_class_uid: str | None) -> str:
-    """What a result object is, from its SOP class: structured report or secondary capture image."""
+    """What a result object is, from its SOP class: structured report, segmentation or secondary capture."""
     uid = sop_class_uid or ""
     if uid.startswith("1.2.840.10008.5.1.4.1.1.88."):
         return "SR"
+    if uid == "1.2.840.10008.5.1.4.1.1.66.4":
+        return "SEG"
     return "SC" if uid in queries.SECONDARY_CAPTURE_CLASSES else uid
 
 

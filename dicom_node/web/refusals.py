@@ -61,7 +61,9 @@ class RefusalLog:
                 opened = True
         self._summarise(due)
         if opened:
-            log.warning(f"refused {action}: {reason}", extra={"peer": peer, **fields})
+            # The user name tried stays out of the log (audit only): people type passwords into it.
+            shown = {k: v for k, v in fields.items() if k != "actor"}
+            log.warning(f"refused {action}: {reason}", extra={"peer": peer, **shown})
             self._audit("admin", action, outcome="refused", reason=reason, peer=peer, **fields)
 
     def flush_due(self) -> None:

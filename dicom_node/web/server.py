@@ -59,7 +59,10 @@ def dashboard_main(settings: Settings, listener: socket.socket, parent_pid: int)
     def housekeeping() -> None:
         """Summarise finished refusal windows; exit if `serve` is gone (killed without stopping us)."""
         while not server.should_exit:
-            app.state.node.refusals.flush_due()
+            try:
+                app.state.node.refusals.flush_due()
+            except Exception:  # the database may be away for a while: say so, keep serving
+                log.exception("could not record refusal summaries")
             if os.getppid() != parent_pid:
                 log.warning("serve process gone: dashboard exits")
                 server.should_exit = True

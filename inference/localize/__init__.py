@@ -6,13 +6,12 @@ on a coarse CT grid) and `totalsegmentator` (the published method, run in a subp
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
 
 from inference.result import Localisation
 from inference.volume import Series
-
-if TYPE_CHECKING:
-    from dicom_node.config import LocalizerSettings
 
 
 class LocalisationError(ValueError):
@@ -25,17 +24,29 @@ class Localizer(Protocol):
         ...
 
 
-def make_localizer(settings: LocalizerSettings) -> Localizer:
-    """The localiser the configuration names."""
-    if settings.kind == "totalsegmentator":
+@dataclass(frozen=True)
+class LocalizerOptions:
+    """Which localiser runs and how (the node builds this from its `localizer` settings)."""
+
+    kind: Literal["anatomical", "totalsegmentator"] = "anatomical"
+    totalsegmentator_home: Path = Path("~/.totalsegmentator")
+    totalsegmentator_command: str = "TotalSegmentator"
+    totalsegmentator_fast: bool = False
+    totalsegmentator_timeout_seconds: float = 1800.0
+    anatomical_grid_mm: float = 4.0
+
+
+def make_localizer(options: LocalizerOptions) -> Localizer:
+    """The localiser the options name."""
+    if options.kind == "totalsegmentator":
         from inference.localize.totalsegmentator import TotalSegmentatorLocalizer
 
         return TotalSegmentatorLocalizer(
-            command=settings.totalsegmentator_command,
-            home=settings.totalsegmentator_home.expanduser(),
-            fast=settings.totalsegmentator_fast,
-            timeout_seconds=settings.totalsegmentator_timeout_seconds,
+            command=options.totalsegmentator_command,
+            home=options.totalsegmentator_home.expanduser(),
+            fast=options.totalsegmentator_fast,
+            timeout_seconds=options.totalsegmentator_timeout_seconds,
         )
     from inference.localize.anatomical import AnatomicalLocalizer
 
-    return AnatomicalLocalizer(grid_mm=settings.anatomical_grid_mm)
+    return AnatomicalLocalizer(grid_mm=options.anatomical_grid_mm)

@@ -36,6 +36,7 @@ RUN_DIR = Path("/run/psma-node-docker")
 BASE_IMAGE = "debian:bookworm-slim"
 NODE_IMAGE = "psma-node:test"
 TORCH_REQUIREMENT = "torch==2.13.0+cpu"
+INDEX_PORT = 38431
 
 
 class EngineUnavailable(RuntimeError):
@@ -198,7 +199,10 @@ def serve_index(wheelhouse: Path) -> Iterator[PackageIndex]:
     index = _index_dir()
     _simple_index(wheelhouse, index)
     handler = functools.partial(_QuietHandler, directory=str(index))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:  # a fixed port keeps the build arguments, and so the build cache, the same from run to run
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", INDEX_PORT), handler)
+    except OSError:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -142,3 +142,19 @@ def test_serve_with_bad_config_starts_nothing(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "node.bogus: unknown key" in result.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_mistake_in_a_secret_does_not_echo_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"dashboard": {"session_secret": ["hunter2"]},
+                             "database": {"url": {"nested": "postgresql://u:hunter2@db/x"}}})
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert "dashboard.session_secret" in str(info.value) and "database.url" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_one_mistake_is_one_line(tmp_path: Path) -> None:
+    result = _check(_write(tmp_path, "node:\n  port: [unclosed\n"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = _check(_write(tmp_path, {"node": {"port": "eleven"}}))
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

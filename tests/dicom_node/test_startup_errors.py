@@ -86,7 +86,7 @@ def test_plain_postgresql_url_runs_the_node(tmp_path: Path, node_factory) -> Non
 
 def test_unreachable_postgres_says_connect_and_hides_the_password(tmp_path: Path) -> None:
     line = _refused(_config(tmp_path, {"database": {"url": "postgresql://psma:hunter2@127.0.0.1:1/psma"}}))
-    assert "database.url postgresql://psma:***@127.0.0.1:1/psma" in line
+    assert "database.url postgresql+psycopg2://psma:***@127.0.0.1:1/psma" in line, "on the installed driver"
     assert "cannot connect" in line and "start PostgreSQL" in line
     assert "hunter2" not in line
 

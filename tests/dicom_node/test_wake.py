@@ -25,7 +25,9 @@ def sessions(db_url: str) -> sessionmaker[Session]:
     return make_session_factory(make_engine(db_url))
 
 
-def test_ring_wakes_a_waiter_only_when_the_transaction_commits(db_url: str, sessions: sessionmaker[Session]) -> None:
+def test_ring_wakes_a_waiter_only_when_the_transaction_commits(
+    db_url: str, sessions: sessionmaker[Session]
+) -> None:
     waiter = listen(db_url, JOBS)
     try:
         session = sessions()
@@ -78,7 +80,9 @@ waiter.close()
 """
 
 
-def test_a_commit_in_one_process_wakes_a_waiter_in_another(db_url: str, sessions: sessionmaker[Session]) -> None:
+def test_a_commit_in_one_process_wakes_a_waiter_in_another(
+    db_url: str, sessions: sessionmaker[Session]
+) -> None:
     child = subprocess.Popen([sys.executable, "-c", CHILD, db_url, str(WAIT_S)], stdout=subprocess.PIPE,
                              text=True)
     try:

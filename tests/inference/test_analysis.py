@@ -44,7 +44,7 @@ def test_with_weights_every_field_of_the_result_is_filled(
     models_dir: Path,
 ) -> None:
     truth = recurrence_study.truth
-    options = AnalysisOptions(models_dir=models_dir, device="cpu")
+    options = AnalysisOptions(models_dir=models_dir, device="cpu", software_version=dicom_node.__version__)
     result = analyse(recurrence_study.pet_paths, recurrence_study.ct_paths, options)
     assert result.classifier_run and result.model_id == "D"
     assert result.probability is not None and 0.0 <= result.probability <= 1.0

@@ -89,13 +89,6 @@ def test_guessing_from_the_organ_found_is_an_explicit_opt_in() -> None:
     assert (given.value, given.source) == (True, "imputed")
 
 
-def test_the_settings_default_to_the_published_imputation() -> None:
-    from dicom_node.config import ClinicalSettings
-
-    rules = ClinicalRules.from_settings(ClinicalSettings())
-    assert rules.impute_prostatectomy is True and rules.infer_prostatectomy is False
-
-
 def test_a_registration_with_only_one_field_leaves_the_other_to_tags() -> None:
     headers = [_header(AdditionalPatientHistory="PSA 2.5 ng/ml after prostatectomy")]
     registered = RegisteredClinical(psa_ng_ml=None, prostatectomy=False)

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dicom_node.config import LocalizerSettings
 from dicom_node.infer import summarise
 from dicom_node.jobs import ClaimedJob
 from inference.analysis import AnalysisOptions, analyse
 from inference.findings import PEAK_SPHERE_RADIUS_MM, suggest_local_category, suv_peak
+from inference.localize import LocalizerOptions
 from inference.result import AnalysisResult, Focus
 from tests.inference.studies import Study, make_study
 from tests.support.fake_totalsegmentator import FakeTotalSegmentator, install_fake_totalsegmentator
@@ -27,13 +27,13 @@ FINE = {"ct_matrix": 128, "pet_matrix": 128, "pet_fov_mm": 400.0}
 TRUTH_TO_REFERENCE = {"blood pool": "aorta", "spleen": "spleen", "liver": "liver", "parotid glands": "parotid_gland_left"}
 
 
-def _options(tmp: Path, localizer: LocalizerSettings | None = None) -> AnalysisOptions:
-    return AnalysisOptions(models_dir=tmp / "no-models", device="cpu", localizer=localizer)
+def _options(tmp: Path, localizer: LocalizerOptions | None = None) -> AnalysisOptions:
+    return AnalysisOptions(models_dir=tmp / "no-models", device="cpu", localizer=localizer or LocalizerOptions())
 
 
-def _totalseg(fake: FakeTotalSegmentator) -> LocalizerSettings:
-    return LocalizerSettings(kind="totalsegmentator", totalsegmentator_command=str(fake.executable),
-                             totalsegmentator_home=fake.home)
+def _totalseg(fake: FakeTotalSegmentator) -> LocalizerOptions:
+    return LocalizerOptions(kind="totalsegmentator", totalsegmentator_command=str(fake.executable),
+                            totalsegmentator_home=fake.home)
 
 
 @pytest.fixture(scope="module")
@@ -184,17 +184,24 @@ def test_parotid_glands_outside_the_scan_make_scores_above_the_spleen_not_assess
     assert findings.local_category == "miTr" and "Suggestion" in findings.local_category_note
 
 
-def test_missing_head_task_weights_are_reported_for_the_parotid_glands(whole_body: Study, tmp_path: Path) -> None:
+def test_reference_organs_whose_weights_are_missing_are_reported_not_requested(
+    whole_body: Study, tmp_path: Path
+) -> None:
     from inference.localize import make_localizer
+    from inference.localize.totalsegmentator import AORTA_WEIGHTS
     from inference.volume import Series
 
     fake = install_fake_totalsegmentator(tmp_path, whole_body.root / "ground_truth.json", head_task=False)
+    (fake.home / "nnunet" / "results" / AORTA_WEIGHTS).rmdir()
     localisation = make_localizer(_totalseg(fake)).locate(Series.scan(whole_body.ct_paths))
     masks = {m.organ: m for m in localisation.reference_masks}
     assert set(masks) == {"blood pool", "spleen", "liver", "parotid glands"}
     assert masks["parotid glands"].mask is None and "head_glands_cavities" in masks["parotid glands"].note
+    assert masks["blood pool"].mask is None and AORTA_WEIGHTS in masks["blood pool"].note
     assert masks["spleen"].mask is not None and masks["spleen"].affine_lps is not None
-    assert len(fake.recorded()) == 1
+    calls = fake.recorded()
+    assert len(calls) == 1 and "aorta" not in calls[0]["argv"]
+    assert localisation.organ == "prostate"
 
 
 def test_anatomical_localiser_leaves_every_score_not_assessable_and_says_why(

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inference.model_specs import SPECS, get_spec, route
-from inference.network import DeviceError, build_network, choose_device, make_deterministic, predict
+from inference.network import DeviceError, build_network, make_deterministic, predict, resolve_device
 
 
 def test_densenet121_has_the_published_parameter_count() -> None:
@@ -15,11 +15,11 @@ def test_densenet121_has_the_published_parameter_count() -> None:
 
 
 def test_auto_picks_cuda_only_when_available_and_cuda_without_a_gpu_is_an_error() -> None:
-    assert choose_device("cpu").type == "cpu"
-    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA device"):
-            choose_device("cuda")
+            resolve_device("cuda")
 
 
 def test_identical_input_gives_bit_identical_probabilities_on_cpu() -> None:

@@ -11,8 +11,8 @@ Use in a test::
 
     from tests.support.fake_totalsegmentator import install_fake_totalsegmentator
     fake = install_fake_totalsegmentator(tmp_path / "totalseg", study_root / "ground_truth.json")
-    settings = LocalizerSettings(kind="totalsegmentator", totalsegmentator_command=str(fake.executable),
-                                 totalsegmentator_home=fake.home)
+    options = LocalizerOptions(kind="totalsegmentator", totalsegmentator_command=str(fake.executable),
+                               totalsegmentator_home=fake.home)
 
 `head_task=False` leaves out the `head_glands_cavities` weights, so the localiser reports the parotid
 glands as not installed. Every call is appended to `fake.calls` (JSON lines: argv and TOTALSEG_HOME_DIR).

@@ -7,12 +7,13 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pydicom.uid import CTImageStorage, PositronEmissionTomographyImageStorage
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance, Study
 from db.session import make_engine, make_session_factory, transaction, upgrade
-from dicom_node.series_selection import CT_IMAGE_STORAGE, PET_IMAGE_STORAGE, SeriesSummary
+from dicom_node.series_selection import SeriesSummary
 
 AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
@@ -35,7 +36,7 @@ def pet_header(
 ) -> dict[str, Any]:
     header: dict[str, Any] = {
         "Modality": "PT",
-        "SOPClassUID": PET_IMAGE_STORAGE,
+        "SOPClassUID": PositronEmissionTomographyImageStorage,
         "FrameOfReferenceUID": for_uid,
         "ImageType": ["ORIGINAL", "PRIMARY"],
         "CorrectedImage": list(corrected),
@@ -60,7 +61,7 @@ def ct_header(
 ) -> dict[str, Any]:
     header: dict[str, Any] = {
         "Modality": "CT",
-        "SOPClassUID": CT_IMAGE_STORAGE,
+        "SOPClassUID": CTImageStorage,
         "FrameOfReferenceUID": for_uid,
         "ImageType": list(image_type),
         "SliceThickness": thickness,
@@ -83,7 +84,7 @@ def pet_summary(
     return SeriesSummary(
         series_uid=uid(),
         modality="PT",
-        sop_class_uid=header.pop("sop_class_uid", PET_IMAGE_STORAGE),
+        sop_class_uid=header.pop("sop_class_uid", PositronEmissionTomographyImageStorage),
         frame_of_reference_uid=header.get("for_uid", "1.2.3"),
         count=len(indices),
         header=pet_header(**header),
@@ -104,7 +105,7 @@ def ct_summary(
     return SeriesSummary(
         series_uid=uid(),
         modality="CT",
-        sop_class_uid=CT_IMAGE_STORAGE,
+        sop_class_uid=CTImageStorage,
         frame_of_reference_uid=for_uid,
         count=len(positions),
         header=ct_header(for_uid=for_uid, **header),

@@ -54,7 +54,9 @@ def test_released_sender_skips_the_settle_window(sessions: sessionmaker[Session]
     assert job.flags["rule"] == "content-proof" and "released" in job.flags["settle"]
 
 
-def test_another_open_association_to_the_study_keeps_the_settle_window(sessions: sessionmaker[Session]) -> None:
+def test_another_open_association_to_the_study_keeps_the_settle_window(
+    sessions: sessionmaker[Session],
+) -> None:
     study_id = _proven_study(sessions)
     assembler = assembler_for(sessions)
     assembler.delivering = lambda: {study_id}

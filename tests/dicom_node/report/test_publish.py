@@ -156,3 +156,20 @@ def test_superseding_result_references_the_sr_and_seg_it_replaces(tmp_path: Path
         assert superseded.detail["by_result_id"] == second_id
         assert superseded.detail["superseded_seg_sop_instance_uid"] == first_seg
         assert superseded.detail["by_seg_sop_instance_uid"] == second_seg
+
+
+def test_seg_that_cannot_be_built_is_audited_and_the_sr_and_sc_still_go(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path, db_url, destinations=[PACS])
+    sessions = make_sessions(db_url)
+    pet = make_pet_header()
+    with transaction(sessions) as session:
+        study, result = seed_study(session, pet)
+        analysis, _, _ = seed_analysed_series(session, study, pet, tmp_path / "incoming")
+        assert analysis.findings is not None and analysis.findings.bladder_mask is not None
+        analysis.findings.bladder_mask = analysis.findings.bladder_mask[:, :-2]  # not on the PET crop grid
+        items = publish_result(session, settings, study, result, analysis, pet)
+    with transaction(sessions) as session:
+        skipped = session.execute(select(AuditEvent).where(AuditEvent.action == "segmentation-skipped")
+                                  ).scalar_one()
+        assert skipped.outcome == "warning" and "bladder mask has shape" in (skipped.reason or "")
+    assert len(items) == 5 and not any(i.sop_class_uid == SEG_CLASS for i in items)

@@ -245,3 +245,18 @@ def test_focus_outline_surrounds_the_lesion_in_every_view() -> None:
         assert fx0 < x < fx1 and fy0 < y < fy1, plane
         outline = pixels[fy0:fy1 + 1, fx0:fx1 + 1]
         assert (outline == FOCUS_COLOUR).all(axis=-1).sum() >= 8, plane
+
+
+def test_many_foci_and_long_notes_grow_the_panel_instead_of_shrinking_the_text() -> None:
+    analysis = make_analysis_with_findings()
+    assert analysis.findings is not None
+    template = analysis.findings.foci[0]
+    analysis.findings.foci = [Focus(**{**template.__dict__, "number": n}) for n in range(1, 5)]
+    analysis.findings.mipsma_assessable = False
+    analysis.findings.mipsma_note = "no reference organ masks: the anatomical localiser does not segment them " * 2
+    analysis.findings.local_category_note = "suggestion only; extracapsular extension is not assessed " * 3
+
+    for picture in render_all(analysis, FACTS):
+        drawn = " ".join(" ".join(line.text for line in picture.lines).split())
+        assert "Focus 4: SUVmax" in drawn and "Published" in drawn
+        assert min(line.font_px for line in picture.lines) >= 16, picture.description

@@ -137,7 +137,7 @@ def test_every_measurement_group_is_drawn_on_an_image_by_a_2d_scoord(tmp_path: P
     groups = report.content.get_planar_roi_measurement_groups()
     assert [_label(g) for g in groups] == [
         "Focus 1 (prostate), PET", "Focus 1 (prostate), CT", "Focus 2 (prostate), PET", "Focus 2 (prostate), CT",
-        "Analysed region (prostate)"]
+        "Analysed region (prostate); AI: recurrence present"]
     assert len({g.tracking_uid for g in groups}) == len(groups)
     assert {g.tracking_identifier for g in groups} == {"Cornerstone3DTools@^0.1.0:PlanarFreehandROI"}
     for group in groups:
@@ -204,7 +204,7 @@ def test_study_level_answer_is_drawn_with_the_analysed_region(tmp_path: Path) ->
     assert observer.observer_identifying_attributes.uid == device_uid(analysis.weights_sha256, "0.1.0")
     procedure = [i for i in content[0].ContentSequence if i.name.meaning == "Procedure reported"]
     assert procedure[0].value == hd.sr.CodedConcept("44139-4", "LN", "PET whole body")
-    group = _by_identifier(path)["Analysed region (prostate)"]
+    group = _by_identifier(path)["Analysed region (prostate); AI: recurrence present"]
     assert group.finding_type == codes.DCM.RecurrentMalignancy
     assert [e.value for e in group.get_qualitative_evaluations(name=codes.DCM.RecurrentMalignancy)] == [
         codes.SCT.Present]
@@ -219,7 +219,7 @@ def test_study_level_answer_is_drawn_with_the_analysed_region(tmp_path: Path) ->
     assert any(p.startswith("prostatectomy=no (given") for p in params)
     assert "threshold=0.5" in params and "model_id=D" in params
     comments = [i.value for i in _items(group, "Comment")]
-    assert len(comments) == 2 and comments[0] == "Analysed region (prostate)"
+    assert len(comments) == 2 and comments[0] == "Analysed region (prostate); AI: recurrence present"
     assert "NOT FOR DIAGNOSTIC USE" in comments[1] and "sensitivity 0.57" in comments[1]
     # drawn away from the foci's slices, so its label does not cover theirs
     referenced = group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
@@ -263,7 +263,7 @@ def test_no_focus_still_draws_the_region_with_no_focal_uptake(tmp_path: Path) ->
     path, _, pet_headers, _ = _build(tmp_path, analysis)
     text = _assert_valid(path)
     groups = hd.sr.srread(path).content.get_planar_roi_measurement_groups()
-    assert [_label(g) for g in groups] == ["Analysed region (prostate): no focal uptake"]
+    assert [_label(g) for g in groups] == ["Analysed region (prostate): no focal uptake; AI: recurrence absent"]
     group = groups[0]
     assert group.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
     region = analysis.findings.region_mask
@@ -283,7 +283,7 @@ def test_sr_without_classifier_is_undetermined_with_quantitative_findings(tmp_pa
     text = _assert_valid(path)
     assert "Undetermined" in text and "Probability of cancer" not in text
     assert "SUVmax" in text
-    group = _by_identifier(path)["Analysed region (prostate)"]
+    group = _by_identifier(path)["Analysed region (prostate); AI: recurrence undetermined"]
     assert [e.value for e in group.get_qualitative_evaluations()] == [codes.SCT.Undetermined]
     assert group.get_measurements(name=codes.DCM.ProbabilityOfCancer) == []
     comment = _items(group, "Comment")[1].value
@@ -317,7 +317,7 @@ def test_segments_are_referenced_from_their_groups(tmp_path: Path) -> None:
         assert len(images) == 1 and images[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
         numbers[name] = int(images[0].ReferencedSOPSequence[0].ReferencedSegmentNumber)
     assert numbers == {"Focus 1 (prostate), PET": 3, "Focus 1 (prostate), CT": 3, "Focus 2 (prostate), PET": 4,
-                       "Focus 2 (prostate), CT": 4, "Analysed region (prostate)": 1}
+                       "Focus 2 (prostate), CT": 4, "Analysed region (prostate); AI: recurrence present": 1}
     evidence = [s.ReferencedSOPInstanceUID for series in sr.CurrentRequestedProcedureEvidenceSequence[0]
                 .ReferencedSeriesSequence for s in series.ReferencedSOPSequence]
     assert seg.SOPInstanceUID in evidence
@@ -374,6 +374,19 @@ def test_outline_encloses_exactly_the_largest_part_of_the_mask() -> None:
     single = np.zeros((3, 3), bool)
     single[1, 1] = True
     assert outline(single).tolist() == [[1, 1], [2, 1], [2, 2], [1, 2], [1, 1]]
+
+
+def test_statement_tells_radiologists_the_classifier_is_missing_without_server_paths(tmp_path: Path) -> None:
+    analysis = make_analysis_with_findings(classifier_run=False)
+    analysis.classifier_note = ("classifier not installed: weights for model D are not installed in "
+                                "/srv/psma/var/models: install them with `psma-node models import FILE --as D`")
+    analysis.warnings = [analysis.classifier_note]
+    path, _, _, _ = _build(tmp_path, analysis)
+    text = hd.sr.srread(path).content
+    comment = _items(_by_identifier(path)["Analysed region (prostate); AI: recurrence undetermined"],
+                     "Comment")[1].value
+    assert "Classifier not run: classifier not installed at this site;" in comment
+    assert "/srv" not in str(text) and "psma-node models" not in str(text)
 
 
 def test_device_uid_changes_with_weights_or_software_and_only_then() -> None:

@@ -41,7 +41,9 @@ def _header(vendor: str, transfer_syntax: str) -> StudyHeader:
     )
 
 
-def _pydicom_bytes(base: Dataset, own: Dataset, pixels: np.ndarray, transfer_syntax: str, path: Path) -> bytes:
+def _pydicom_bytes(
+    base: Dataset, own: Dataset, pixels: np.ndarray, transfer_syntax: str, path: Path
+) -> bytes:
     ds = Dataset()
     ds.update(base)
     ds.update(own)
@@ -60,7 +62,9 @@ def _pydicom_bytes(base: Dataset, own: Dataset, pixels: np.ndarray, transfer_syn
 
 @pytest.mark.parametrize("transfer_syntax", ["explicit", "implicit"])
 @pytest.mark.parametrize("vendor", sorted(VENDORS))
-def test_series_writer_matches_pydicom_byte_for_byte(tmp_path: Path, vendor: str, transfer_syntax: str) -> None:
+def test_series_writer_matches_pydicom_byte_for_byte(
+    tmp_path: Path, vendor: str, transfer_syntax: str
+) -> None:
     header = _header(vendor, transfer_syntax)
     rng = np.random.default_rng(1)
     philips = (0.000123456, 1.6) if vendor == "philips" else None
@@ -81,7 +85,8 @@ def test_series_writer_matches_pydicom_byte_for_byte(tmp_path: Path, vendor: str
             own.PrimaryPromptsCountsAccumulated = 474161
         ours = tmp_path / f"ours{n}.dcm"
         SeriesWriter(base, transfer_syntax).write(ours, own, pixels)
-        assert ours.read_bytes() == _pydicom_bytes(base, own, pixels, transfer_syntax, tmp_path / f"ref{n}.dcm")
+        reference = _pydicom_bytes(base, own, pixels, transfer_syntax, tmp_path / f"ref{n}.dcm")
+        assert ours.read_bytes() == reference
 
 
 def test_a_slice_may_not_repeat_a_shared_element(tmp_path: Path) -> None:

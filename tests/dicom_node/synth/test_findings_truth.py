@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
+
+from dicom_node.cli.main import cli
 
 from dicom_node.synth import SynthOptions, generate_study
 from dicom_node.synth.phantom import (
@@ -74,6 +80,18 @@ def test_extra_foci_leave_the_rest_of_the_patient_unchanged(small_study: StudyMa
     assert len(more.foci) == len(plain.foci) + 1
 
 
-def test_too_many_extra_foci_are_refused(tmp_path: object) -> None:
+def test_too_many_extra_foci_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="extra_foci"):
-        generate_study(tmp_path, SynthOptions(extra_foci=9))  # type: ignore[arg-type]
+        generate_study(tmp_path, SynthOptions(extra_foci=9))
+
+
+def test_cli_options_add_foci_and_reach_the_parotid_glands(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "s"), "--ct-matrix", "64", "--pet-matrix", "48",
+                                      "--extent-mm", "900", "--seed", "3", "--extra-foci", "2",
+                                      "--near-bladder-focus"])
+    assert result.exit_code == 0, result.output
+    truth = json.loads((tmp_path / "s" / "ground_truth.json").read_text())
+    assert [f["kind"] for f in truth["foci"]].count("near_bladder") == 1 and len(truth["foci"]) == 4
+    assert truth["organs"]["parotid_gland_right"]["in_field_of_view"] is True
+    bad = CliRunner().invoke(cli, ["synth", str(tmp_path / "t"), "--extra-foci", "7"])
+    assert bad.exit_code == 2 and "extra_foci" in bad.output

@@ -4,7 +4,10 @@ throttling, aggregated refusals, Host checking, framing headers and read-only an
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ from sqlalchemy import select
 from db.models import AuditEvent, ClinicalInfo
 from db.session import make_engine, make_session_factory
 from dicom_node.web.throttle import MAX_DELAY_S, PAIR_FREE_ATTEMPTS, SOURCE_FREE_ATTEMPTS, delay_after
+from tests.conftest import require_tool
 from tests.db.seed import migrate
 from tests.dicom_node.web.conftest import FAST_HASH, PASSWORD, TOKEN, make_settings, seed
 from tests.support.node import NodeProcess, wait_for_port, write_config
@@ -161,6 +165,7 @@ def test_one_address_trying_many_user_names_is_throttled(dashboard: Dashboard) -
         ]
     assert statuses[:SOURCE_FREE_ATTEMPTS] == [401] * SOURCE_FREE_ATTEMPTS
     assert statuses[-1] == 429
+    assert "user3" not in dashboard.node.log_text(), "names tried (often mistyped passwords) stay out of the log"
 
 
 def test_delays_grow_exponentially_up_to_a_cap() -> None:
@@ -229,3 +234,28 @@ def test_anonymous_dashboard_is_read_only(tmp_path: Path) -> None:
     with make_session_factory(engine)() as session:
         assert session.scalars(select(ClinicalInfo)).all() == []
     engine.dispose()
+
+
+def test_a_dashboard_process_that_dies_is_restarted_and_receiving_goes_on(tmp_path: Path) -> None:
+    running = start_dashboard(tmp_path)
+    try:
+        assert running.node.proc is not None
+        first = running.node.wait_until(lambda: _dashboard_pids(running), 60, "the dashboard process")[0]
+        assert first != running.node.proc.pid, "the dashboard is not the receiving process"
+        os.kill(first, signal.SIGKILL)
+        echo = subprocess.run(
+            [require_tool("echoscu"), "-aec", "PSMA_NODE", "127.0.0.1", str(running.node.port)],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert echo.returncode == 0, echo.stderr
+        running.node.wait_until(lambda: len(_dashboard_pids(running)) == 2, 60, "a new dashboard process")
+        with running.client("127.0.0.11") as client:
+            assert running.node.wait_until(lambda: client.get("/healthz").status_code == 200, 30, "healthz")
+        assert "dashboard process died" in running.node.log_text()
+    finally:
+        running.node.stop()
+
+
+def _dashboard_pids(running: Dashboard) -> list[int]:
+    lines = [json.loads(line) for line in running.node.log_text().splitlines() if line.startswith("{")]
+    return [int(line["pid"]) for line in lines if line.get("event") == "dashboard process serving"]

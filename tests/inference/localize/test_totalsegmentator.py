@@ -11,8 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dicom_node.config import LocalizerSettings
-from inference.localize import LocalisationError, make_localizer
+from inference.localize import LocalisationError, LocalizerOptions, make_localizer
 from inference.localize.anatomical import AnatomicalLocalizer
 from inference.localize.totalsegmentator import TotalSegmentatorLocalizer, centre_from_masks
 from inference.volume import Series
@@ -98,7 +97,7 @@ def test_runs_totalsegmentator_in_subprocess_with_published_arguments(tmp_path: 
     script, home, record = _fake(tmp_path, "prostate[3:5, 4:6, 2:4] = 1")
     ct = _ct(tmp_path)
     localizer = make_localizer(
-        LocalizerSettings(kind="totalsegmentator", totalsegmentator_command=str(script),
+        LocalizerOptions(kind="totalsegmentator", totalsegmentator_command=str(script),
                           totalsegmentator_home=home, totalsegmentator_fast=fast)
     )
 
@@ -139,4 +138,4 @@ def test_failing_run_is_reported_with_its_exit_code(tmp_path: Path) -> None:
 
 
 def test_default_settings_give_the_anatomical_localiser() -> None:
-    assert isinstance(make_localizer(LocalizerSettings()), AnatomicalLocalizer)
+    assert isinstance(make_localizer(LocalizerOptions()), AnatomicalLocalizer)
