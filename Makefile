@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system-packages ohif-viewer bench clean migration
+.PHONY: run test setup system-packages ohif-viewer bench clean migration test-deploy bench-scaleout
 
 system-packages:
 	@if [ "$$(id -u)" = 0 ]; then ./deploy/install-system-packages.sh; \
@@ -33,6 +33,14 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python -m bench
+
+# Only the container tests (image, compose stack, systemd unit); `make test` runs them too.
+test-deploy: setup
+	PSMA_TEST_POSTGRES_URL=$$(./deploy/ensure-postgres.sh) $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/deploy $(PYTEST_ARGS)
+
+# 8 small studies through the compose stack with 1, then 2 worker containers (bench/RESULTS.md).
+bench-scaleout: setup
+	$(VENV)/bin/python -m bench.bench_scaleout
 
 clean:
 	rm -rf var .pytest_cache

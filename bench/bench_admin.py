@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import generate_latest
+from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, SecondaryCaptureImageStorage
 from sqlalchemy import create_engine, insert, text
 
 from db import queries
@@ -66,8 +67,8 @@ def _fill(url: str) -> None:
                     "study_uid": uid,
                     "series_uid": f"{uid}.1",
                     "sop_instance_uid": f"{uid}.1.{i}",
-                    "sop_class_uid": "1.2.840.10008.5.1.4.1.1.128",
-                    "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                    "sop_class_uid": PositronEmissionTomographyImageStorage,
+                    "transfer_syntax_uid": ExplicitVRLittleEndian,
                     "path": f"/s/{uid}/{i}.dcm",
                     "size_bytes": 70_000,
                     "sha256": "0" * 64,
@@ -120,7 +121,7 @@ def _fill(url: str) -> None:
                     "study_uid": uid,
                     "destination": "pacs",
                     "path": "/r/x.dcm",
-                    "sop_class_uid": "1.2.840.10008.5.1.4.1.1.7",
+                    "sop_class_uid": SecondaryCaptureImageStorage,
                     "sop_instance_uid": f"{uid}.9",
                     "state": "delivered",
                     "next_attempt_at": at,

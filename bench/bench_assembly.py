@@ -26,12 +26,15 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import AuditEvent, Instance, Job, Study
+from db.models import AuditEvent, Instance, Job, Study, WorkerHeartbeat
 from db.session import make_engine, make_session_factory
 from dicom_node.assemble import assembly_tick
 from dicom_node.config import Settings
@@ -54,11 +57,34 @@ def storescu(port: int, files: Sequence[Path], called: str) -> float:
     return time.time()
 
 
-def node_latency(folder: Path, studies: list[tuple[str, list[Path]]]) -> list[dict[str, float]]:
-    config = write_config(folder / "node", {"workers": {"count": 1}, "logging": {"level": "WARNING"}})
+def _workers_started(sessions: sessionmaker[Session]) -> bool:
+    with sessions() as session:
+        return bool(session.scalar(select(func.count()).select_from(WorkerHeartbeat)))
+
+
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh database on the PostgreSQL server of `admin_url`, dropped afterwards."""
+    name = f"psma_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def node_latency(
+    folder: Path, studies: list[tuple[str, list[Path]]], db_url: str | None = None
+) -> list[dict[str, float]]:
+    config = write_config(folder / "node", {"workers": {"count": 1}, "logging": {"level": "WARNING"}}, db_url)
     node = NodeProcess(config).start()
     sessions = make_session_factory(make_engine(node.config["database"]["url"]))
-    time.sleep(6)  # let the worker process finish importing torch before the first study
+    # Time the steady state: a worker signs in (heartbeat row) once torch and the pipeline are loaded.
+    node.wait_until(lambda: _workers_started(sessions), 180, "the worker to start")
     rows = []
     try:
         for study_uid, files in studies:
@@ -182,6 +208,8 @@ def main(argv: Sequence[str] = ()) -> None:
     parser.add_argument("--pet-matrix", type=int, default=200)
     parser.add_argument("--extent", type=float, default=300.0)
     parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--postgres", metavar="ADMIN_URL", default=None,
+                        help="Run the node on a fresh database of this PostgreSQL server (LISTEN/NOTIFY).")
     args = parser.parse_args(list(argv))
     folder = Path(tempfile.mkdtemp(prefix="bench-assembly-"))
     try:
@@ -202,7 +230,12 @@ def main(argv: Sequence[str] = ()) -> None:
             f"{args.studies} studies of {len(studies[0][1])} instances (CT {args.ct_matrix}², "
             f"PET {args.pet_matrix}², {args.extent:g} mm), {dt.date.today()}"
         )
-        rows = node_latency(folder, studies)
+        if args.postgres:
+            with postgres_database(args.postgres) as url:
+                rows = node_latency(folder, studies, url)
+        else:
+            rows = node_latency(folder, studies)
+        print(f"  database: {'PostgreSQL (LISTEN/NOTIFY)' if args.postgres else 'SQLite (named pipes)'}")
         for key in rows[0]:
             values = [r[key] for r in rows]
             print(

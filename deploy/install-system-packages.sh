@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the node's tests and tools use, when missing (idempotent, needs root).
 set -euo pipefail
-wanted=(dcmtk orthanc orthanc-dicomweb dicom3tools dcm2niix chromium chromium-driver postgresql make curl)
+wanted=(dcmtk orthanc orthanc-dicomweb dicom3tools dcm2niix chromium chromium-driver postgresql make curl docker.io docker-compose debootstrap)
 missing=()
 for pkg in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -113,8 +113,8 @@ class NodeSettings(_Section):
     )
     max_pending_connections: int = Field(
         default=32, ge=1,
-        description="Connections not yet through their A-ASSOCIATE-RQ, held without a thread; when full, the "
-                    "oldest one of the source holding the most is closed. Separate from max_associations.",
+        description="Connections not yet through their A-ASSOCIATE-RQ, held without a thread; when full, an idle "
+                    "one (of the source holding the most, oldest first) is closed. Separate from max_associations.",
     )
     max_connections_per_host: int = Field(
         default=4, ge=1,
@@ -159,9 +159,16 @@ class DatabaseSettings(_Section):
 class AssemblySettings(_Section):
     """When a study counts as complete, and which series are analysed."""
 
-    tick_seconds: float = Field(default=0.5, gt=0, le=1.0, description="How often assembly runs.")
+    tick_seconds: float = Field(
+        default=0.5, gt=0, le=1.0,
+        description="How often assembly runs (also at once when a sender releases its association).",
+    )
     settle_seconds: float = Field(
-        default=2.0, ge=0, description="Wait after completeness is proven, for stragglers."
+        default=2.0, ge=0,
+        description=(
+            "Wait after completeness is proven, for stragglers; skipped when every association that "
+            "delivered the study was released after its last instance."
+        ),
     )
     quiet_seconds: float = Field(
         default=60.0, gt=0, description="Quiet period after which unprovable studies are judged."
@@ -196,7 +203,9 @@ class AssemblySettings(_Section):
 class WorkerSettings(_Section):
     count: int = Field(default=1, ge=0, description="Analysis worker processes started by `serve`.")
     lease_seconds: float = Field(default=30.0, gt=1, description="Job lease; renewed while a worker lives.")
-    poll_seconds: float = Field(default=0.5, gt=0, description="How often an idle worker looks for jobs.")
+    poll_seconds: float = Field(
+        default=0.5, gt=0, description="How often an idle worker looks for jobs (a queued job also wakes it)."
+    )
     max_attempts: int = Field(default=3, ge=1, description="Attempts before a job is failed for good.")
     torch_threads: int = Field(default=0, ge=0, description="torch threads per worker (0 = torch default).")
     stop_grace_seconds: float = Field(
@@ -364,7 +373,10 @@ class ResultSettings(_Section):
     )
     destinations: list[Destination] = Field(default_factory=list, description="Where results are sent.")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Delivery retry policy.")
-    send_tick_seconds: float = Field(default=2.0, gt=0, description="How often the outbox is looked at.")
+    send_tick_seconds: float = Field(
+        default=2.0, gt=0,
+        description="How often the outbox is looked at (a published result also wakes the sender).",
+    )
     institution_name: str = Field(default="", description="Written into result objects when set.")
     sr_series_number: int = Field(default=9900, ge=1, description="Series Number of the AI SR series.")
     sc_series_number: int = Field(default=9901, ge=1, description="Series Number of the AI Secondary Capture series.")

@@ -9,8 +9,8 @@ front of it:
 * `ConnectionGate`: one thread with a selector accepts every connection and holds it, with no thread of its
   own, until its complete A-ASSOCIATE-RQ has arrived (within `acse_timeout_s`, and within `pdu_timeout_s`
   once it has begun) and decodes; bytes that cannot start one close the connection at once. The number of
-  such waiting connections is bounded (`max_pending_connections`, the oldest of the source holding the most
-  makes room) and so is each source's share (`max_connections_per_host`). Only then is the connection handed
+  such waiting connections is bounded (`max_pending_connections`; an idle one of the source holding the
+  most makes room) and so is each source's share (`max_connections_per_host`). Only then is the connection handed
   to pynetdicom, together with the request already read. TLS handshakes run in the gate too.
 * `GuardedSocket`: pynetdicom's socket wrapper with a deadline on every PDU read: a peer stalling mid-PDU is
   cut after `pdu_timeout_s`, and a reset or a stall is one log line, not a traceback. It reads into one
@@ -97,10 +97,15 @@ def associate_request_problem(data: bytes | bytearray) -> str | None:
 
 
 class _Window:
-    __slots__ = ("counts", "started")
+    """One source's (or one source and reason's) reporting interval."""
 
-    def __init__(self, started: float) -> None:
+    __slots__ = ("action", "counts", "peer", "reason", "started")
+
+    def __init__(self, started: float, peer: str, action: str, reason: str) -> None:
         self.started = started
+        self.peer = peer
+        self.action = action
+        self.reason = reason
         self.counts: dict[str, int] = {}
 
 
@@ -117,39 +122,50 @@ class ClosureReporter:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="port-guard-audit")
 
     def closed(self, peer: str, kind: str, reason: str, action: str = "connection-closed",
-               **detail: Any) -> None:
-        """One connection closed (or refused) by the node, or lost mid-PDU; `kind` is a short category."""
+               event: str = "connection closed", per_reason: bool = False, **detail: Any) -> None:
+        """One connection closed or refused by the node, or lost mid-PDU; `kind` is a short category.
+        Counted per source, or per source and reason with `per_reason` (association rejections, where
+        each distinct reason, e.g. another calling AE title, is worth its own row)."""
+        key = f"{peer} {reason}" if per_reason else peer
         now = time.monotonic()
         with self._lock:
-            window = self._windows.get(peer)
+            window = self._windows.get(key)
             if window is not None and now - window.started < self._interval:
                 window.counts[kind] = window.counts.get(kind, 0) + 1
                 return
-            self._windows[peer] = _Window(now)
+            self._windows[key] = _Window(now, peer, action, reason)
         if window is not None and window.counts:
-            self._summarise(peer, window)
-        log.warning("connection closed", extra={"peer": peer, "kind": kind, "reason": reason})
-        self._write("association", action, outcome="refused", reason=reason, peer=peer, kind=kind, **detail)
+            self._summarise(window)
+        log.warning(event, extra={"peer": peer, "kind": kind, "reason": reason,
+                                  **{k: v for k, v in detail.items() if k != "actor"},
+                                  **({"calling_ae": detail["actor"]} if "actor" in detail else {})})
+        self._write("association", action, outcome="rejected" if action == "rejected" else "refused",
+                    reason=reason, peer=peer, kind=kind, **detail)
 
     def flush(self, everything: bool = False) -> None:
         """Write the summaries of intervals that have ended (all of them with `everything`)."""
         now = time.monotonic()
         with self._lock:
-            ended = [(peer, window) for peer, window in self._windows.items()
+            ended = [(key, window) for key, window in self._windows.items()
                      if everything or now - window.started >= self._interval]
-            for peer, _window in ended:
-                del self._windows[peer]
-        for peer, window in ended:
+            for key, _window in ended:
+                del self._windows[key]
+        for _key, window in ended:
             if window.counts:
-                self._summarise(peer, window)
+                self._summarise(window)
 
-    def _summarise(self, peer: str, window: _Window) -> None:
+    def _summarise(self, window: _Window) -> None:
         total = sum(window.counts.values())
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(window.counts.items()))
-        reason = f"{total} more connection(s) from {peer} closed within {self._interval:g} s ({kinds})"
-        log.warning("connections closed", extra={"peer": peer, "count": total, "kinds": kinds})
-        self._write("association", "connection-closed", outcome="refused", reason=reason, peer=peer,
-                    kind="summary", count=total, counts=dict(window.counts))
+        if window.action == "rejected":
+            reason = (f"{total} more association(s) from {window.peer} rejected within {self._interval:g} s "
+                      f"({kinds}): {window.reason}")
+        else:
+            reason = f"{total} more connection(s) from {window.peer} closed within {self._interval:g} s ({kinds})"
+        log.warning("connections closed" if window.action != "rejected" else "associations rejected",
+                    extra={"peer": window.peer, "count": total, "kinds": kinds})
+        self._write("association", window.action, outcome="rejected" if window.action == "rejected" else "refused",
+                    reason=reason, peer=window.peer, kind="summary", count=total, counts=dict(window.counts))
 
     def _write(self, *args: Any, **fields: Any) -> None:
         try:
@@ -204,6 +220,8 @@ class ConnectionGate:
         self._selector = selectors.DefaultSelector()
         self._waiting: dict[socket.socket, _Waiting] = {}
         self._per_host: dict[str, int] = {}
+        self._strikes: dict[str, int] = {}
+        self._strikes_since = time.monotonic()
         self._wake_read, self._wake_write = socket.socketpair()
         self._stopping = False
         self._accept_paused_until = 0.0
@@ -254,6 +272,9 @@ class ConnectionGate:
             if now - last_flush >= 1.0:
                 self._reporter.flush()
                 last_flush = now
+            if now - self._strikes_since >= self._node.connection_report_seconds:
+                self._strikes.clear()
+                self._strikes_since = now
 
     def _accept(self) -> None:
         for _ in range(64):  # then serve the waiting ones: a flood of connects must not starve them
@@ -274,6 +295,7 @@ class ConnectionGate:
         held = self._per_host.get(peer, 0)
         if held >= node.max_connections_per_host:
             _close(sock)
+            self._strike(peer)
             self._reporter.closed(peer, "host-limit", f"{peer} already has {held} connections waiting to "
                                   f"associate (max_connections_per_host {node.max_connections_per_host})")
             return
@@ -290,13 +312,16 @@ class ConnectionGate:
         self._selector.register(sock, selectors.EVENT_READ, waiting)
 
     def _make_room(self) -> None:
-        """Close the oldest waiting connection of the source that holds the most."""
-        busiest = max(self._per_host, key=lambda host: self._per_host[host])
-        oldest = min((w for w in self._waiting.values() if w.peer == busiest), key=lambda w: w.since)
-        self._drop(oldest, "pending-limit",
+        """Close one waiting connection: one that has sent nothing before one that has begun its request,
+        then one of the source the gate had to close most connections of lately, then of the source holding
+        the most, then the oldest. A real sender's request follows its connect within milliseconds and its
+        source has no record, so a flood's connections go first even when the flood keeps reconnecting."""
+        victim = min(self._waiting.values(), key=lambda w: (
+            bool(w.data), -self._strikes.get(w.peer, 0), -self._per_host[w.peer], w.since))
+        self._drop(victim, "pending-limit",
                    f"closed to make room: {len(self._waiting)} connections waiting to associate "
-                   f"(max_pending_connections {self._node.max_pending_connections}); the oldest of the "
-                   f"source holding the most")
+                   f"(max_pending_connections {self._node.max_pending_connections}); an idle one of the "
+                   f"source with the most closed or waiting")
 
     def _advance(self, waiting: _Waiting) -> None:
         try:
@@ -392,7 +417,12 @@ class ConnectionGate:
 
     def _drop(self, waiting: _Waiting, kind: str, reason: str) -> None:
         self._forget(waiting)
+        self._strike(waiting.peer)
         self._reporter.closed(waiting.peer, kind, reason)
+
+    def _strike(self, peer: str) -> None:
+        """Count a connection the gate had to close against its source (forgotten every report interval)."""
+        self._strikes[peer] = self._strikes.get(peer, 0) + 1
 
     def _forget(self, waiting: _Waiting, close: bool = True) -> None:
         if self._waiting.pop(waiting.sock, None) is None:

@@ -305,9 +305,11 @@ class Receiver:
         assert assoc.requestor.primitive is not None  # set from the A-ASSOCIATE-RQ before EVT_REQUESTED
         calling = assoc.requestor.primitive.calling_ae_title.strip()
         peer = _peer(assoc)
-        log.warning("association rejected", extra={"calling_ae": calling, "peer": peer, "reason": reason})
-        self._audit("association", "rejected", outcome="rejected", reason=reason, actor=calling, peer=peer,
-                    called_ae=assoc.requestor.primitive.called_ae_title.strip(), tls=_is_tls(assoc))
+        # Once per source and reason and interval: a retry storm (or a flood of requests) is one summary.
+        assert self._reporter is not None
+        self._reporter.closed(peer, "rejected", reason, action="rejected", event="association rejected",
+                              per_reason=True, actor=calling,
+                              called_ae=assoc.requestor.primitive.called_ae_title.strip(), tls=_is_tls(assoc))
         assoc.acse.send_reject(result, source, diagnostic)
         assoc.kill()
 

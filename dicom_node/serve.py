@@ -63,8 +63,9 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
     stop = stop or threading.Event()
     sessions = make_session_factory(engine)
 
+    # The dashboard process imports for a few seconds: started first, it is ready when receiving starts.
+    dashboard = DashboardProcess(settings).start() if settings.dashboard.enabled else None
     reconcile_storage(settings, sessions)
-    dashboard = DashboardProcess(settings) if settings.dashboard.enabled else None
     receiver = Receiver(settings, sessions)
     # Assembly runs every tick, and at once when a sender releases its association: a study proven
     # complete whose senders are all done is queued without the settle window (completeness.decide).
@@ -74,13 +75,13 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
     assembler.delivering, assembler.on_handover = receiver.studies_in_transfer, assembly.wake
     receiver.on_association_closed = assembler.association_closed
     try:
+        if dashboard is not None:
+            dashboard.wait_ready()
         _start_listener(receiver, settings)
-    except StartupError:
+    except BaseException:
         if dashboard is not None:
             dashboard.stop()
         raise
-    if dashboard is not None:
-        dashboard.start()
 
     scheduler = BackgroundScheduler(timezone="UTC")
     _periodic(scheduler, requeue_expired_jobs, max(1.0, settings.workers.lease_seconds / 3), settings, sessions)

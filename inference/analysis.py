@@ -20,7 +20,12 @@ import torch
 
 from inference.attention import DEFAULT_TARGET_LAYER, AttentionError, gradcam_map, to_patient
 from inference.checkpoints import CheckpointError, WeightsMissing, load_model
-from inference.clinical import ClinicalRules, RegisteredClinical, resolve_prostatectomy, resolve_psa
+from inference.clinical import (
+    ClinicalRules,
+    RegisteredClinical,
+    resolve_prostatectomy,
+    resolve_psa,
+)
 from inference.model_specs import (
     CUBE_HALF_WIDTH_MM,
     NOT_FOR_CLINICAL_USE,
@@ -35,7 +40,15 @@ from inference.preprocess import PreprocessError, crop, cube_box, model_input
 from inference.findings import FindingsOptions, build_findings, quantification_from
 from inference.quantify import QuantifyError, QuantifyOptions, analysed_region, quantify
 from inference.reference_organs import reference_scorer
-from inference.result import AnalysisImages, AnalysisResult, Finding, Findings, Localisation, Quantification
+from inference.result import (
+    AnalysisImages,
+    AnalysisResult,
+    Finding,
+    Findings,
+    Localisation,
+    Quantification,
+    operated_for_report,
+)
 from inference.suv import SUVError, suv_factor, to_suv
 from inference.volume import Series, Volume, VolumeError
 
@@ -191,7 +204,8 @@ def analyse(
             scorer = reference_scorer(pet, factor.factor, localisation, _tracer(pet))
         with _timed(timings, "findings"):
             findings = build_findings(
-                pet_suv_crop, analysed, scorer, _as_bool(prostatectomy.value), options.findings
+                pet_suv_crop, analysed, scorer,
+                operated_for_report(prostatectomy, localisation.organ), options.findings
             )
         with _timed(timings, "quantify"):
             quantification = (
@@ -270,9 +284,6 @@ def _tracer(pet: Series) -> str:
             return name
     return ""
 
-
-def _as_bool(value: object) -> bool | None:
-    return None if value is None else bool(value)
 
 
 def _check_pair(pet: Series, ct: Series, warnings: list[str], allow_different_frame: bool) -> None:

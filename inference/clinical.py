@@ -112,3 +112,4 @@ def resolve_prostatectomy(
         "status not registered nor in the tags: imputed as not operated (px = 0, "
         "clinical.impute_prostatectomy: false; the published imputation is px = 1)",
     )
+

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from monai.networks.nets import DenseNet121
-
-DevicePreference = Literal["auto", "cpu", "cuda"]
 
 
 class DeviceError(RuntimeError):

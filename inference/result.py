@@ -208,6 +208,11 @@ class AnalysisResult:
     suv_notes: list[str] = field(default_factory=list)
     findings: Findings | None = None
 
+    @property
+    def region_is_prostate_bed(self) -> bool:
+        """The analysed region is the prostate bed (known prostatectomy, or no prostate found on the CT)."""
+        return operated_for_report(self.prostatectomy, self.localisation.organ) is True
+
     def to_summary(self) -> dict[str, object]:
         """Plain JSON-ready data (no images, no tensors): for `analyze --json`, the results table, the API."""
         quant = self.quantification
@@ -249,3 +254,19 @@ class AnalysisResult:
             else [list(corner) for corner in self.images.crop_box_lps],
             "not_for_diagnostic_use": True,
         }
+
+
+def operated_for_report(prostatectomy: ClinicalValue, organ_found: str | None) -> bool | None:
+    """Whether the report describes a prostate bed: the known status, never an imputed one.
+
+    An imputed px = 1 is what the published model is fed when the status is unknown; it says nothing about
+    the patient's anatomy. The report then follows the localiser: no prostate found (centred on the
+    bladder) means the prostate bed; a prostate found means the prostate; otherwise the status is unknown.
+    """
+    if prostatectomy.source != "imputed" and prostatectomy.value is not None:
+        return bool(prostatectomy.value)
+    if organ_found == "bladder":
+        return True
+    if organ_found == "prostate":
+        return False
+    return None

@@ -64,7 +64,7 @@ def build_sc_series(pictures: list[Rendered], pet_header: Dataset, settings: Res
         sc.BurnedInAnnotation = "YES"
         sc.BodyPartExamined = settings.body_part_examined
         sc.SeriesDescription = SERIES_DESCRIPTION
-        sc.ImageComments = picture.description[:10240]
+        sc.ImageComments = f"{picture.description} - NOT FOR DIAGNOSTIC USE"[:10240]
         sc.DerivationDescription = "Rendered by psma-node from the analysed PET/CT region"
         sc.ManufacturerModelName = MODEL_NAME
         sc.SoftwareVersions = software_version

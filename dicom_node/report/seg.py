@@ -51,7 +51,7 @@ class _Segment:
 
 def _region_code(analysis: AnalysisResult) -> Code:
     """Prostate bed after prostatectomy (private code, as in the SR), else the prostate."""
-    return PROSTATE_BED if analysis.prostatectomy.value is True else codes.SCT.Prostate
+    return PROSTATE_BED if analysis.region_is_prostate_bed else codes.SCT.Prostate
 
 
 def _localiser_family(analysis: AnalysisResult) -> Code:

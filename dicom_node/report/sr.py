@@ -137,8 +137,8 @@ def algorithm_parameters(analysis: AnalysisResult) -> list[str]:
         f"threshold={analysis.threshold:g}",
         f"psa_ng_ml={_shown(analysis.psa)}",
         f"prostatectomy={_shown(analysis.prostatectomy)}",
-        f"cube_centre_lps_mm={','.join(f'{c:.1f}' for c in loc.center_lps)} ({loc.organ}, {loc.method}, "
-        f"confidence {loc.confidence:.2f})",
+        (f"cube_centre_lps_mm={','.join(f'{c:.1f}' for c in loc.center_lps)} ({loc.organ}, {loc.method}, "
+         f"confidence {loc.confidence:.2f})"),
         f"suvbw_factor={analysis.suv_factor:.6g}",
         f"device={analysis.device}",
     ]
@@ -161,13 +161,14 @@ def statement(analysis: AnalysisResult) -> str:
                      "the finding is Undetermined and only the quantitative findings are reported.")
     elif note:
         parts.append(note)
-    parts.extend(f"Warning: {for_radiologists(w)}" for w in analysis.warnings if w != analysis.classifier_note)
+    parts.extend(f"Warning: {for_radiologists(warning)}" for warning in analysis.warnings
+                 if warning != analysis.classifier_note)
     return " ".join(parts)
 
 
 def region_code(analysis: AnalysisResult) -> Code:
     """Prostate bed after prostatectomy (private code; no standard one exists), else the prostate."""
-    return PROSTATE_BED if analysis.prostatectomy.value is True else codes.SCT.Prostate
+    return PROSTATE_BED if analysis.region_is_prostate_bed else codes.SCT.Prostate
 
 
 def finding_site(analysis: AnalysisResult) -> FindingSite:
@@ -295,7 +296,8 @@ def _focus_measurements(focus: Focus, site: FindingSite) -> list[Measurement]:
     values.append(Measurement(name=codes.SCT.Volume, value=round_volume(focus.volume_ml), unit=UNIT_ML,
                               finding_sites=sites))
     if focus.mipsma is not None:
-        values.append(Measurement(name=MIPSMA, value=float(focus.mipsma), unit=UNIT_SCORE, finding_sites=sites))
+        values.append(Measurement(name=MIPSMA, value=float(focus.mipsma), unit=UNIT_SCORE,
+                                  finding_sites=sites))
     values.append(Measurement(name=SUV_MEAN, value=round_suv(focus.suv_mean), unit=UNIT_G_PER_ML,
                               derivation=codes.SCT.Mean, finding_sites=sites))
     return values
@@ -342,7 +344,8 @@ def _label(group: PlanarROIMeasurementsAndQualitativeEvaluations, text: str) -> 
     """The finding's readable name as the group's first Comment, right after its tracking items."""
     item = TextContentItem(name=codes.DCM.Comment, value=text, relationship_type="CONTAINS")
     content = group[0].ContentSequence
-    at = max(i for i, c in enumerate(content) if c.ConceptNameCodeSequence[0].CodeValue in ("112039", "112040")) + 1
+    tracking = ("112039", "112040")  # Tracking Identifier, Tracking Unique Identifier
+    at = max(i for i, c in enumerate(content) if c.ConceptNameCodeSequence[0].CodeValue in tracking) + 1
     content.insert(at, item)
 
 
@@ -376,7 +379,8 @@ def _isocontour_algorithm(analysis: AnalysisResult) -> AlgorithmIdentification:
     )
 
 
-def _focus_groups(analysis: AnalysisResult, focus: Focus, pet_headers: Sequence[Dataset], ct_headers: Sequence[Dataset],
+def _focus_groups(analysis: AnalysisResult, focus: Focus, pet_headers: Sequence[Dataset],
+                  ct_headers: Sequence[Dataset],
                   segment: ImageContentItem | None) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
     """The focus on the PET slice through its SUVmax, and on the CT image nearest that position."""
     site = finding_site(analysis)
@@ -407,8 +411,9 @@ def _focus_groups(analysis: AnalysisResult, focus: Focus, pet_headers: Sequence[
 def _region_centre(analysis: AnalysisResult, findings: Findings | None) -> tuple[float, float, float]:
     """Centre of the analysed region mask, else the localiser's cube centre."""
     crop = analysis.images.pet_suv_crop if analysis.images is not None else None
-    if findings is not None and findings.region_mask is not None and crop is not None and findings.region_mask.any():
-        centre_index = np.argwhere(findings.region_mask).mean(axis=0)
+    mask = findings.region_mask if findings is not None else None
+    if mask is not None and crop is not None and mask.any():
+        centre_index = np.argwhere(mask).mean(axis=0)
         lps = crop.affine_lps[:3, :3] @ centre_index + crop.affine_lps[:3, 3]
         return tuple(float(v) for v in lps)  # type: ignore[return-value]
     return analysis.localisation.center_lps
@@ -416,7 +421,7 @@ def _region_centre(analysis: AnalysisResult, findings: Findings | None) -> tuple
 
 def _away_from_foci(pet_headers: Sequence[Dataset], centre_lps: Sequence[float],
                     findings: Findings | None) -> ImagePoint:
-    """The PET image nearest `centre_lps` that no focus is drawn on, so the two labels do not cover each other."""
+    """The PET image nearest `centre_lps` that no focus is drawn on, so labels do not cover each other."""
     taken = {nearest_instance(pet_headers, f.suv_max_lps).sop_instance_uid
              for f in (findings.foci if findings is not None else [])}
     point = nearest_instance(pet_headers, centre_lps)
@@ -428,9 +433,10 @@ def _away_from_foci(pet_headers: Sequence[Dataset], centre_lps: Sequence[float],
     return point
 
 
-def _result_group(analysis: AnalysisResult, algorithm: AlgorithmIdentification, pet_headers: Sequence[Dataset],
+def _result_group(analysis: AnalysisResult, algorithm: AlgorithmIdentification,
+                  pet_headers: Sequence[Dataset],
                   segment: ImageContentItem | None) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    """The analysed region on the PET slice through its centre, carrying the study-level answer."""
+    """The analysed region on a PET slice near its centre, carrying the study-level answer."""
     findings = analysis.findings
     site = finding_site(analysis)
     name = region_code(analysis).meaning.lower()
@@ -460,7 +466,8 @@ def _result_group(analysis: AnalysisResult, algorithm: AlgorithmIdentification, 
         finding_type=codes.DCM.RecurrentMalignancy,
         algorithm_id=algorithm,
         measurements=measurements or None,
-        qualitative_evaluations=[QualitativeEvaluation(codes.DCM.RecurrentMalignancy, FINDING_CODES[finding])],
+        qualitative_evaluations=[QualitativeEvaluation(codes.DCM.RecurrentMalignancy,
+                                                       FINDING_CODES[finding])],
     )
     _infer_first_num_from(group, where)
     _label(group, identifier)
@@ -468,7 +475,8 @@ def _result_group(analysis: AnalysisResult, algorithm: AlgorithmIdentification, 
     if no_focus:
         texts.append(TextContentItem(name=codes.DCM.Finding, value="No focal uptake in the analysed region",
                                      relationship_type="CONTAINS"))
-    texts.append(TextContentItem(name=codes.DCM.Comment, value=statement(analysis), relationship_type="CONTAINS"))
+    texts.append(TextContentItem(name=codes.DCM.Comment, value=statement(analysis),
+                                 relationship_type="CONTAINS"))
     _append(group, [*texts, segment])
     return group
 
@@ -486,10 +494,11 @@ def _document_evaluations(analysis: AnalysisResult) -> ContainerContentItem:
             name=LOCAL_CATEGORY, relationship_type="CONTAINS",
             value=f"{findings.local_category} (suggestion only, not a diagnosis)"
                   + (f": {findings.local_category_note}" if findings.local_category_note else "")))
-        foci = ", ".join(f"focus {f.number}: SUVmax {round_suv(f.suv_max):.2f}" for f in findings.foci) or "none"
+        foci = ", ".join(f"focus {f.number}: SUVmax {round_suv(f.suv_max):.2f}"
+                         for f in findings.foci) or "none"
+        where = findings.region_description or "region"
         items.append(TextContentItem(name=codes.DCM.Finding, relationship_type="CONTAINS",
-                                     value=f"PSMA-avid foci in the {findings.region_description or 'region'}: "
-                                           f"{foci}"))
+                                     value=f"PSMA-avid foci in the {where}: {foci}"))
         items.append(TextContentItem(
             name=MIPSMA_ASSESSMENT, relationship_type="CONTAINS",
             value=("assessable" if findings.mipsma_assessable else "not assessable")
@@ -499,7 +508,8 @@ def _document_evaluations(analysis: AnalysisResult) -> ContainerContentItem:
                                           else f"not assessable ({organ.note or 'no region'})")
             items.append(TextContentItem(name=REFERENCE_ORGAN, relationship_type="CONTAINS",
                                          value=f"{value}; {organ.method}"[:1024]))
-    items.append(TextContentItem(name=codes.DCM.Comment, value=statement(analysis), relationship_type="CONTAINS"))
+    items.append(TextContentItem(name=codes.DCM.Comment, value=statement(analysis),
+                                 relationship_type="CONTAINS"))
     container.ContentSequence = items
     return container
 

@@ -258,7 +258,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         next: Annotated[str, Form()] = "/studies",
     ) -> Response:
         source = _client(request) or "unknown"
-        wait = web.throttle.wait(username, source)
+        wait = web.throttle.admit(username, source)
         if wait > 0:  # not checked, and not counted: the delay does not grow while it runs
             seconds = math.ceil(wait)
             web.refusals.refused(
@@ -274,7 +274,6 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
             )
         principal = auth.login(username, password)
         if principal is None:
-            web.throttle.failed(username, source)
             web.refusals.refused("login", source, "wrong user name or password", actor=username[:128])
             return templates.TemplateResponse(
                 request,

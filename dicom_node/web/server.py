@@ -19,12 +19,15 @@ import socket
 import threading
 import time
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
 
 from dicom_node.config import Settings
 from dicom_node.log import configure_logging
 
 log = logging.getLogger(__name__)
 
+READY_TIMEOUT_S = 30.0
+"""How long `serve` waits for a new dashboard process to be ready before it goes on without it."""
 RESTART_DELAY_S = 5.0
 """Wait before restarting a dashboard process that died, so a crash loop does not spin."""
 NICENESS = 5
@@ -35,7 +38,7 @@ class DashboardError(Exception):
     """The dashboard cannot start (e.g. its port is taken); the message says which setting to change."""
 
 
-def dashboard_main(settings: Settings, listener: socket.socket, parent_pid: int) -> None:
+def dashboard_main(settings: Settings, listener: socket.socket, parent_pid: int, ready: Event) -> None:
     """Entry point of the dashboard process: serve the app on the inherited socket until SIGTERM."""
     import uvicorn
 
@@ -73,6 +76,7 @@ def dashboard_main(settings: Settings, listener: socket.socket, parent_pid: int)
     # default one the process would die before summarising its refusal counts below.
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     log.info("dashboard process serving", extra={"pid": os.getpid()})
+    ready.set()  # connections already wait in the socket's backlog; run() accepts them at once
     try:
         server.run(sockets=[listener])
     finally:
@@ -102,6 +106,7 @@ class DashboardProcess:
         self.port = int(self._socket.getsockname()[1])
         self._context = multiprocessing.get_context("spawn")
         self._process: BaseProcess | None = None
+        self._ready: Event = self._context.Event()
         self._restart_at = 0.0
 
     @property
@@ -109,12 +114,22 @@ class DashboardProcess:
         return self._process.pid if self._process is not None else None
 
     def start(self) -> DashboardProcess:
+        """Start the process (it takes a few seconds to import; `wait_ready` waits for it)."""
+        self._ready = self._context.Event()
         self._process = self._context.Process(
-            target=dashboard_main, args=(self.settings, self._socket, os.getpid()), name="psma-dashboard"
+            target=dashboard_main, args=(self.settings, self._socket, os.getpid(), self._ready),
+            name="psma-dashboard",
         )
         self._process.start()
         log.info("dashboard listening", extra={"url": f"http://{self.host}:{self.port}/", "pid": self.pid})
         return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> bool:
+        """Wait until the process serves, so that "node started" means the dashboard answers too."""
+        if self._ready.wait(timeout):
+            return True
+        log.warning("dashboard not ready yet: the node starts without waiting longer", extra={"pid": self.pid})
+        return False
 
     def supervise(self) -> None:
         """Restart the dashboard process if it died (after a short delay)."""

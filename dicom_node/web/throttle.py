@@ -41,7 +41,7 @@ def delay_after(failures: int, free: int) -> float:
 
 
 class LoginThrottle:
-    """Thread-safe record of failed log-ins; `wait()` says how long a new attempt must wait."""
+    """Thread-safe record of log-in attempts per (user, source) and per source."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -50,38 +50,36 @@ class LoginThrottle:
     def _entries(self, user: str, source: str) -> list[tuple[tuple[str, ...], int]]:
         return [(("pair", user, source), PAIR_FREE_ATTEMPTS), (("source", source), SOURCE_FREE_ATTEMPTS)]
 
-    def wait(self, user: str, source: str) -> float:
-        """Seconds before `user` may try again from `source` (0 = check the password now)."""
-        now = time.monotonic()
-        with self._lock:
-            waits = [
-                entry.blocked_until - now
-                for key, _free in self._entries(user, source)
-                if (entry := self._keys.get(key)) is not None
-            ]
-        return max([0.0, *waits])
+    def admit(self, user: str, source: str) -> float:
+        """Seconds `user` must still wait at `source` (nothing recorded), or 0 to check the password now.
 
-    def failed(self, user: str, source: str) -> float:
-        """Record a failed attempt; returns the delay it imposes on the next one."""
+        An admitted attempt counts as failed in advance, in the same locked step as the check, so that
+        many concurrent attempts cannot all pass before the first one's (slow) hash has failed."""
         now = time.monotonic()
-        imposed = 0.0
         with self._lock:
+            entries = [(key, free, self._keys.get(key)) for key, free in self._entries(user, source)]
+            wait = max([0.0, *(entry.blocked_until - now for _k, _f, entry in entries if entry is not None)])
+            if wait > 0:
+                return wait
             self._forget_stale(now)
-            for key, free in self._entries(user, source):
+            for key, free, _entry in entries:
                 entry = self._keys.setdefault(key, _Failures())
                 if now - entry.last > FORGET_AFTER_S:
                     entry.count = 0
                 entry.count += 1
                 entry.last = now
-                delay = delay_after(entry.count, free)
-                entry.blocked_until = now + delay
-                imposed = max(imposed, delay)
-        return imposed
+                entry.blocked_until = now + delay_after(entry.count, free)
+        return 0.0
 
     def succeeded(self, user: str, source: str) -> None:
-        """A correct password clears that user's record at that address (not the address's own)."""
+        """The password was right: forget that user's record at that address and take back the count
+        the attempt added to the address's own record."""
         with self._lock:
             self._keys.pop(("pair", user, source), None)
+            entry = self._keys.get(("source", source))
+            if entry is not None and entry.count > 0:
+                entry.count -= 1
+                entry.blocked_until = entry.last + delay_after(entry.count, SOURCE_FREE_ATTEMPTS)
 
     def _forget_stale(self, now: float) -> None:
         if len(self._keys) < MAX_KEYS:

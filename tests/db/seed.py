@@ -15,16 +15,19 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-from pydicom.uid import generate_uid
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ExplicitVRLittleEndian,
+    PositronEmissionTomographyImageStorage,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from sqlalchemy.orm import Session
 
 from db.audit import record
 from db.models import Instance, Job, OutboxItem, Result, Study, WorkerHeartbeat
 from db.session import upgrade
 
-SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
-PET_CLASS = "1.2.840.10008.5.1.4.1.1.128"
 
 
 _template: list[Path] = []
@@ -135,8 +138,8 @@ def seed_study(
                 study_uid=study_uid,
                 series_uid=pet_series,
                 sop_instance_uid=sop,
-                sop_class_uid=PET_CLASS,
-                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                sop_class_uid=PositronEmissionTomographyImageStorage,
+                transfer_syntax_uid=ExplicitVRLittleEndian,
                 path=str(path),
                 size_bytes=path.stat().st_size,
                 sha256="0" * 64,
@@ -187,8 +190,8 @@ def seed_study(
     record(session, "result", "created", study_uid=study_uid, probability=probability, finding=finding)
     if outbox_state is not None:
         for sop, sop_class, path in (
-            (result.sr_sop_instance_uid, SR_CLASS, results / study_uid / "sr.dcm"),
-            (sc_sop, SC_CLASS, sc_path),
+            (result.sr_sop_instance_uid, Comprehensive3DSRStorage, results / study_uid / "sr.dcm"),
+            (sc_sop, SecondaryCaptureImageStorage, sc_path),
         ):
             session.add(
                 OutboxItem(

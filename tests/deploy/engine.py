@@ -35,6 +35,7 @@ CACHE = Path(os.environ.get("PSMA_DEPLOY_CACHE", "/var/cache/psma-node"))
 RUN_DIR = Path("/run/psma-node-docker")
 BASE_IMAGE = "debian:bookworm-slim"
 NODE_IMAGE = "psma-node:test"
+COMPOSE_FILE = REPO / "deploy" / "docker-compose.yml"
 TORCH_REQUIREMENT = "torch==2.13.0+cpu"
 INDEX_PORT = 38431
 
@@ -64,11 +65,30 @@ class Engine:
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
 
+    @functools.cached_property
+    def compose_command(self) -> list[str]:
+        """The v2 plugin where installed, else Debian's docker-compose (v1); the file works with both."""
+        if subprocess.run(["docker", "compose", "version"], env=self.env, capture_output=True).returncode == 0:
+            return ["docker", "compose"]
+        if shutil.which("docker-compose"):
+            return ["docker-compose"]
+        raise EngineUnavailable("neither the docker compose plugin nor docker-compose is installed")
+
+    def compose(self, project: str, *args: str, env: dict[str, str] | None = None, timeout: float = 600,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*self.compose_command, "-p", project, "-f", str(COMPOSE_FILE), *args],
+                                env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"compose {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result
+
     def answers(self) -> bool:
         return self.docker("version", "--format", "{{.Server.Version}}", timeout=20, check=False).returncode == 0
 
     def stop(self) -> None:
-        """Stop the daemon this session started (never one it found running)."""
+        """Drop older builds of the test images, then stop the daemon if this session started it."""
+        self.docker("image", "prune", "-f", timeout=600, check=False)
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
@@ -219,5 +239,4 @@ def build_image(engine: Engine, tag: str, dockerfile: Path, context: Path, build
                            str(context), timeout=timeout, check=False)
     if result.returncode != 0:
         raise AssertionError(f"building {tag} failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}")
-    engine.docker("image", "prune", "-f", timeout=120, check=False)  # older builds of the same tag
     return result.stdout

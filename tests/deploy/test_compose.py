@@ -1,124 +1,148 @@
-"""deploy/docker-compose.yml: the node, PostgreSQL and Orthanc are wired to each other consistently.
+"""deploy/docker-compose.yml, run: PostgreSQL and Orthanc built from Debian packages, the node and two worker
+containers standing for other machines (shared PostgreSQL, shared storage volume). A study stored into Orthanc
+is routed by its Lua script to the node, analysed, and its results come back into Orthanc; `docker kill` of
+the worker container holding the job makes the job run again once, on another worker, with one result.
 
-`docker compose config` validates the file where the compose plugin exists; the wiring checks parse the
-YAML and the files it mounts, so they run everywhere.
+docs/deployment.md, "2. docker compose" and "5. Adding a worker host", is what this test executes.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
+import os
+import socket
 import subprocess
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from sqlalchemy.engine import make_url
+import requests
+from sqlalchemy import create_engine, text
 
-from dicom_node.config import load_settings
-from tests.support.node import REPO
+from tests.deploy.engine import Engine
+from tests.deploy.test_image import small_study, wait_for
+from tests.support.node import free_port
 
-DEPLOY = REPO / "deploy"
-COMPOSE = DEPLOY / "docker-compose.yml"
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
+pytestmark = pytest.mark.slow
+FIXED_PORTS = {"node DICOM": 11112, "dashboard": 8080, "Orthanc DICOM": 4242, "Orthanc HTTP": 8042}
+ORTHANC = "http://127.0.0.1:8042"
+AUTH = ("demo", "demo")
 
 
-def _mounts(service: dict[str, Any]) -> dict[str, str]:
-    """Container path -> host source, for bind mounts (relative to deploy/) and named volumes."""
-    found = {}
-    for entry in service.get("volumes", []):
-        source, target = entry.split(":")[:2]
-        found[target] = source
-    return found
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _host_file(source: str) -> Path:
-    return (DEPLOY / source).resolve()
+class Stack:
+    """One compose project; `env` carries the variables the compose file reads."""
+
+    def __init__(self, engine: Engine, node_image: str) -> None:
+        self.engine = engine
+        self.project = f"psmatest{uuid.uuid4().hex[:6]}"
+        self.pg_port = free_port()
+        self.env = {"PSMA_NODE_IMAGE": node_image, "POSTGRES_PORT": str(self.pg_port), "PSMA_NODE_WORKERS": "0"}
+
+    def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return self.engine.compose(self.project, *args, env=self.env, timeout=timeout)
+
+    def containers(self, service: str) -> list[str]:
+        return self.compose("ps", "-q", service).stdout.split()
+
+    def logs(self, container: str) -> str:
+        result = self.engine.docker("logs", container, check=False, timeout=60)
+        return result.stdout + result.stderr
+
+    def all_logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail", "60", timeout=120).stdout
+
+    def database(self) -> Any:
+        return create_engine(f"postgresql+psycopg2://psma:psma-demo@127.0.0.1:{self.pg_port}/psma")
 
 
-def test_docker_compose_config_accepts_the_file() -> None:
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("the docker compose plugin is not installed here: only the YAML wiring is checked")
-    result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+@pytest.fixture
+def stack(engine: Engine, node_image: str) -> Iterator[Stack]:
+    busy = [f"{name} {port}" for name, port in FIXED_PORTS.items() if _port_in_use(port)]
+    if busy:
+        pytest.fail(f"the demo stack's ports are taken on this machine: {', '.join(busy)}")
+    running = Stack(engine, node_image)
+    running.compose("build", "postgres", "orthanc", timeout=900)
+    try:
+        yield running
+    finally:
+        running.compose("down", "-v", "--timeout", "30", timeout=300)
 
 
-def test_services_volumes_and_published_ports(compose: dict[str, Any]) -> None:
-    services = compose["services"]
-    assert set(services) == {"psma-node", "postgres", "orthanc"}
-    declared = set(compose["volumes"])
-    for service in services.values():
-        for target, source in _mounts(service).items():
-            if source.startswith("."):
-                assert _host_file(source).exists(), f"{source} (mounted at {target}) does not exist"
-            else:
-                assert source in declared, f"named volume {source} is not declared"
-        for port in service.get("ports", []):
-            assert port.startswith("127.0.0.1:"), f"{port} is published beyond this machine"
-    node = services["psma-node"]
-    context = (DEPLOY / node["build"]["context"]).resolve()
-    assert context == REPO and (context / node["build"]["dockerfile"]).is_file()
-    assert _mounts(node)["/var/lib/psma-node"] == "node-data"
-    assert node["depends_on"]["postgres"]["condition"] == "service_healthy"
+def _orthanc(path: str) -> Any:
+    response = requests.get(f"{ORTHANC}{path}", auth=AUTH, timeout=10)
+    response.raise_for_status()
+    return response.json()
 
 
-def _node_settings(compose: dict[str, Any]) -> Any:
-    node = compose["services"]["psma-node"]
-    config = _host_file(_mounts(node)["/etc/psma-node/config.yaml"])
-    environment = {k: re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", v) for k, v in node["environment"].items()}
-    return load_settings(config, environ=environment)
+def _orthanc_up() -> bool:
+    try:
+        return requests.get(f"{ORTHANC}/system", auth=AUTH, timeout=2).ok
+    except requests.RequestException:
+        return False
 
 
-def test_node_config_matches_ports_database_and_volume(compose: dict[str, Any]) -> None:
-    settings = _node_settings(compose)
-    services = compose["services"]
-    published = {int(p.split(":")[-1]) for p in services["psma-node"]["ports"]}
-    assert published == {settings.node.port, settings.dashboard.port}
-    assert settings.dashboard.bind == "0.0.0.0" and settings.node.bind == "0.0.0.0"
-    assert Path("/var/lib/psma-node") in settings.storage.directory.parents
-
-    url = make_url(settings.database.url.get_secret_value())
-    postgres = services["postgres"]["environment"]
-    assert url.host == "postgres" and url.username == postgres["POSTGRES_USER"]
-    assert url.database == postgres["POSTGRES_DB"]
-    assert url.password == re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", postgres["POSTGRES_PASSWORD"])
+def _results(study_uid: str) -> list[str]:
+    found = requests.post(f"{ORTHANC}/tools/find", auth=AUTH, timeout=10,
+                          json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True})
+    found.raise_for_status()
+    return [series["MainDicomTags"].get("Modality", "") for series in found.json()
+            if series["MainDicomTags"].get("Modality") in ("SR", "OT")]
 
 
-def test_orthanc_routes_to_the_node_and_the_node_sends_back(compose: dict[str, Any]) -> None:
-    settings = _node_settings(compose)
-    orthanc_service = compose["services"]["orthanc"]
-    mounts = _mounts(orthanc_service)
-    orthanc = json.loads(_host_file(mounts["/etc/orthanc/orthanc.json"]).read_text())
-
-    ae_title, host, port = orthanc["DicomModalities"]["psma-node"]
-    assert (ae_title, host, port) == (settings.node.ae_title, "psma-node", settings.node.port)
-    assert orthanc["DicomAet"] in {ae.ae_title for ae in settings.node.allowed_calling_aes}
-
-    (destination,) = settings.results.destinations
-    assert destination.kind == "dicom" and destination.host == "orthanc"
-    assert (destination.ae_title, destination.port) == (orthanc["DicomAet"], orthanc["DicomPort"])
-
-    (script,) = orthanc["LuaScripts"]
-    lua = _host_file(mounts[script]).read_text()
-    assert "function OnStableStudy" in lua and "'psma-node'" in lua
-    (metadata,) = orthanc["UserMetadata"]
-    assert f"'{metadata}'" in lua
-    published = {int(p.split(":")[-1]) for p in orthanc_service["ports"]}
-    assert published == {orthanc["DicomPort"], orthanc["HttpPort"]}
+def _store_into_orthanc(files: list[Path]) -> None:
+    sent = subprocess.run(["storescu", "-aec", "ORTHANC", "-aet", "MODALITY", "127.0.0.1", "4242",
+                           *map(str, files)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TCP_NODELAY": "1"})
+    assert sent.returncode == 0, sent.stderr
 
 
-def test_gpu_override_builds_the_cuda_image_for_the_node_service(compose: dict[str, Any]) -> None:
-    override = yaml.safe_load((DEPLOY / "docker-compose.gpu.yml").read_text())
-    assert set(override["services"]) == {"psma-node"} <= set(compose["services"])
-    node = override["services"]["psma-node"]
-    assert (REPO / node["build"]["dockerfile"]).is_file() and node["build"]["dockerfile"].endswith(".cuda")
-    (device,) = node["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+def test_routed_study_is_analysed_and_a_killed_worker_s_job_runs_once_elsewhere(
+        tmp_path: Path, stack: Stack) -> None:
+    stack.compose("up", "-d", "--no-build", "--scale", "psma-worker=2", timeout=600)
+    wait_for(_orthanc_up, 120, "Orthanc", stack.all_logs)
+    workers = stack.containers("psma-worker")
+    assert len(workers) == 2
+    wait_for(lambda: all("worker started" in stack.logs(c) for c in workers), 180, "both worker containers",
+             stack.all_logs)
+    node = stack.containers("psma-node")[0]
+    wait_for(lambda: "node started" in stack.logs(node), 180, "the node", stack.all_logs)
+
+    study_uid, files = small_study(tmp_path / "study", seed=21)
+    _store_into_orthanc(files)
+    db = stack.database()
+
+    def running_job() -> Any:
+        with db.connect() as connection:
+            return connection.execute(text("select j.id, j.worker_id from jobs j join studies s on s.id = j.study_id "
+                                           "where s.study_uid = :uid and j.state = 'running'"),
+                                      {"uid": study_uid}).first()
+    job = wait_for(running_job, 240, "Orthanc to route the study and a worker to take it", stack.all_logs)
+    (holder,) = [c for c in workers if job.worker_id in stack.logs(c)]
+    stack.engine.docker("kill", holder)
+
+    wait_for(lambda: "SR" in _results(study_uid), 300, "the results in Orthanc after the kill", stack.all_logs)
+    time.sleep(3.0)  # more send ticks and lease checks: nothing may run or arrive twice
+    with db.connect() as connection:
+        rows = connection.execute(text("select j.state, j.attempts, j.worker_id from jobs j join studies s "
+                                       "on s.id = j.study_id where s.study_uid = :uid"), {"uid": study_uid}).all()
+        results = connection.execute(text("select count(*) from results r join studies s on s.id = r.study_id "
+                                          "where s.study_uid = :uid"), {"uid": study_uid}).scalar()
+        requeued = connection.execute(text("select detail from audit_events where category = 'job' and "
+                                           "action = 'requeued' and study_uid = :uid"), {"uid": study_uid}).all()
+    db.dispose()
+    assert len(rows) == 1, rows
+    (final,) = rows
+    assert final.state == "done" and final.attempts == 2 and final.worker_id != job.worker_id, final
+    assert len(requeued) == 1 and results == 1
+    assert _results(study_uid).count("SR") == 1
+    routed = [s for s in _orthanc("/series") if "RoutedToPsmaNode" in _orthanc(f"/series/{s}/metadata")]
+    assert len(routed) == 2, "the PET and CT series are routed, once"
+    assert json.loads(stack.engine.docker("inspect", holder).stdout)[0]["State"]["ExitCode"] in (137, 0)

@@ -24,11 +24,13 @@ from tests.support.fake_totalsegmentator import FakeTotalSegmentator, install_fa
 
 FINE = {"ct_matrix": 128, "pet_matrix": 128, "pet_fov_mm": 400.0}
 """PET voxels of about 3 mm, so a 1 cm³ SUVpeak sphere holds a few dozen voxels."""
-TRUTH_TO_REFERENCE = {"blood pool": "aorta", "spleen": "spleen", "liver": "liver", "parotid glands": "parotid_gland_left"}
+TRUTH_TO_REFERENCE = {"blood pool": "aorta", "spleen": "spleen", "liver": "liver",
+                      "parotid glands": "parotid_gland_left"}
 
 
 def _options(tmp: Path, localizer: LocalizerOptions | None = None) -> AnalysisOptions:
-    return AnalysisOptions(models_dir=tmp / "no-models", device="cpu", localizer=localizer or LocalizerOptions())
+    return AnalysisOptions(models_dir=tmp / "no-models", device="cpu",
+                           localizer=localizer or LocalizerOptions())
 
 
 def _totalseg(fake: FakeTotalSegmentator) -> LocalizerOptions:
@@ -38,13 +40,15 @@ def _totalseg(fake: FakeTotalSegmentator) -> LocalizerOptions:
 
 @pytest.fixture(scope="module")
 def whole_body(tmp_path_factory: pytest.TempPathFactory) -> Study:
-    """Prostate in situ, 900 mm (pelvis to parotids), the recurrence plus two extra foci and a near-bladder one."""
+    """Prostate in situ, 900 mm (pelvis to parotids): the recurrence, two extra foci, a near-bladder one."""
     return make_study(tmp_path_factory.mktemp("whole-body"), seed=3, extent_mm=900.0, extra_foci=2,
                       near_bladder_focus=True, **FINE)
 
 
 @pytest.fixture(scope="module")
-def whole_body_result(whole_body: Study, tmp_path_factory: pytest.TempPathFactory) -> tuple[AnalysisResult, FakeTotalSegmentator]:
+def whole_body_result(
+    whole_body: Study, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[AnalysisResult, FakeTotalSegmentator]:
     folder = tmp_path_factory.mktemp("fake-totalseg")
     fake = install_fake_totalsegmentator(folder, whole_body.root / "ground_truth.json")
     result = analyse(whole_body.pet_paths, whole_body.ct_paths, _options(folder, _totalseg(fake)))
@@ -68,7 +72,7 @@ def _match(found: list[Focus], truth_focus: dict[str, Any]) -> Focus:
 
 
 def _expected_score(suv_max: float, refs: dict[str, float]) -> tuple[int, float]:
-    """PROMISE V2 score from ground-truth reference uptakes, and the relative margin to the nearest threshold."""
+    """PROMISE V2 score from ground-truth reference uptakes, and the relative margin to the closest cut."""
     thresholds = [refs["blood pool"], refs["spleen"], refs["parotid glands"]]
     score = sum(suv_max >= t for t in thresholds)
     margin = min(abs(suv_max - t) / t for t in thresholds)
@@ -93,7 +97,8 @@ def test_every_focus_is_found_with_its_suvmax_position_and_order(
         assert np.linalg.norm(np.array(focus.suv_max_lps) - t["center_lps"]) <= t["radius_mm"] + 4.0
         assert np.linalg.norm(np.array(focus.centroid_lps) - t["center_lps"]) <= 4.0
         assert 0 < focus.suv_mean < focus.suv_max and focus.volume_ml > 0
-        assert focus.mask is not None and focus.mask.shape == result.images.pet_suv_crop.array.shape  # type: ignore[union-attr]
+        assert result.images is not None
+        assert focus.mask is not None and focus.mask.shape == result.images.pet_suv_crop.array.shape
     biggest = _match(foci, max(truth, key=lambda t: t["volume_ml"]))
     assert biggest.volume_ml == pytest.approx(max(t["volume_ml"] for t in truth), rel=0.5)
     masks = np.stack([f.mask for f in foci])  # type: ignore[misc]
@@ -134,7 +139,7 @@ def test_near_bladder_focus_is_adjacent_and_the_others_separate(
     focus = _match(result.findings.foci, near)
     assert focus.bladder_relation == "adjacent"
     assert focus.bladder_distance_mm is not None and 4.0 < focus.bladder_distance_mm <= 10.0
-    far = [f for f in result.findings.foci if f.bladder_distance_mm is not None and f.bladder_distance_mm > 10]
+    far = [f for f in result.findings.foci if (f.bladder_distance_mm or 0.0) > 10]
     assert far and all(f.bladder_relation == "separate" for f in far)
 
 
@@ -242,7 +247,9 @@ def test_local_category_suggestion(prostatectomy: bool | None, with_focus: bool,
         assert "unknown" in note
 
 
-def test_summaries_carry_findings_without_arrays(whole_body_result: tuple[AnalysisResult, FakeTotalSegmentator]) -> None:
+def test_summaries_carry_findings_without_arrays(
+    whole_body_result: tuple[AnalysisResult, FakeTotalSegmentator],
+) -> None:
     result, _ = whole_body_result
     summary = result.to_summary()
     text = json.dumps(summary)
@@ -257,3 +264,14 @@ def test_summaries_carry_findings_without_arrays(whole_body_result: tuple[Analys
         assert "array(" not in serialised and "False False" not in serialised and len(serialised) < 20_000
     assert [m["organ"] for m in row["localisation"]["reference_masks"]] == [
         "blood pool", "spleen", "liver", "parotid glands"]
+
+
+def test_a_given_centre_runs_no_localiser_and_says_so_for_the_references(
+    whole_body: Study, tmp_path: Path
+) -> None:
+    result = analyse(whole_body.pet_paths, whole_body.ct_paths, _options(tmp_path),
+                     center_lps=whole_body.prostate_or_bed)
+    findings = result.findings
+    assert findings is not None and findings.foci
+    assert all(r.suv_mean is None and "centre was given" in r.note for r in findings.references)
+    assert all(f.mipsma is None for f in findings.foci)

@@ -59,7 +59,9 @@ class FakeTotalSegmentator:
         return [json.loads(line) for line in self.calls.read_text().splitlines() if line]
 
 
-def install_fake_totalsegmentator(folder: Path, truth: Path, *, head_task: bool = True) -> FakeTotalSegmentator:
+def install_fake_totalsegmentator(
+    folder: Path, truth: Path, *, head_task: bool = True
+) -> FakeTotalSegmentator:
     """Write the executable wrapper and a TotalSegmentator home whose weights folders look installed."""
     folder.mkdir(parents=True, exist_ok=True)
     executable = folder / "bin" / "TotalSegmentator"
@@ -111,13 +113,17 @@ def _reach(solid: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(center, end) - pad, np.maximum(center, end) + pad
 
 
-def rasterise(solids: list[dict[str, Any]], shape: tuple[int, int, int], affine_ras: np.ndarray) -> np.ndarray:
+def rasterise(
+    solids: list[dict[str, Any]], shape: tuple[int, int, int], affine_ras: np.ndarray
+) -> np.ndarray:
     """The union of the solids on a NIfTI grid (voxel centres, RAS affine)."""
     mask = np.zeros(shape, dtype=np.uint8)
     to_index = np.linalg.inv(affine_ras)
     for solid in solids:
         low, high = _reach(solid)
-        corners = np.array([[a, b, c] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])])
+        corners = np.array(
+            [[a, b, c] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])]
+        )
         ras = np.c_[-corners[:, 0], -corners[:, 1], corners[:, 2], np.ones(8)]
         index = (to_index @ ras.T).T[:, :3]
         lo = np.maximum(np.floor(index.min(axis=0)).astype(int), 0)

@@ -15,7 +15,7 @@ import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import requests
 
@@ -103,7 +103,7 @@ class OhifServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "OhifServer":
+    def start(self) -> Self:
         if not (self.dist / "index.html").exists():
             raise FileNotFoundError(f"OHIF {OHIF_VERSION} not installed at {self.dist}: run {INSTALLER}")
         owner = self
@@ -120,10 +120,10 @@ class OhifServer:
                 except (ConnectionResetError, BrokenPipeError):
                     pass  # the browser closed a connection it no longer needed
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 owner.handle(self, "GET")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 owner.handle(self, "POST")
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
@@ -141,7 +141,7 @@ class OhifServer:
             self._thread.join(10)
             self._thread = None
 
-    def __enter__(self) -> "OhifServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_: object) -> None:

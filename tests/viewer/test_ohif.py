@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from dicom_node.cli.main import cli
 from dicom_node.synth import SynthOptions, generate_study
 from dicom_node.synth.transmit import send_files
+from tests.dicom_node.report.validation import dciodvfy_errors, dsrdump_problems
 from tests.inference.studies import write_random_checkpoint
 from tests.support.node import NodeProcess, write_config
 from tests.support.ohif import CHROMIUM, CHROMIUM_ARGS, OhifServer, ohif_dist
@@ -48,7 +49,9 @@ CASES = {
 }
 """Case name: synthetic study options, and which node analyses it (with a classifier model or without)."""
 RESULT_SERIES = {"SR": 9900, "SEG": 9902}
-SR_CONSOLE = re.compile(r"SCOORD|ReferencedSOPSequence|Structured Report|DICOM SR|dicom-sr|hydrat", re.I)
+SR_CONSOLE = re.compile(r"SCOORD|ReferencedSOPSequence|TID ?1500|Structured Report|DICOM SR|dicom-sr|SRDisplay|"
+                        r"hydrat|tool state|measurement", re.IGNORECASE)
+"""What an SR-extension problem prints (the crash the issue describes printed SCOORD/ReferencedSOPSequence)."""
 
 
 @dataclass
@@ -171,6 +174,9 @@ class Session:
     def __init__(self, context: BrowserContext, base: str, study_uid: str) -> None:
         self.page = context.new_page()
         self.errors: list[str] = []
+        """Uncaught page errors, and console errors/warnings of the SR extension."""
+        self.console: list[str] = []
+        """Every console error and warning, kept as an artefact."""
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
         self.page.goto(f"{base}/viewer?StudyInstanceUIDs={study_uid}")
@@ -178,8 +184,10 @@ class Session:
         self._dismiss_tour()
 
     def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error" or (message.type == "warning" and SR_CONSOLE.search(message.text)):
-            self.errors.append(f"{message.type}: {message.text}")
+        if message.type in ("error", "warning"):
+            self.console.append(f"{message.type}: {message.text}")
+            if SR_CONSOLE.search(message.text):
+                self.errors.append(f"{message.type}: {message.text}")
 
     def _dismiss_tour(self) -> None:
         if Session.tour_dismissed:
@@ -204,6 +212,13 @@ class Session:
 
     def overlay(self, corner: str) -> str:
         return self.page.locator(f'[data-cy="viewport-overlay-{corner}"]').inner_text()
+
+    def assert_no_error(self, shots: Path, name: str) -> None:
+        """No uncaught error, no SR-extension error or warning, no error toast, no error page."""
+        (shots / f"{name}-console.txt").write_text("\n".join(self.console))
+        assert self.errors == []
+        assert self.page.locator('[data-sonner-toast][data-type="error"]').count() == 0
+        assert "Something went wrong" not in self.page.inner_text("body")
 
     def close(self) -> None:
         self.page.close()
@@ -263,6 +278,16 @@ def _check_seg_overlays(session: Session, shots: Path, name: str, label: str) ->
     session.page.screenshot(path=str(shots / f"{name}-seg.png"))
 
 
+def test_delivered_srs_pass_dciodvfy_and_dsrdump(pacs: Pacs, tmp_path: Path) -> None:
+    """The very SRs the viewer opens, as the real publish path made them."""
+    for name, case in pacs.cases.items():
+        path = tmp_path / f"{name}.dcm"
+        case.sr.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], name
+        status, errors, _ = dsrdump_problems(path)
+        assert status == 0 and errors == [], name
+
+
 def test_intact_prostate_recurrence_is_drawn_listed_and_overlaid(viewer, pacs: Pacs, artefacts: Path) -> None:
     case = pacs.cases["intact"]
     focus = case.groups()["Focus 1 (prostate), PET"]
@@ -271,7 +296,7 @@ def test_intact_prostate_recurrence_is_drawn_listed_and_overlaid(viewer, pacs: P
     session = _check_sr_draws_focus(viewer, case, artefacts, "intact")
     _check_measurements_panel(session, artefacts, "intact", "Focus 1 (prostate), PET")
     _check_seg_overlays(session, artefacts, "intact", "Focus 1")
-    assert session.errors == []
+    session.assert_no_error(artefacts, "intact")
     session.close()
 
 
@@ -279,7 +304,7 @@ def test_recurrence_after_prostatectomy_is_drawn_in_the_prostate_bed(viewer, pac
     case = pacs.cases["prostatectomy"]
     assert any("prostate bed" in name for name in case.groups())
     session = _check_sr_draws_focus(viewer, case, artefacts, "prostatectomy")
-    assert session.errors == []
+    session.assert_no_error(artefacts, "prostatectomy")
     session.close()
 
 
@@ -296,7 +321,7 @@ def test_no_focus_draws_the_analysed_region_with_no_focal_uptake(viewer, pacs: P
     assert "Something went wrong" not in session.page.inner_text("body")
     _check_measurements_panel(session, artefacts, "no-focus", names[0])
     _check_seg_overlays(session, artefacts, "no-focus", "Analysed region")
-    assert session.errors == []
+    session.assert_no_error(artefacts, "no-focus")
     session.close()
 
 
@@ -305,5 +330,5 @@ def test_without_classifier_the_focus_is_still_drawn_without_a_probability(
     case = pacs.cases["no-classifier"]
     session = _check_sr_draws_focus(viewer, case, artefacts, "no-classifier")
     assert "Probability" not in session.annotation_text()
-    assert session.errors == []
+    session.assert_no_error(artefacts, "no-classifier")
     session.close()

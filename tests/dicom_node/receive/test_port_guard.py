@@ -117,9 +117,12 @@ def test_legitimate_echo_succeeds_during_a_100_connection_idle_flood(receiving_n
             run = echoscu(node.port, calling="ECHOSCU")
             assert run.returncode == 0, run.stdout + run.stderr
     db = node_db(node)
-    rows = wait_for(lambda: _closures(db, "127.0.0.10"))
-    assert rows[0].reason.startswith("closed to make room: 16 connections waiting to associate")
-    assert all(len(_closures(db, source)) == 1 for source in sources)  # once per source and minute
+    rows = wait_for(lambda: [row for source in sources for row in _closures(db, source)])
+    assert all(row.reason.startswith("closed to make room: 16 connections waiting to associate") or
+               row.reason.startswith("127.0.0.") for row in rows)  # room made, or a source over its share
+    counts = [len(_closures(db, source)) for source in sources]
+    assert max(counts) == 1 and sum(counts) >= 10, counts  # once per source and minute, however many closes
+    assert not _closures(db, "127.0.0.1")  # the legitimate caller's connections were never the ones closed
     assert len(db.audit("association", "accepted")) == 4
 
 

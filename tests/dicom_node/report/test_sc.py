@@ -70,6 +70,7 @@ def test_sc_series_passes_dciodvfy_with_the_source_patient_and_study(tmp_path: P
         assert back.PhotometricInterpretation == "RGB" and back.SamplesPerPixel == 3 and back.BitsAllocated == 8
         assert back.SeriesInstanceUID == series_uid and back.InstanceNumber == n
         assert back.SeriesNumber == settings.sc_series_number and back.SeriesDescription.startswith("AI")
+        assert back.ImageComments.endswith("NOT FOR DIAGNOSTIC USE")
         for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
                         "AccessionNumber", "StudyDate", "StudyID"):
             assert back.get(keyword) == pet.get(keyword), keyword

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 from copy import deepcopy
+from itertools import pairwise
 from pathlib import Path
 
 import highdicom as hd
@@ -27,7 +28,13 @@ from dicom_node.report.sr import (
 )
 from inference.result import AnalysisResult
 from tests.conftest import require_tool
-from tests.dicom_node.report.synthetic import CENTRE, CT_SOP_CLASS, PET_SOP_CLASS, make_analysis, make_pet_header
+from tests.dicom_node.report.synthetic import (
+    CENTRE,
+    CT_SOP_CLASS,
+    PET_SOP_CLASS,
+    make_analysis,
+    make_pet_header,
+)
 from tests.dicom_node.report.synthetic_findings import make_analysis_with_findings, pet_series_headers
 from tests.dicom_node.report.validation import dciodvfy_errors, dsrdump_problems
 
@@ -77,7 +84,7 @@ def _inside(polygon: np.ndarray, point: tuple[float, float]) -> bool:
     """Even-odd rule: whether `point` lies inside the closed polyline."""
     x, y = point
     inside = False
-    for (x1, y1), (x2, y2) in zip(polygon[:-1], polygon[1:]):
+    for (x1, y1), (x2, y2) in pairwise(polygon):
         if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
             inside = not inside
     return inside
@@ -233,7 +240,7 @@ def test_study_level_answer_is_drawn_with_the_analysed_region(tmp_path: Path) ->
 def test_document_level_evaluations_carry_answer_category_and_reference_organs(tmp_path: Path) -> None:
     path, _, _, _ = _build(tmp_path, make_analysis_with_findings())
     content = hd.sr.srread(path).content
-    container = [i for i in content[0].ContentSequence if i.name.meaning == "Qualitative Evaluations"][0]
+    container = next(i for i in content[0].ContentSequence if i.name.meaning == "Qualitative Evaluations")
     values = {i.name.meaning: i.value for i in container.ContentSequence if i.value_type.value == "CODE"}
     assert values == {"Recurrent malignancy": codes.SCT.Present}
     texts = [(i.name.meaning, i.value) for i in container.ContentSequence if i.value_type.value == "TEXT"]
@@ -246,7 +253,7 @@ def test_document_level_evaluations_carry_answer_category_and_reference_organs(t
 
 def test_image_library_lists_exactly_the_images_drawn_on(tmp_path: Path) -> None:
     path, sr, pet_headers, ct_headers = _build(tmp_path, make_analysis_with_findings())
-    library = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"][0]
+    library = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028")
     listed = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
               for group in library.ContentSequence for item in group.ContentSequence}
     drawn = {g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
@@ -325,7 +332,7 @@ def test_segments_are_referenced_from_their_groups(tmp_path: Path) -> None:
 
 def test_without_instance_headers_no_group_is_written_and_the_answer_stays_at_document_level(
         tmp_path: Path) -> None:
-    path, sr, _, _ = _build(tmp_path, make_analysis(), with_headers=False)
+    path, _, _, _ = _build(tmp_path, make_analysis(), with_headers=False)
     text = _assert_valid(path)
     assert hd.sr.srread(path).content.get_planar_roi_measurement_groups() == []
     assert "Measurement Group" not in text and "Qualitative Evaluations" in text and "Present" in text
@@ -336,11 +343,11 @@ def test_dsr2html_lists_items_separately_under_their_labels(tmp_path: Path) -> N
     assert sr.ContinuityOfContent == "SEPARATE"
     html_path = tmp_path / "sr.html"
     run = subprocess.run([require_tool("dsr2html"), str(path), str(html_path)], capture_output=True, text=True,
-                         timeout=60)
+                         timeout=60, check=False)
     assert run.returncode == 0, run.stderr
     text = re.sub(r"<[^>]+>", "\n", html_path.read_text())
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    pairs = list(zip(lines, lines[1:]))
+    pairs = list(pairwise(lines))
     assert ("SUVmax:", "13.84 g/ml") in pairs and ("Volume:", "2.8 ml") in pairs
     assert ("Comment:", "Focus 1 (prostate), PET") in pairs
     assert ("Recurrent malignancy:", "Present (52101004, SCT)") in pairs

@@ -22,8 +22,8 @@ from dicom_node.synth.phantom import (
 from inference.volume import load_volume
 from tests.dicom_node.synth.conftest import StudyMaker
 
-RANGES = {"aorta": BLOOD_POOL_SUV, "spleen": SPLEEN_SUV, "liver": LIVER_SUV, "parotid_gland_left": PAROTID_SUV,
-          "parotid_gland_right": PAROTID_SUV}
+RANGES = {"aorta": BLOOD_POOL_SUV, "spleen": SPLEEN_SUV, "liver": LIVER_SUV,
+          "parotid_gland_left": PAROTID_SUV, "parotid_gland_right": PAROTID_SUV}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -34,7 +34,9 @@ def test_reference_organ_uptake_lies_in_the_published_ranges(small_study: StudyM
     assert truth.organs["parotid_gland_left"]["suv"] == truth.organs["parotid_gland_right"]["suv"]
 
 
-def test_default_extent_misses_the_parotid_glands_and_a_longer_one_reaches_them(small_study: StudyMaker) -> None:
+def test_default_extent_misses_the_parotid_glands_and_a_longer_one_reaches_them(
+    small_study: StudyMaker,
+) -> None:
     _, default = small_study(extent_mm=600.0)
     _, long = small_study(extent_mm=900.0)
     assert default.organs["parotid_gland_left"]["in_field_of_view"] is False
@@ -60,8 +62,8 @@ def test_extra_and_near_bladder_foci_are_in_the_truth_and_the_pet(small_study: S
     for a in truth.foci:
         for b in truth.foci:
             if a is not b:
-                gap = np.linalg.norm(np.array(a["center_lps"]) - b["center_lps"]) - a["radius_mm"] - b["radius_mm"]
-                assert gap >= 10.0
+                apart = np.linalg.norm(np.array(a["center_lps"]) - b["center_lps"])
+                assert apart - a["radius_mm"] - b["radius_mm"] >= 10.0
     near = truth.foci[-1]
     bladder = truth.organs["urinary_bladder"]["solids"][0]
     offset = (np.array(near["center_lps"]) - bladder["center_lps"]) / np.array(bladder["radii_mm"])
@@ -75,7 +77,8 @@ def test_extra_foci_leave_the_rest_of_the_patient_unchanged(small_study: StudyMa
     _, plain = small_study(seed=4)
     _, more = small_study(seed=4, extra_foci=1)
     assert plain.lesion_center_lps == more.lesion_center_lps
-    assert plain.lesion_suv_max == pytest.approx(more.lesion_suv_max, rel=1e-3)  # per-slice rescale may differ
+    # the per-slice rescale of the PET may differ where the extra focus lies
+    assert plain.lesion_suv_max == pytest.approx(more.lesion_suv_max, rel=1e-3)
     assert plain.organs == more.organs and plain.prostate_centroid_lps == more.prostate_centroid_lps
     assert len(more.foci) == len(plain.foci) + 1
 

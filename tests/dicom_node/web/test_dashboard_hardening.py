@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +167,16 @@ def test_one_address_trying_many_user_names_is_throttled(dashboard: Dashboard) -
     assert statuses[:SOURCE_FREE_ATTEMPTS] == [401] * SOURCE_FREE_ATTEMPTS
     assert statuses[-1] == 429
     assert "user3" not in dashboard.node.log_text(), "names tried (often mistyped passwords) stay out of the log"
+
+
+def test_concurrent_guesses_do_not_all_slip_through_before_the_first_fails(dashboard: Dashboard) -> None:
+    def guess(n: int) -> int:
+        with dashboard.client("127.0.0.12") as client:
+            return client.post("/login", data={"username": "alice", "password": f"burst-{n}"}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(guess, range(16)))
+    assert statuses.count(401) <= PAIR_FREE_ATTEMPTS + 2 and statuses.count(429) >= 10, statuses
 
 
 def test_delays_grow_exponentially_up_to_a_cap() -> None:
