@@ -114,7 +114,7 @@ class NodeSettings(_Section):
     max_pending_connections: int = Field(
         default=32, ge=1,
         description="Connections not yet through their A-ASSOCIATE-RQ, held without a thread; when full, an idle "
-                    "one (of the source holding the most, oldest first) is closed. Separate from max_associations.",
+                    "one is closed, of sources closed lately or holding the most first. Separate from max_associations.",
     )
     max_connections_per_host: int = Field(
         default=4, ge=1,

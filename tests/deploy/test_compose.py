@@ -146,3 +146,25 @@ def test_routed_study_is_analysed_and_a_killed_worker_s_job_runs_once_elsewhere(
     routed = [s for s in _orthanc("/series") if "RoutedToPsmaNode" in _orthanc(f"/series/{s}/metadata")]
     assert len(routed) == 2, "the PET and CT series are routed, once"
     assert json.loads(stack.engine.docker("inspect", holder).stdout)[0]["State"]["ExitCode"] in (137, 0)
+
+    # Upgrading: stop node and workers, migrate the schema once, start them again (docs, step 6).
+    stack.compose("stop", "psma-node", "psma-worker", timeout=300)
+    upgraded = stack.compose("run", "--rm", "--no-deps", "psma-node", "db", "upgrade", timeout=300)
+    current = stack.compose("run", "--rm", "--no-deps", "psma-node", "db", "current", timeout=300)
+    assert "current: " in current.stdout and "head: " in current.stdout, upgraded.stdout + current.stdout
+    revision = current.stdout.split("current: ")[1].split()[0]
+    assert f"head: {revision}" in current.stdout
+    stack.compose("start", "psma-node", "psma-worker", timeout=300)
+
+    # Backup (docs, step 7): the database with pg_dump, the storage volume with tar, both restorable.
+    dump = stack.compose("exec", "-T", "postgres", "pg_dump", "-h", "127.0.0.1", "-p", str(stack.pg_port),
+                         "-U", "psma", "--format=plain", "psma", timeout=300).stdout
+    assert study_uid in dump and "CREATE TABLE public.jobs" in dump
+    volume = f"{stack.project}_node-data"
+    archive = tmp_path / "storage.tar"
+    with archive.open("wb") as out:
+        subprocess.run(["docker", "run", "--rm", "-v", f"{volume}:/data:ro", "debian:bookworm-slim",
+                        "tar", "-C", "/data", "-c", "storage", "results"], stdout=out, check=True,
+                       env=stack.engine.env, timeout=300)
+    listing = subprocess.run(["tar", "-tf", str(archive)], capture_output=True, text=True, check=True).stdout
+    assert sum(name.endswith(".dcm") for name in listing.splitlines()) >= len(files)
