@@ -28,7 +28,22 @@ class ClinicalRegistration:
 
 
 class ClinicalInputError(ValueError):
-    """A registration that makes no sense (no identifier, no value, negative PSA)."""
+    """A registration that makes no sense (no identifier, no value, negative PSA).
+
+    `fields` names the parameters at fault, so the CLI and the HTTP API can each say it in their own terms
+    without restating the rules here."""
+
+    def __init__(self, message: str, fields: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+class MissingClinicalInput(ClinicalInputError):
+    """None of `fields` was given, and at least one of them is needed."""
+
+
+class InvalidClinicalValue(ClinicalInputError):
+    """The value of `fields[0]` is out of its range."""
 
 
 def register_clinical_info(
@@ -45,11 +60,17 @@ def register_clinical_info(
     accession_number = (accession_number or "").strip() or None
     patient_id = (patient_id or "").strip() or None
     if accession_number is None and patient_id is None:
-        raise ClinicalInputError("an accession number or a patient ID is required")
+        raise MissingClinicalInput(
+            "an accession number or a patient ID is required", ("accession_number", "patient_id")
+        )
     if psa_ng_ml is None and prostatectomy is None:
-        raise ClinicalInputError("give a PSA value, a prostatectomy status, or both")
+        raise MissingClinicalInput(
+            "give a PSA value, a prostatectomy status, or both", ("psa_ng_ml", "prostatectomy")
+        )
     if psa_ng_ml is not None and (not math.isfinite(psa_ng_ml) or psa_ng_ml < 0 or psa_ng_ml > PSA_MAX_NG_ML):
-        raise ClinicalInputError(f"PSA must be between 0 and {PSA_MAX_NG_ML:g} ng/ml, got {psa_ng_ml}")
+        raise InvalidClinicalValue(
+            f"PSA must be between 0 and {PSA_MAX_NG_ML:g} ng/ml, got {psa_ng_ml}", ("psa_ng_ml",)
+        )
     row = ClinicalInfo(
         accession_number=accession_number,
         patient_id=patient_id,

@@ -3,7 +3,9 @@
 Success is answered only after `store.InstanceStore` made the instance durable (file fsynced and renamed,
 row committed). Everything refused gets a specific status and an audit row naming the reason, and the
 association (and the server) carries on. pynetdicom runs one thread per association; handlers do no pixel
-decoding, so the receiving process never becomes CPU-bound on image work.
+decoding, so the receiving process never becomes CPU-bound on image work. Connections reach pynetdicom only
+through `port_guard.ConnectionGate` (a complete A-ASSOCIATE-RQ, within timeouts and per-source limits), and
+every PDU is read with a deadline, so no idle or stalled peer holds a slot.
 """
 
 from __future__ import annotations

@@ -94,15 +94,15 @@ def _ring_pipes(folder: Path, channel: str) -> None:
 
 
 def _ring_after_commit(session: Session) -> None:
+    """Runs inside `commit()` after the commit succeeded: it must never raise (the caller would take its
+    committed work for failed); a missed wake-up only costs the waiters one poll interval."""
     channels = session.info.pop(_PENDING, set())
-    folder = pipe_folder(session.get_bind().engine.url)
-    if folder is None:
-        return
-    for channel in channels:
-        try:
+    try:
+        folder = pipe_folder(session.get_bind().engine.url)
+        for channel in channels if folder is not None else ():
             _ring_pipes(folder, channel)
-        except OSError:
-            log.exception("wake-up not delivered; the waiters poll", extra={"channel": channel})
+    except Exception:
+        log.exception("wake-up not delivered; the waiters poll", extra={"channels": sorted(channels)})
 
 
 def ring_on_commit(session: Session, channel: str) -> None:
@@ -271,7 +271,13 @@ def listen(url: str, channel: str) -> Waiter:
     if make_url(url).get_backend_name() == "postgresql":
         return PostgresWaiter(url, channel)
     folder = pipe_folder(url)
-    return PipeWaiter(folder, channel) if folder is not None else EventWaiter()
+    if folder is None:
+        return EventWaiter()
+    try:
+        return PipeWaiter(folder, channel)
+    except OSError as exc:  # e.g. a file system without named pipes: poll only
+        log.warning("cannot create a wake-up pipe; polling", extra={"folder": str(folder), "error": str(exc)})
+        return EventWaiter()
 
 
 class WakeLoop(threading.Thread):

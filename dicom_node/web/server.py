@@ -63,7 +63,7 @@ def dashboard_main(settings: Settings, listener: socket.socket, parent_pid: int,
         """Summarise finished refusal windows; exit if `serve` is gone (killed without stopping us)."""
         while not server.should_exit:
             try:
-                app.state.node.refusals.flush_due()
+                app.state.context.refusals.flush_due()
             except Exception:  # the database may be away for a while: say so, keep serving
                 log.exception("could not record refusal summaries")
             if os.getppid() != parent_pid:
@@ -80,7 +80,7 @@ def dashboard_main(settings: Settings, listener: socket.socket, parent_pid: int,
     try:
         server.run(sockets=[listener])
     finally:
-        app.state.node.close()
+        app.state.context.close()
         engine.dispose()
 
 
@@ -128,7 +128,9 @@ class DashboardProcess:
         """Wait until the process serves, so that "node started" means the dashboard answers too."""
         if self._ready.wait(timeout):
             return True
-        log.warning("dashboard not ready yet: the node starts without waiting longer", extra={"pid": self.pid})
+        log.warning(
+            "dashboard not ready yet: the node starts without waiting longer", extra={"pid": self.pid}
+        )
         return False
 
     def supervise(self) -> None:

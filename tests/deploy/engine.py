@@ -15,13 +15,13 @@ The engine's data root is kept in CACHE too, so the build cache survives from on
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import os
 import re
 import shutil
 import signal
 import subprocess
-import tarfile
 import tempfile
 import threading
 import time
@@ -156,30 +156,41 @@ def ensure_base_image(engine: Engine) -> None:
         return
     tarball = CACHE / "debian-bookworm-minbase.tar"
     if not tarball.is_file():
-        with tempfile.TemporaryDirectory(dir=CACHE) as work:
-            rootfs = Path(work) / "rootfs"
-            subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), apt_mirror()],
-                           check=True, capture_output=True, timeout=900)
-            for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
-                for item in (rootfs / leftover).glob("*"):
-                    if item.is_file():
-                        item.unlink()
-            partial = tarball.with_suffix(".partial")
-            with tarfile.open(partial, "w") as tar:
-                tar.add(rootfs, arcname=".")
-            partial.rename(tarball)
+        make_base_tarball(tarball)
     with tarball.open("rb") as stream:
         subprocess.run(["docker", "import", "-", BASE_IMAGE], stdin=stream, env=engine.env, check=True,
                        capture_output=True, timeout=300)
+
+
+def make_base_tarball(tarball: Path) -> None:
+    """debootstrap a minimal bookworm and tar it (what `docker import` takes), without apt's caches."""
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tarball.parent) as work:
+        rootfs = Path(work) / "rootfs"
+        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), apt_mirror()],
+                       check=True, capture_output=True, timeout=900)
+        for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for item in (rootfs / leftover).glob("*"):
+                if item.is_file():
+                    item.unlink()
+        partial = tarball.with_suffix(".partial")
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True, capture_output=True,
+                       timeout=600)
+        partial.rename(tarball)
 
 
 def ensure_wheelhouse() -> Path:
     """The node's dependencies as wheels (torch's CPU build included), downloaded by this machine's pip."""
     wheelhouse = CACHE / "wheelhouse"
     wheelhouse.mkdir(parents=True, exist_ok=True)
+    wanted = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + TORCH_REQUIREMENT.encode()).hexdigest()
+    stamp = wheelhouse / ".requirements-sha256"
+    if stamp.is_file() and stamp.read_text() == wanted:
+        return wheelhouse  # the same requirements as last time: no need to ask the indexes again
     pip = REPO / ".venv" / "bin" / "pip"
     subprocess.run([str(pip), "download", "-q", "-d", str(wheelhouse), TORCH_REQUIREMENT, str(REPO),
                     "setuptools>=68", "wheel"], check=True, capture_output=True, timeout=900, cwd=REPO)
+    stamp.write_text(wanted)
     return wheelhouse
 
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from sqlalchemy import create_engine, text
 
 from tests.deploy.engine import Engine
 from tests.deploy.test_image import small_study, wait_for
-from tests.support.node import free_port
+from tests.support.node import REPO, free_port
 
 pytestmark = pytest.mark.slow
 FIXED_PORTS = {"node DICOM": 11112, "dashboard": 8080, "Orthanc DICOM": 4242, "Orthanc HTTP": 8042}
@@ -149,16 +150,15 @@ def test_routed_study_is_analysed_and_a_killed_worker_s_job_runs_once_elsewhere(
 
     # Upgrading: stop node and workers, migrate the schema once, start them again (docs, step 6).
     stack.compose("stop", "psma-node", "psma-worker", timeout=300)
-    upgraded = stack.compose("run", "--rm", "--no-deps", "psma-node", "db", "upgrade", timeout=300)
-    current = stack.compose("run", "--rm", "--no-deps", "psma-node", "db", "current", timeout=300)
+    upgraded = stack.compose("run", "--rm", "-T", "--no-deps", "psma-node", "db", "upgrade", timeout=300)
+    current = stack.compose("run", "--rm", "-T", "--no-deps", "psma-node", "db", "current", timeout=300)
     assert "current: " in current.stdout and "head: " in current.stdout, upgraded.stdout + current.stdout
     revision = current.stdout.split("current: ")[1].split()[0]
     assert f"head: {revision}" in current.stdout
     stack.compose("start", "psma-node", "psma-worker", timeout=300)
 
     # Backup (docs, step 7): the database with pg_dump, the storage volume with tar, both restorable.
-    dump = stack.compose("exec", "-T", "postgres", "pg_dump", "-h", "127.0.0.1", "-p", str(stack.pg_port),
-                         "-U", "psma", "--format=plain", "psma", timeout=300).stdout
+    dump = stack.compose("exec", "-T", "postgres", "pg_dump", "-U", "psma", "psma", timeout=300).stdout
     assert study_uid in dump and "CREATE TABLE public.jobs" in dump
     volume = f"{stack.project}_node-data"
     archive = tmp_path / "storage.tar"
@@ -168,3 +168,19 @@ def test_routed_study_is_analysed_and_a_killed_worker_s_job_runs_once_elsewhere(
                        env=stack.engine.env, timeout=300)
     listing = subprocess.run(["tar", "-tf", str(archive)], capture_output=True, text=True, check=True).stdout
     assert sum(name.endswith(".dcm") for name in listing.splitlines()) >= len(files)
+
+
+def test_gpu_override_builds_the_same_dockerfile_with_cuda_torch_and_reserves_the_gpus() -> None:
+    """The CUDA image cannot be built here (no GPU, no CUDA wheels); compose must still resolve it."""
+    compose = next((c for c in (["docker", "compose"], ["docker-compose"])
+                    if subprocess.run([*c, "version"], capture_output=True).returncode == 0), None)
+    if compose is None:
+        pytest.skip("neither docker compose nor docker-compose is installed")
+    resolved = subprocess.run([*compose, "-f", "deploy/docker-compose.yml", "-f", "deploy/docker-compose.gpu.yml",
+                               "config"], capture_output=True, text=True, timeout=60, cwd=REPO, check=True).stdout
+    services = yaml.safe_load(resolved)["services"]
+    build = services["psma-node"]["build"]
+    assert build["dockerfile"] == "deploy/Dockerfile" and build["args"]["TORCH_VARIANT"] == "cu128"
+    for name in ("psma-node", "psma-worker"):
+        (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"]

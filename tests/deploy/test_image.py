@@ -61,8 +61,8 @@ def results_in(orthanc: OrthancServer, study_uid: str) -> list[dict[str, Any]]:
 class NodeContainer:
     """`docker run` of the node image with a config file and a named data volume, host networking."""
 
-    def __init__(self, engine: Engine, image: str, config: Path, volume: str) -> None:
-        self.engine, self.image, self.config, self.volume = engine, image, config, volume
+    def __init__(self, engine: Engine, image: str, config: Path, volume: str, port: int) -> None:
+        self.engine, self.image, self.config, self.volume, self.port = engine, image, config, volume, port
         self.name = f"psma-node-test-{uuid.uuid4().hex[:8]}"
 
     def mounts(self) -> list[str]:
@@ -124,8 +124,7 @@ def container(engine: Engine, node_image: str, tmp_path: Path, orthanc: OrthancS
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o644)  # the image's user (uid 10001) reads it through the bind mount
     volume = f"psma-node-test-{uuid.uuid4().hex[:8]}"
-    node = NodeContainer(engine, node_image, path, volume)
-    node.port = config["node"]["port"]  # type: ignore[attr-defined]
+    node = NodeContainer(engine, node_image, path, volume, config["node"]["port"])
     yield node
     node.remove()
     engine.docker("volume", "rm", "-f", volume, check=False, timeout=120)
@@ -150,11 +149,15 @@ def test_container_analyses_a_study_into_orthanc_stops_cleanly_and_keeps_its_sta
         tmp_path: Path, container: NodeContainer, orthanc: OrthancServer) -> None:
     doctor = container.once("doctor")
     report = doctor.stdout + doctor.stderr
-    assert "database" in report and "storage" in report, report
-    assert " FAIL" not in report.replace("FAILED", ""), report
+    lines = report.splitlines()
+    for check in ("dicom port", "storage.directory", "destination orthanc", "device", "dcmtk"):
+        assert any(line.startswith("OK") and check in line for line in lines), report
+    # the image carries no weights: the only failure is the missing checkpoint, until it is imported
+    assert [line for line in lines if line.startswith("FAIL")] == [
+        line for line in lines if line.startswith("FAIL  model")] != [], report
 
     container.run()
-    port = container.port  # type: ignore[attr-defined]
+    port = container.port
     wait_for(lambda: "node started" in container.logs(), 90, "the node to start", container.logs)
 
     first_uid, first = small_study(tmp_path / "first", seed=11)

@@ -106,6 +106,11 @@ def _service_settings(name: str) -> dict[str, list[str]]:
     return settings
 
 
+def _logs(engine: Any, container: str) -> str:
+    result = engine.docker("logs", container, check=False)
+    return result.stdout + result.stderr
+
+
 def test_service_runs_as_its_unit_says_and_stops_on_sigterm_within_the_grace(
         tmp_path: Path, engine: Any, node_image: str) -> None:
     """systemd cannot be PID 1 here; the image has the unit's layout (/opt/psma-node/venv, user psma-node,
@@ -143,9 +148,8 @@ def test_service_runs_as_its_unit_says_and_stops_on_sigterm_within_the_grace(
                   "-v", f"{secrets}:{env_file}:ro", "--entrypoint", command[0], node_image, *command[1:])
     try:
         deadline = time.monotonic() + 120
-        while "node started" not in engine.docker("logs", name, check=False).stderr + \
-                engine.docker("logs", name, check=False).stdout:
-            assert time.monotonic() < deadline, engine.docker("logs", name, check=False).stderr[-3000:]
+        while not all(f'"{event}"' in _logs(engine, name) for event in ("node started", "worker started")):
+            assert time.monotonic() < deadline, _logs(engine, name)[-3000:]
             time.sleep(0.5)
         echo = subprocess.run([_tool("echoscu"), "-aec", "PSMA_NODE", "127.0.0.1", str(port)],
                               capture_output=True, text=True, timeout=30)
@@ -154,7 +158,7 @@ def test_service_runs_as_its_unit_says_and_stops_on_sigterm_within_the_grace(
         engine.docker("stop", "-t", str(grace), name, timeout=grace + 60)
         took = time.monotonic() - started
         state = json.loads(engine.docker("inspect", name).stdout)[0]["State"]
-        logs = engine.docker("logs", name).stdout + engine.docker("logs", name).stderr
+        logs = _logs(engine, name)
         assert state["ExitCode"] == 0, logs[-3000:]
         assert took < grace, f"SIGTERM took {took:.0f} s: systemd would have killed it after {grace} s"
         assert '"node stopped"' in logs and '"worker stopped"' in logs

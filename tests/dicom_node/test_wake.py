@@ -176,3 +176,13 @@ def test_in_memory_database_wakes_within_the_process_only() -> None:
         assert waiter.wait(WAIT_S) is True
     finally:
         waiter.close()
+
+
+def test_a_folder_without_named_pipes_falls_back_to_polling(tmp_path: Path) -> None:
+    database = tmp_path / "node.db"
+    (tmp_path / "node.db.wake").write_text("a file where the pipe folder should be")
+    waiter = listen(f"sqlite:///{database}", JOBS)
+    try:
+        assert waiter.wait(0.05) is False  # polls: times out, never raises
+    finally:
+        waiter.close()

@@ -24,6 +24,7 @@ from tests.dicom_node.receive.clients import (
     wait_for,
 )
 from tests.support.node import NodeProcess
+from tests.support.pki import make_test_pki
 
 ALLOWED = {"allow_any_calling_ae": False, "allowed_calling_aes": [
     {"ae_title": "ECHOSCU", "hosts": ["127.0.0.1"]}, {"ae_title": "PACS", "hosts": ["127.0.0.1"]},
@@ -230,3 +231,19 @@ def test_tcp_reset_mid_pdu_is_one_log_line(receiving_node, node_db) -> None:
     assert [record["event"] for record in lines] == ["connection closed"], lines
     assert "Traceback" not in Path(node.config["logging"]["file"]).read_text()
     assert echoscu(node.port, calling="ECHOSCU").returncode == 0
+
+
+def test_tls_handshakes_run_in_the_gate_under_the_same_timeouts(tmp_path: Path, receiving_node,
+                                                                 node_db) -> None:
+    pki = make_test_pki(tmp_path / "pki")
+    node = _node(receiving_node, acse_timeout_s=2, tls={
+        "enabled": True, "certificate": str(pki / "server.crt"), "private_key": str(pki / "server.key")})
+    with _peers(node.port, ["127.0.0.21", "127.0.0.22"]) as (silent, plain):
+        plain.send(associate_request("ECHOSCU"))  # DICOM without TLS on the TLS port
+        assert plain.closed_by_node(within=5) and silent.closed_by_node(within=15)
+    db = node_db(node)
+    (row,) = wait_for(lambda: _closures(db, "127.0.0.21"))
+    assert row.reason == "no TLS handshake and A-ASSOCIATE-RQ within acse_timeout_s (2 s)"
+    (row,) = wait_for(lambda: [r for r in db.audit("association", "rejected") if r.peer == "127.0.0.22"])
+    assert row.reason.startswith("TLS handshake failed") and row.detail["tls"] is True
+    assert echoscu(node.port, "+tla", "+cf", str(pki / "ca.crt"), calling="ECHOSCU").returncode == 0

@@ -233,3 +233,27 @@ def test_pages_render_for_a_logged_in_user(client: TestClient, seeded: Seeded) -
     health = client.get("/health")
     assert "worker-1" in health.text and "alive" in health.text and "Disk free" in health.text
     assert client.get("/studies/1.2.3.404").status_code == 200
+
+
+@SQLITE_ONLY
+def test_clinical_refusals_give_db_clinical_reason_in_api_field_names(
+    client: TestClient, seeded: Seeded
+) -> None:
+    too_high = client.post(
+        "/api/clinical", headers=BEARER, json={"accession_number": "A1", "psa_ng_ml": 200000}
+    )
+    assert too_high.status_code == 422
+    assert too_high.json()["detail"] == "psa_ng_ml: PSA must be between 0 and 100000 ng/ml, got 200000.0"
+    client.post("/login", data={"username": "alice", "password": PASSWORD})
+    page = client.get(f"/studies/{seeded.done.study_uid}")
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    typed = client.post(
+        f"/studies/{seeded.done.study_uid}/clinical", data={"csrf": csrf, "psa_ng_ml": "four"}
+    )
+    assert typed.status_code == 422 and typed.json()["detail"] == "invalid input: psa_ng_ml: not a number"
+    refused = _events(seeded, "clinical-refused")
+    reasons = [e.reason for e in refused]
+    assert reasons == [too_high.json()["detail"], "invalid input: psa_ng_ml: not a number"]
+    assert refused[0].actor.startswith("token:") and refused[1].actor == "alice"
+    with seeded.sessions() as session:
+        assert session.scalars(select(ClinicalInfo)).all() == []

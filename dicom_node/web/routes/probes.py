@@ -1,0 +1,32 @@
+"""Machine probes: /healthz for orchestration (no login, any Host) and /metrics for Prometheus."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dicom_node.web.dependencies import Context, identify, require_api_user
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/healthz")
+def healthz(context: Context) -> PlainTextResponse:
+    found = context.problems()
+    if found:
+        log.warning("health check failed", extra={"problems": "; ".join(found)})
+        return PlainTextResponse("unhealthy: " + "; ".join(found) + "\n", status_code=503)
+    return PlainTextResponse("ok\n")
+
+
+@router.get("/metrics")
+def metrics(request: Request, context: Context) -> Response:
+    # Identified only when needed: public metrics record no refusal for a stray token.
+    if not context.settings.dashboard.public_metrics:
+        require_api_user(identify(request, context))
+    return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)
