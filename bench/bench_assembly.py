@@ -36,9 +36,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import AuditEvent, Instance, Job, Study, WorkerHeartbeat
 from db.session import make_engine, make_session_factory
-from dicom_node.assemble import assembly_tick
+from dicom_node.assemble import Assembler
 from dicom_node.config import Settings
-from dicom_node.study_state import as_utc
 from dicom_node.synth import SynthOptions, generate_study
 from tests.dicom_node.assemble.rows import add_ct, add_pet, add_study, sessions_for
 from tests.support.node import NodeProcess, free_port, wait_for_port, write_config
@@ -107,11 +106,11 @@ def node_latency(
                 time.sleep(0.05)
             else:
                 raise RuntimeError(f"no job started for {study_uid}:\n{node.log_text()[-3000:]}")
-            started = as_utc(job.started_at).timestamp()
+            started = job.started_at.timestamp()
             rows.append(
                 {
-                    "last_instance_to_complete_s": (as_utc(complete) - as_utc(last)).total_seconds(),
-                    "last_instance_to_job_start_s": started - as_utc(last).timestamp(),
+                    "last_instance_to_complete_s": (complete - last).total_seconds(),
+                    "last_instance_to_job_start_s": started - last.timestamp(),
                     "storescu_end_to_job_start_s": started - sent,
                 }
             )
@@ -192,12 +191,13 @@ def tick_cost(folder: Path, settled: int = 5000, receiving: int = 50) -> tuple[f
         add_pet(sessions, study_id, slices=150, skip=[75])  # incomplete: stays receiving, waits for quiet
         add_ct(sessions, study_id, slices=200)
     settings = Settings()
+    assembler = Assembler()
     started = time.perf_counter()
-    assembly_tick(settings, sessions)
+    assembler.tick(settings, sessions)
     first = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
     for _ in range(20):
-        assembly_tick(settings, sessions)
+        assembler.tick(settings, sessions)
     return first, (time.perf_counter() - started) * 1000 / 20
 
 

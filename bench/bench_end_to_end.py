@@ -106,7 +106,8 @@ def run(work: Path, options: SynthOptions) -> dict[str, float]:
         "last ack → job created": (_utc(job.created_at) - last_ack).total_seconds(),
         "job created → started": (_utc(job.started_at) - _utc(job.created_at)).total_seconds(),
         "job started → finished": (_utc(job.finished_at) - _utc(job.started_at)).total_seconds(),
-        "publish: build SR + render SC + fsync (within next line)": float(published.detail["elapsed_s"]),
+        "publish: build SR + SEG + render SC + fsync (within next line)":
+            float(published.detail["elapsed_s"]),
         "result published → last object delivered": (max(delivered) - outbox_created).total_seconds(),
         "last ack → SR+SC in Orthanc (end to end)": (max(delivered) - last_ack).total_seconds(),
     }
@@ -122,8 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extent", type=float, default=600.0)
     args = parser.parse_args(argv if argv is not None else [])
     options = SynthOptions(seed=11, ct_matrix=args.ct_matrix, pet_matrix=args.pet_matrix, extent_mm=args.extent)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         figures = run(Path(tmp), options)
+    print(f"load average (1 min) at start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+          "(2 shared cores: wall times stretch with it)")
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value:8.2f}" + (" s" if not key.startswith(("instances", "objects")) else ""))

@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 from sqlalchemy import Integer, Row, func, select
 from sqlalchemy.orm import Session
 
+from db.clock import utcnow
 from db.models import (
     AuditEvent,
     Instance,
@@ -123,21 +124,6 @@ class Health:
     workers: list[WorkerRow]
 
 
-@overload
-def as_utc(value: dt.datetime) -> dt.datetime: ...
-
-
-@overload
-def as_utc(value: None) -> None: ...
-
-
-def as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes for timezone-aware columns; everything stored is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.timezone.utc)
-
-
 def _current_results(session: Session, study_ids: Sequence[int]) -> dict[int, Result]:
     """The newest non-superseded result of each study."""
     if not study_ids:
@@ -160,10 +146,10 @@ def _study_row(study: Study, result: Result | None) -> StudyRow:
         state=study.state,
         state_reason=study.state_reason,
         instance_count=study.instance_count,
-        first_received_at=as_utc(study.first_received_at),
-        last_received_at=as_utc(study.last_received_at),
-        state_changed_at=as_utc(study.state_changed_at),
-        purged_at=as_utc(study.purged_at),
+        first_received_at=study.first_received_at,
+        last_received_at=study.last_received_at,
+        state_changed_at=study.state_changed_at,
+        purged_at=study.purged_at,
         finding=result.finding if result else None,
         probability=result.probability if result else None,
         model_id=result.model_id if result else None,
@@ -239,8 +225,8 @@ def series_summaries(session: Session, study_id: int) -> list[ReceivedSeries]:
             modality=modality,
             instances=int(n),
             bytes=int(size),
-            first_received_at=as_utc(first),
-            last_received_at=as_utc(last),
+            first_received_at=first,
+            last_received_at=last,
             analysable=bool(analysable),
         )
         for uid, modality, n, size, first, last, analysable in rows
@@ -298,7 +284,7 @@ def failures(session: Session, *, limit: int = 200) -> list[Failure]:
         found.append(
             Failure(
                 f"study {study.state}",
-                as_utc(study.state_changed_at),
+                study.state_changed_at,
                 study.state_reason,
                 study.study_uid,
                 {"accession_number": study.accession_number},
@@ -314,7 +300,7 @@ def failures(session: Session, *, limit: int = 200) -> list[Failure]:
         found.append(
             Failure(
                 "job failed",
-                as_utc(job.finished_at or job.created_at),
+                job.finished_at or job.created_at,
                 job.error,
                 study_uid,
                 {"job_id": job.id, "attempts": job.attempts},
@@ -329,7 +315,7 @@ def failures(session: Session, *, limit: int = 200) -> list[Failure]:
         found.append(
             Failure(
                 "delivery failed",
-                as_utc(item.created_at),
+                item.created_at,
                 item.last_error,
                 item.study_uid,
                 {"destination": item.destination, "attempts": item.attempts, "outbox_id": item.id},
@@ -344,7 +330,7 @@ def failures(session: Session, *, limit: int = 200) -> list[Failure]:
         found.append(
             Failure(
                 f"{event.category} {event.action}",
-                as_utc(event.created_at),
+                event.created_at,
                 event.reason,
                 event.study_uid,
                 {"outcome": event.outcome, "peer": event.peer},
@@ -366,17 +352,17 @@ def workers(
     session: Session, *, stale_after: dt.timedelta, now: dt.datetime | None = None
 ) -> list[WorkerRow]:
     """Registered worker processes; a worker is alive if it beat within `stale_after`."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or utcnow()
     rows = []
     for w in session.scalars(select(WorkerHeartbeat).order_by(WorkerHeartbeat.id)):
-        beat = as_utc(w.heartbeat_at)
+        beat = w.heartbeat_at
         rows.append(
             WorkerRow(
                 w.id,
                 w.host,
                 w.pid,
                 w.device,
-                as_utc(w.started_at),
+                w.started_at,
                 beat,
                 w.current_job_id,
                 beat is not None and now - beat <= stale_after,
@@ -392,12 +378,10 @@ def health(session: Session, *, worker_stale_after: dt.timedelta) -> Health:
         jobs_by_state=jobs,
         outbox_by_state=count_by(session, OutboxItem.state),
         queue_depth=jobs.get(JobState.QUEUED.value, 0),
-        last_association_at=as_utc(
-            session.scalar(
-                select(func.max(AuditEvent.created_at)).where(AuditEvent.category == "association")
-            )
+        last_association_at=session.scalar(
+            select(func.max(AuditEvent.created_at)).where(AuditEvent.category == "association")
         ),
-        last_instance_at=as_utc(session.scalar(select(func.max(Instance.received_at)))),
+        last_instance_at=session.scalar(select(func.max(Instance.received_at))),
         workers=workers(session, stale_after=worker_stale_after),
     )
 

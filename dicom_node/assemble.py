@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
+from db.clock import utcnow
 from db.models import Instance, Job, Study, StudyState
 from db.session import transaction
 from dicom_node.completeness import Decision, Proof, ct_proof, decide, pet_proof
@@ -28,7 +28,7 @@ from dicom_node.config import Settings
 from dicom_node.jobs import cancel_older_jobs
 from dicom_node.patient_identity import IDENTITY_ATTRIBUTES, LABELS
 from dicom_node.series_selection import LAYOUT_KEYWORDS, Selection, SeriesSummary, select_series
-from dicom_node.study_state import as_utc, reopen_candidates, transition, utcnow
+from dicom_node.study_state import reopen_candidates, transition
 from dicom_node.wake import JOBS, ring_on_commit
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,12 @@ def reopen(session: Session, study: Study, *, reason: str, rule: str, actor: str
 
 
 class Assembler:
-    """Per-database memory of what each receiving study looked like at the previous tick, and of which
-    studies a sender has handed over (the receiver reports associations ending: `association_closed`)."""
+    """The assembly stage: its memory of what each receiving study looked like at the previous tick, and of
+    which studies a sender has handed over (the receiver reports associations ending: `association_closed`).
+
+    One per node, built and wired by `serve`; a new one (a restart) starts with empty memory and only
+    re-reads what the database says, so tests build their own.
+    """
 
     def __init__(self) -> None:
         self.seen: dict[int, Assessment] = {}
@@ -253,6 +257,7 @@ class Assembler:
         return released is not None and released >= last_received_at and study_id not in self.delivering()
 
     def tick(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        """Reopen studies with new data; judge the receiving studies' completeness; queue the ready ones."""
         self.reopen_changed(sessions)
         with sessions() as session:
             studies = session.scalars(select(Study).where(Study.state == StudyState.RECEIVING.value)).all()
@@ -290,7 +295,7 @@ class Assembler:
 
     def judge(self, settings: Settings, sessions: sessionmaker[Session], study: Study) -> None:
         now = utcnow()
-        last = as_utc(study.last_received_at)
+        last = study.last_received_at
         key = (study.instance_count, last, study.generation)
         previous = self.seen.get(study.id)
         if previous is None or previous.key != key:
@@ -329,7 +334,7 @@ class Assembler:
         checked = assess(series, settings, assessment.key, now, assessment)
         checked.verified = True
         self.seen[study.id] = checked
-        last = as_utc(study.last_received_at)
+        last = study.last_received_at
         decision = self.completeness_decision(checked, study, last, now, settings, handed_over=handed_over)
         return checked, decision
 
@@ -347,7 +352,7 @@ class Assembler:
             previous.pet,
             previous.ct,
             all_pets_complete=previous.all_pets_complete,
-            first_received_at=as_utc(study.first_received_at),
+            first_received_at=study.first_received_at,
             last_received_at=last,
             now=now,
             settings=settings.assembly,
@@ -428,19 +433,3 @@ class Assembler:
             rule="job-created",
             job_id=job.id,
         )
-
-
-_assemblers: "weakref.WeakKeyDictionary[sessionmaker[Session], Assembler]" = weakref.WeakKeyDictionary()
-
-
-def assembler_for(sessions: sessionmaker[Session]) -> Assembler:
-    """The one assembler (and its memory) of this database."""
-    assembler = _assemblers.get(sessions)
-    if assembler is None:
-        assembler = _assemblers[sessions] = Assembler()
-    return assembler
-
-
-def assembly_tick(settings: Settings, sessions: sessionmaker[Session]) -> None:
-    """Reopen studies with new data; judge completeness of receiving studies; queue jobs for ready ones."""
-    assembler_for(sessions).tick(settings, sessions)

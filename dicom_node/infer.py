@@ -18,19 +18,24 @@ from typing import Any
 
 import numpy as np
 import pydicom
+import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
 from db.clinical import lookup_clinical
+from db.clock import utcnow
 from db.models import Instance, JobState, Result, Study, StudyState
 from db.session import transaction
 from dicom_node.config import Settings
 from dicom_node.inference_options import analysis_options, registered_clinical
 from dicom_node.jobs import ClaimedJob, finish_job
 from dicom_node.report import publish_result
-from dicom_node.study_state import transition, utcnow
+from dicom_node.report.seg import warm_up as warm_up_seg
+from dicom_node.study_state import transition
 from inference.analysis import AnalysisError, analyse
+from inference.checkpoints import CheckpointError, installed_model, load_model
+from inference.model_specs import get_spec, routable_models
 from inference.result import AnalysisResult
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,24 @@ log = logging.getLogger(__name__)
 
 class InputsMissing(Exception):
     """The job's stored instances are gone (purged or lost files): it cannot run."""
+
+
+def warm_up(settings: Settings, device: str) -> None:
+    """Pay the per-process costs at worker start, not in the first study: verify and build every installed
+    routable model (kept by `load_model`), and build a throw-away SEG (highdicom's lazy tables).
+
+    A checkpoint that fails here is only logged: the job that needs it fails with the same clear error.
+    """
+    models = settings.models
+    for model_id in routable_models(models.routing, models.default_model):
+        try:
+            if installed_model(Path(models.models_dir), model_id) is None:
+                continue  # the worker already warned that the weights are missing
+            load_model(Path(models.models_dir), get_spec(model_id, dict(models.expected_sha256)),
+                       torch.device(device))
+        except (CheckpointError, ValueError) as exc:
+            log.warning("model not preloaded", extra={"model": model_id, "reason": str(exc)})
+    warm_up_seg()
 
 
 def series_paths(session: Session, study_id: int, series_uid: str) -> list[Path]:

@@ -18,10 +18,11 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
+from db.clock import utcnow
 from db.models import Job, JobState, Study, StudyState
 from db.session import transaction
 from dicom_node.config import Settings
-from dicom_node.study_state import transition, utcnow
+from dicom_node.study_state import transition
 from dicom_node.wake import JOBS, ring_on_commit
 
 log = logging.getLogger(__name__)

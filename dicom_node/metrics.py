@@ -25,8 +25,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.clock import utcnow
 from db.models import AuditEvent, Instance, Job, JobState, OutboxItem, Study
-from db.queries import FAILED_OUTCOMES, as_utc, count_by, studies_by_state, workers
+from db.queries import FAILED_OUTCOMES, count_by, studies_by_state, workers
 from dicom_node.config import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ def histogram(name: str, doc: str, label: str, samples: dict[str, list[float]]) 
 
 
 def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
-    start, end = as_utc(start), as_utc(end)
     if start is None or end is None:
         return None
     return max((end - start).total_seconds(), 0.0)
@@ -118,7 +118,7 @@ class NodeCollector(Collector):
         last = GaugeMetricFamily(
             f"{PREFIX}_last_instance_timestamp_seconds", "Unix time of the newest stored instance."
         )
-        newest = as_utc(session.scalar(select(func.max(Instance.received_at))))
+        newest = session.scalar(select(func.max(Instance.received_at)))
         if newest is not None:
             last.add_metric([], newest.timestamp())
         yield last
@@ -247,7 +247,7 @@ class NodeCollector(Collector):
             "Seconds since each worker's heartbeat.",
             labels=["worker"],
         )
-        now = dt.datetime.now(dt.timezone.utc)
+        now = utcnow()
         for w in rows:
             age.add_metric([w.id], max((now - w.heartbeat_at).total_seconds(), 0.0))
         yield age

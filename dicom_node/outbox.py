@@ -19,7 +19,8 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from db import audit
-from db.models import OutboxItem, OutboxState, utcnow
+from db.clock import utcnow
+from db.models import OutboxItem, OutboxState
 from dicom_node.config import RetrySettings, Settings
 from dicom_node.wake import OUTBOX, ring_on_commit
 
@@ -146,7 +147,7 @@ def mark_failed_attempt(session: Session, item_id: int, *, reason: str, peer: st
     item = session.get(OutboxItem, item_id)
     assert item is not None
     now = now or utcnow()
-    started = _aware(item.retry_window_start or item.created_at)
+    started = item.retry_window_start or item.created_at
     age = (now - started).total_seconds()
     item.last_error = reason
     detail: dict[str, Any] = dict(study_uid=item.study_uid, sop_instance_uid=item.sop_instance_uid, peer=peer,
@@ -204,8 +205,3 @@ def retry(session: Session, item_ids: list[int] | None, actor: str, now: dt.date
 def counts_by_state(session: Session) -> dict[str, int]:
     rows = session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all()
     return {state: int(n) for state, n in rows}
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    """SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)

@@ -1,8 +1,8 @@
 """C-STORE / C-ECHO service class provider: who may send, what is accepted, and when success is answered.
 
-Success is answered only after `store.InstanceStore` made the instance durable (file fsynced and renamed,
-row committed). Everything refused gets a specific status and an audit row naming the reason, and the
-association (and the server) carries on. pynetdicom runs one thread per association; handlers do no pixel
+Success is answered only after `store.InstanceStore.receive` made the instance durable (file fsynced and
+renamed, row committed). Everything refused gets a specific status and an audit row naming the reason, and
+the association (and the server) carries on. pynetdicom runs one thread per association; handlers do no pixel
 decoding, so the receiving process never becomes CPU-bound on image work. Connections reach pynetdicom only
 through `port_guard.ConnectionGate` (a complete A-ASSOCIATE-RQ, within timeouts and per-source limits), and
 every PDU is read with a deadline, so no idle or stalled peer holds a slot.
@@ -10,10 +10,8 @@ every PDU is read with a deadline, so no idle or stalled peer holds a slot.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
-import shutil
 import socket
 import ssl
 import threading
@@ -23,6 +21,16 @@ from io import BytesIO
 from collections.abc import Callable
 from typing import Any, cast
 
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    RLELossless,
+)
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
@@ -36,15 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import audit
 from dicom_node.config import NodeSettings, Settings
 from dicom_node.port_guard import ClosureReporter, ConnectionGate, GuardedRequestHandler, install_log_filters
-from dicom_node.store import (
-    PET_CT_SOP_CLASSES,
-    Caller,
-    InstanceRefused,
-    InstanceStore,
-    clean_text,
-    parse_instance,
-    received_file,
-)
+from dicom_node.store import PET_CT_SOP_CLASSES, STATUS_SUCCESS, Caller, Delivery, InstanceStore, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +52,15 @@ log = logging.getLogger(__name__)
 # first: a sender proposing one holds its data that way (dcmtk storescu proposes a compressed file's syntax
 # together with the uncompressed ones in one context and cannot transcode), and storing as sent is cheapest.
 TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Image Compression (Lossless Only)
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (SV1)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    RLELossless,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
 ]
-
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DOES_NOT_MATCH = 0xA900
-STATUS_PROCESSING_FAILURE = 0x0110
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
@@ -75,11 +70,10 @@ _REJECT_LIMIT = (0x02, 0x03, 0x02)
 
 @dataclass
 class _AssociationState:
-    """What one association did, for its closing audit row and for cheap study lookups."""
+    """What one association did, for its closing audit row (`caller.study_ids`: the studies it delivered)."""
 
     caller: Caller
     tls: bool
-    study_ids: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
     def count(self, kind: str) -> None:
@@ -101,7 +95,7 @@ def _certificate_subject(sock: ssl.SSLSocket) -> str:
 
 
 def _any_nonempty_uid(value: Any) -> tuple[bool, str]:
-    """pynetdicom's UID check for DIMSE fields, minus the 64-character limit (store.py checks UIDs)."""
+    """pynetdicom's UID check for DIMSE fields, minus the 64-character limit (the store checks UIDs)."""
     return (True, "") if isinstance(value, str) and value else (False, "must not be empty")
 
 
@@ -189,7 +183,8 @@ class Receiver:
     def studies_in_transfer(self) -> set[int]:
         """Row ids of the studies that open associations have delivered instances of."""
         with self._states_lock:
-            return {study_id for state in self._states.values() for study_id in state.study_ids.values()}
+            return {study_id for state in self._states.values()
+                    for study_id in state.caller.study_ids.values()}
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -339,8 +334,8 @@ class Receiver:
         if state is None:
             return
         how = "released" if event.assoc.is_released else "aborted" if event.assoc.is_aborted else "closed"
-        if self.on_association_closed is not None and state.study_ids:
-            self.on_association_closed(set(state.study_ids.values()), how == "released")
+        if self.on_association_closed is not None and state.caller.study_ids:
+            self.on_association_closed(set(state.caller.study_ids.values()), how == "released")
         log.info("association closed", extra={"calling_ae": state.caller.ae_title, "peer": state.caller.host,
                                                "how": how, **{f"n_{k}": v for k, v in state.counts.items()}})
         self._audit("association", how, actor=state.caller.ae_title, peer=state.caller.host, tls=state.tls,
@@ -360,59 +355,25 @@ class Receiver:
     def _on_echo(self, event: Event) -> int:
         return STATUS_SUCCESS
 
-    def _check_resources(self, size: int) -> None:
-        node = self.settings.node
-        if size > node.max_instance_bytes:
-            raise InstanceRefused(
-                STATUS_OUT_OF_RESOURCES,
-                f"instance of {size} bytes exceeds max_instance_bytes {node.max_instance_bytes}",
-            )
-        root = self.settings.storage.directory
-        if not root.is_dir():  # removed while running: recreate rather than fail every instance
-            root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(root).free
-        if free - size < node.min_free_disk_mb * 1024 * 1024:
-            raise InstanceRefused(
-                STATUS_OUT_OF_RESOURCES,
-                f"free disk {free // (1024 * 1024)} MB below min_free_disk_mb {node.min_free_disk_mb}",
-            )
-
     def _on_store(self, event: Event) -> int:
         request = cast(C_STORE, event.request)
         state = self._state(event.assoc)
-        requested_class = str(request.AffectedSOPClassUID or "")
         requested_instance = str(request.AffectedSOPInstanceUID or "")
-        try:
-            self._check_resources(cast(BytesIO, request.DataSet).getbuffer().nbytes)
-            context_class = str(event.context.abstract_syntax)
-            if requested_class != context_class:
-                raise InstanceRefused(
-                    STATUS_DOES_NOT_MATCH,
-                    f"SOP Class UID {requested_class} sent on a presentation context for {context_class}",
-                )
-            with cast(BytesIO, request.DataSet).getbuffer() as received:
-                data = received_file(requested_class, requested_instance,
-                                     str(event.context.transfer_syntax), received)
-            with self.store.staging(data) as staged:
-                parsed = parse_instance(data, requested_class, requested_instance)
-                outcome = self.store.store(parsed, data, state.caller, state.study_ids, staged)
-        except InstanceRefused as exc:
-            return self._refuse(state, requested_instance, exc.status, exc.reason)
-        except OSError as exc:
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            status = STATUS_OUT_OF_RESOURCES if full else STATUS_PROCESSING_FAILURE
-            log.exception("cannot write instance", extra={"sop_instance_uid": requested_instance})
-            return self._refuse(state, requested_instance, status, f"storage error: {exc}")
-        except Exception as exc:
-            log.exception("cannot store instance", extra={"sop_instance_uid": requested_instance})
-            return self._refuse(state, requested_instance, STATUS_PROCESSING_FAILURE,
-                                f"internal error: {type(exc).__name__}: {exc}")
+        with cast(BytesIO, request.DataSet).getbuffer() as received:
+            delivery = Delivery(sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                                sop_instance_uid=requested_instance,
+                                context_sop_class_uid=str(event.context.abstract_syntax),
+                                transfer_syntax_uid=str(event.context.transfer_syntax), dataset=received)
+            outcome = self.store.receive(delivery, state.caller)
+        if outcome.kind == "refused":
+            return self._refuse(state, requested_instance, outcome.status, outcome.reason or "")
         state.count(outcome.kind)
-        if outcome.kind != "stored":
+        if outcome.kind != "stored" and outcome.instance is not None:
             log.info("instance " + outcome.kind, extra={
-                "sop_instance_uid": parsed.sop_instance_uid, "study_uid": parsed.study_uid,
+                "sop_instance_uid": outcome.instance.sop_instance_uid,
+                "study_uid": outcome.instance.study_uid,
                 "revision": outcome.revision, "calling_ae": state.caller.ae_title})
-        return STATUS_SUCCESS
+        return outcome.status
 
     def _refuse(self, state: _AssociationState, sop_instance_uid: str, status: int, reason: str) -> int:
         state.count("refused")

@@ -18,8 +18,8 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.audit import record
+from db.clock import utcnow
 from db.models import Instance, OutboxItem, OutboxState, Study, StudyState
-from db.queries import as_utc
 from db.session import transaction
 from dicom_node.config import Settings
 
@@ -61,7 +61,7 @@ def _delivered_before(session: Session, cutoff: dt.datetime) -> list[tuple[Study
         .having(undelivered == 0, last_delivery < cutoff)
         .order_by(Study.id)
     )
-    return [(study, as_utc(delivered)) for study, delivered in rows]  # type: ignore[misc]
+    return [(study, delivered) for study, delivered in rows]  # type: ignore[misc]
 
 
 def _files(session: Session, study: Study) -> tuple[list[Path], int]:
@@ -98,7 +98,7 @@ def run_retention(
     now: dt.datetime | None = None,
 ) -> RetentionReport:
     """Purge (or with dry_run only list) the images of every qualifying study; one transaction per study."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or utcnow()
     days = settings.retention.keep_days if keep_days is None else keep_days
     cutoff = now - dt.timedelta(days=days)
     report = RetentionReport(dry_run=dry_run, cutoff=cutoff)

@@ -1,13 +1,14 @@
 """Delivery of result objects to PACS: the scheduled sender working through the durable outbox.
 
-Each tick puts interrupted attempts back in the queue, then starts one sender thread per destination that
-has due objects and is not already being served, so a dead or slow PACS never holds up another one. A
-destination whose association fails is held back (exponential back-off with jitter, kept in memory and
-pushed onto its pending rows) until its next attempt time. DIMSE peers get C-STORE over one association per
-batch, with TCP_NODELAY (Nagle plus delayed ACK costs ~40 ms per round trip on loopback), a Comprehensive
-SR (88.33) copy when the peer refuses Comprehensive 3D SR (88.34) and the configuration allows it, and an
-optional C-FIND at IMAGE level to confirm the peer can find what it acknowledged. DICOMweb peers get
-STOW-RS (and QIDO-RS for the confirmation). Every attempt is audited.
+Each tick of the `Sender` (one per node, owned by `serve`) puts interrupted attempts back in the queue, then
+starts one sender thread per destination that has due objects and is not already being served, so a dead or
+slow PACS never holds up another one. A destination whose association fails is held back (exponential
+back-off with jitter, kept by the sender and pushed onto its pending rows) until its next attempt time.
+DIMSE peers get C-STORE over one association per batch, with TCP_NODELAY (Nagle plus delayed ACK costs
+~40 ms per round trip on loopback), a Comprehensive SR (88.33) copy when the peer refuses Comprehensive 3D
+SR (88.34) and the configuration allows it, and an optional C-FIND at IMAGE level to confirm the peer can
+find what it acknowledged. DICOMweb peers get STOW-RS (and QIDO-RS for the confirmation). Every attempt
+is audited.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
-from db.models import OutboxItem, Study, utcnow
+from db.clock import utcnow
+from db.models import OutboxItem, Study
 from db.session import transaction
 from dicom_node import outbox
 from dicom_node.association import destination_tls, keep_responses_for_sender, set_tcp_nodelay
@@ -46,10 +48,6 @@ UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 STORE_WARNINGS = {0xB000, 0xB006, 0xB007}
 CONNECT_TIMEOUT_S = 10.0
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
-
-_lock = threading.Lock()
-_threads: dict[str, threading.Thread] = {}
-_holds: dict[str, tuple[dt.datetime, int]] = {}  # destination -> (held until, consecutive failures)
 
 
 @dataclass(frozen=True)
@@ -90,76 +88,102 @@ class Outcome:
     confirm_detail: str = ""
 
 
-def send_tick(settings: Settings, sessions: sessionmaker[Session], wait: bool = False) -> None:
-    """Attempt due outbox items: one thread per destination; `wait` joins them (tests, CLI)."""
-    now = utcnow()
-    with transaction(sessions) as session:
-        outbox.recover_interrupted(session, now)
-        names = outbox.due_destinations(session, now)
-    started: list[threading.Thread] = []
-    with _lock:
-        for name in names:
-            running = _threads.get(name)
-            if running is not None and running.is_alive():
-                continue
-            hold = _holds.get(name)
-            if hold is not None and hold[0] > now:
-                continue
-            thread = threading.Thread(target=_deliver, args=(settings, sessions, name),
-                                      name=f"send-{name}", daemon=True)
-            _threads[name] = thread
-            thread.start()
-            started.append(thread)
-    if wait:
-        for thread in started:
-            thread.join()
+class Sender:
+    """Delivers the outbox: one thread per destination at a time, and each destination's back-off.
 
+    The back-off lives only here (a restart, i.e. a new Sender, forgets it; the rows keep their next attempt
+    time), so whoever builds a Sender owns that memory: `serve` for the node, each test for itself.
+    """
 
-def wait_idle(timeout: float = 60.0) -> None:
-    """Join sender threads still running (orderly shutdown, tests)."""
-    with _lock:
-        threads = list(_threads.values())
-    for thread in threads:
-        thread.join(timeout)
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self._lock = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+        # destination -> (held until, consecutive failures)
+        self._holds: dict[str, tuple[dt.datetime, int]] = {}
 
+    def tick(self, wait: bool = False) -> None:
+        """Attempt due outbox items: one thread per destination; `wait` joins them (tests, CLI)."""
+        now = utcnow()
+        with transaction(self.sessions) as session:
+            outbox.recover_interrupted(session, now)
+            names = outbox.due_destinations(session, now)
+        started: list[threading.Thread] = []
+        with self._lock:
+            for name in names:
+                running = self._threads.get(name)
+                if running is not None and running.is_alive():
+                    continue
+                hold = self._holds.get(name)
+                if hold is not None and hold[0] > now:
+                    continue
+                thread = threading.Thread(target=self._deliver, args=(name,), name=f"send-{name}",
+                                          daemon=True)
+                self._threads[name] = thread
+                thread.start()
+                started.append(thread)
+        if wait:
+            for thread in started:
+                thread.join()
 
-def reset_holds() -> None:
-    """Forget in-memory destination back-off (tests simulating a restart)."""
-    with _lock:
-        _holds.clear()
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Join sender threads still running (orderly shutdown, tests)."""
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout)
 
+    def _deliver(self, name: str) -> None:
+        try:
+            # Batch after batch while they go through: what was published during a batch goes right after
+            # it, not at the next tick (this thread holds the destination, so a tick would skip it).
+            while self._deliver_destination(name):
+                pass
+        except Exception:  # a bug here must not kill the scheduler thread; the rows' leases bring them back
+            log.exception("sender failed", extra={"destination": name})
 
-def _deliver(settings: Settings, sessions: sessionmaker[Session], name: str) -> None:
-    try:
-        # Batch after batch while they go through: what was published during a batch goes right after it,
-        # not at the next tick (this thread holds the destination, so a tick would skip it).
-        while _deliver_destination(settings, sessions, name):
-            pass
-    except Exception:  # a bug here must not kill the scheduler thread; the rows' leases bring them back
-        log.exception("sender failed", extra={"destination": name})
+    def _deliver_destination(self, name: str) -> bool:
+        """One batch to one destination; True if there was one and every object of it was accepted."""
+        settings, results = self.settings, self.settings.results
+        now = utcnow()
+        with transaction(self.sessions) as session:
+            ids = outbox.claim(session, name, now, results.sending_timeout_seconds,
+                               results.max_items_per_association)
+            if not ids:
+                return False
+            rows = session.execute(
+                select(OutboxItem).where(OutboxItem.id.in_(ids)).order_by(OutboxItem.id)
+            ).scalars()
+            items = [Item(r.id, r.path, r.sop_class_uid, r.sop_instance_uid, r.study_uid, r.attempts)
+                     for r in rows]
+            groups = _resolve(session, settings, name, items)
+        outcomes: list[Outcome] = []
+        for peer, group in groups:
+            if isinstance(peer, str):
+                outcomes += [Outcome(item, False, "not-sent", reason=peer, peer_level=True) for item in group]
+            elif peer.config.kind == "stow":
+                outcomes += _send_stow(peer, group)
+            else:
+                outcomes += _send_dimse(settings, peer, group)
+        _record(settings, self.sessions, name, outcomes)
+        self._hold_or_release(name, outcomes)
+        return bool(outcomes) and all(outcome.ok for outcome in outcomes)
 
-
-def _deliver_destination(settings: Settings, sessions: sessionmaker[Session], name: str) -> bool:
-    """One batch to one destination; True if there was one and every object of it was accepted."""
-    results = settings.results
-    now = utcnow()
-    with transaction(sessions) as session:
-        ids = outbox.claim(session, name, now, results.sending_timeout_seconds, results.max_items_per_association)
-        if not ids:
-            return False
-        rows = session.execute(select(OutboxItem).where(OutboxItem.id.in_(ids)).order_by(OutboxItem.id)).scalars()
-        items = [Item(r.id, r.path, r.sop_class_uid, r.sop_instance_uid, r.study_uid, r.attempts) for r in rows]
-        groups = _resolve(session, settings, name, items)
-    outcomes: list[Outcome] = []
-    for peer, group in groups:
-        if isinstance(peer, str):
-            outcomes += [Outcome(item, False, "not-sent", reason=peer, peer_level=True) for item in group]
-        elif peer.config.kind == "stow":
-            outcomes += _send_stow(peer, group)
-        else:
-            outcomes += _send_dimse(settings, peer, group)
-    _record(settings, sessions, name, outcomes)
-    return bool(outcomes) and all(outcome.ok for outcome in outcomes)
+    def _hold_or_release(self, name: str, outcomes: list[Outcome]) -> None:
+        """Hold back a destination that failed as a whole (longer each time); release it once one succeeds."""
+        until: dt.datetime | None = None
+        with self._lock:
+            if any(o.peer_level for o in outcomes):
+                failures = self._holds.get(name, (utcnow(), 0))[1] + 1
+                delay = outbox.retry_delay(failures, self.settings.results.retry)
+                until = utcnow() + dt.timedelta(seconds=delay)
+                self._holds[name] = (until, failures)
+            elif any(o.ok for o in outcomes):
+                self._holds.pop(name, None)
+        if until is not None:
+            with transaction(self.sessions) as session:
+                outbox.hold_destination(session, name, until)
 
 
 def _resolve(session: Session, settings: Settings, name: str,
@@ -394,9 +418,8 @@ def _send_stow(peer: Peer, items: list[Item]) -> list[Outcome]:
 
 
 def _record(settings: Settings, sessions: sessionmaker[Session], name: str, outcomes: list[Outcome]) -> None:
-    """Write each outcome in its own short transaction, then update the destination's back-off."""
+    """Write each outcome in its own short transaction."""
     retry = settings.results.retry
-    peer_failed = any(o.peer_level for o in outcomes)
     for outcome in outcomes:
         item = outcome.item
         with transaction(sessions) as session:
@@ -418,14 +441,3 @@ def _record(settings: Settings, sessions: sessionmaker[Session], name: str, outc
                 "delivery attempt", extra={"destination": name, "sop_instance_uid": item.sop_instance_uid,
                                            "attempt": item.attempts, "status": outcome.status,
                                            "reason": outcome.reason, "fallback": outcome.fallback})
-    until: dt.datetime | None = None
-    with _lock:
-        if peer_failed:
-            failures = _holds.get(name, (utcnow(), 0))[1] + 1
-            until = utcnow() + dt.timedelta(seconds=outbox.retry_delay(failures, retry))
-            _holds[name] = (until, failures)
-        elif any(o.ok for o in outcomes):
-            _holds.pop(name, None)
-    if until is not None:
-        with transaction(sessions) as session:
-            outbox.hold_destination(session, name, until)

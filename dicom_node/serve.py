@@ -18,14 +18,14 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from db.session import make_session_factory
-from dicom_node.assemble import assembler_for, assembly_tick
+from dicom_node.assemble import Assembler
 from dicom_node.config import Settings
 from dicom_node.jobs import requeue_expired_jobs
 from dicom_node.log import configure_logging
 from dicom_node.preflight import StartupError, check_before_start, create_folders, open_database
 from dicom_node.receive import Receiver
 from dicom_node.retention import retention_tick
-from dicom_node.send import send_tick, wait_idle
+from dicom_node.send import Sender
 from dicom_node.store import reconcile_storage
 from dicom_node.wake import OUTBOX, WakeLoop, listen
 from dicom_node.web.server import DashboardProcess
@@ -69,9 +69,9 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
     receiver = Receiver(settings, sessions)
     # Assembly runs every tick, and at once when a sender releases its association: a study proven
     # complete whose senders are all done is queued without the settle window (completeness.decide).
-    assembly = WakeLoop("assembly", partial(assembly_tick, settings, sessions),
+    assembler = Assembler()
+    assembly = WakeLoop("assembly", partial(assembler.tick, settings, sessions),
                         settings.assembly.tick_seconds)
-    assembler = assembler_for(sessions)
     assembler.delivering, assembler.on_handover = receiver.studies_in_transfer, assembly.wake
     receiver.on_association_closed = assembler.association_closed
     try:
@@ -89,12 +89,13 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
         _periodic(scheduler, retention_tick, settings.retention.tick_seconds, settings, sessions)
     scheduler.start()
     # The sender runs every send tick, and at once when a worker publishes a result (wake.OUTBOX).
-    sending = WakeLoop("send", partial(send_tick, settings, sessions), settings.results.send_tick_seconds,
+    sender = Sender(settings, sessions)
+    sending = WakeLoop("send", sender.tick, settings.results.send_tick_seconds,
                        listen(settings.database.url.get_secret_value(), OUTBOX))
     assembly.start()
     sending.start()
 
-    workers = WorkerPool(settings)
+    workers = WorkerPool(settings, sessions)
     workers.start()
 
     if threading.current_thread() is threading.main_thread():
@@ -114,7 +115,7 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
         assembly.stop()
         sending.stop()
         scheduler.shutdown(wait=True)
-        wait_idle(timeout=settings.node.network_timeout_s)  # a delivery under way finishes, not resent
+        sender.wait_idle(timeout=settings.node.network_timeout_s)  # a delivery under way finishes
         workers.stop()
         engine.dispose()
         log.info("node stopped")

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from db import audit
+from db.clock import utcnow
 from db.models import Study, StudyState
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,6 @@ def reopen_candidates() -> Select[Study]:
             Study.last_received_at != Study.assessed_received_at,
         ),
     )
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """SQLite returns naive datetimes (stored as UTC by this node); PostgreSQL returns aware ones."""
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
 
 
 def transition(

@@ -26,12 +26,12 @@ from sqlalchemy import delete
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.clock import utcnow
 from db.models import WorkerHeartbeat
 from db.session import make_engine, make_session_factory, transaction
 from dicom_node.config import Settings
 from dicom_node.jobs import claim_next_job, renew_lease, requeue_expired_jobs, requeue_worker_jobs
 from dicom_node.log import configure_logging
-from dicom_node.study_state import utcnow
 from dicom_node.wake import JOBS, listen
 from inference.runtime import prefer_passive_openmp
 
@@ -136,10 +136,11 @@ def worker_main(settings: Settings, worker_id: str, parent_pid: int | None) -> N
             import torch
 
             torch.set_num_threads(settings.workers.torch_threads)
-        from dicom_node.infer import run_job  # heavy imports (torch, monai) only ever in worker processes
+        from dicom_node.infer import run_job, warm_up  # heavy imports (torch, monai) only in worker processes
         from inference.network import make_deterministic
 
         make_deterministic()  # its first call imports torch._inductor (1-3 s): not while a study waits
+        warm_up(settings, device)  # the models and highdicom's tables (~1-3 s): not in the first job either
         _warn_about_missing_weights(settings)
         starting.clear()
     except WorkerStopping:  # stopped while loading: it holds no job and has no heartbeat row yet
@@ -218,17 +219,13 @@ class _Slot:
 class WorkerPool:
     """settings.workers.count worker processes, restarted when they die, stopped with their jobs released."""
 
-    def __init__(self, settings: Settings, count: int | None = None) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], count: int | None = None) -> None:
+        """`sessions` (the caller's; the caller disposes its engine) re-queue the jobs of stopped workers."""
         self.settings = settings
+        self.sessions = sessions
         self.count = settings.workers.count if count is None else count
         self._context = multiprocessing.get_context("spawn")
         self._slots: list[_Slot] = []
-        self._sessions: sessionmaker[Session] | None = None
-
-    def _db(self) -> sessionmaker[Session]:
-        if self._sessions is None:
-            self._sessions = make_session_factory(make_engine(self.settings.database.url.get_secret_value()))
-        return self._sessions
 
     def _spawn(self, index: int, quick_deaths: int = 0) -> _Slot:
         worker_id = new_worker_id(index)
@@ -253,7 +250,7 @@ class WorkerPool:
                 continue
             if slot.restart_at == 0.0:
                 slot.process.join(0)
-                moved = requeue_worker_jobs(self.settings, self._db(), slot.worker_id, died=True)
+                moved = requeue_worker_jobs(self.settings, self.sessions, slot.worker_id, died=True)
                 quick = slot.quick_deaths + 1 if now - slot.started < 60 else 0
                 delay = RESTART_BACKOFF_S[min(quick, len(RESTART_BACKOFF_S) - 1)]
                 slot.restart_at = now + delay
@@ -282,7 +279,7 @@ class WorkerPool:
                 log.warning("worker did not stop in time: killed", extra={"worker_id": slot.worker_id})
                 slot.process.kill()
                 slot.process.join(5)
-            requeue_worker_jobs(self.settings, self._db(), slot.worker_id, died=False)
+            requeue_worker_jobs(self.settings, self.sessions, slot.worker_id, died=False)
         self._slots = []
 
 
@@ -293,7 +290,8 @@ def run_workers(settings: Settings, count: int, stop: threading.Event | None = N
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-    pool = WorkerPool(settings, count)
+    engine = make_engine(settings.database.url.get_secret_value())
+    pool = WorkerPool(settings, make_session_factory(engine), count)
     pool.start()
     log.info("workers started", extra={"count": count})
     try:
@@ -301,3 +299,4 @@ def run_workers(settings: Settings, count: int, stop: threading.Event | None = N
             pool.supervise()
     finally:
         pool.stop()
+        engine.dispose()

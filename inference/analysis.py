@@ -259,6 +259,7 @@ def analyse(
         published_performance=f"{spec.published_accuracy}. {NOT_FOR_CLINICAL_USE}",
         suv_notes=list(factor.notes),
         findings=findings,
+        series_headers={pet.series_uid: list(pet.headers), ct.series_uid: list(ct.headers)},
     )
     _classify(result, spec, tensor, pet_grid, options, device)
     log.info(

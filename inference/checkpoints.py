@@ -246,27 +246,32 @@ def _verified_state(models_dir: Path, spec: ModelSpec) -> tuple[InstalledModel, 
     return installed, state
 
 
-_CACHE: dict[tuple[str, str, int, int, str], LoadedModel] = {}
+_CACHE: dict[tuple[str, str], tuple[tuple[str, int, int, str], LoadedModel]] = {}
+"""This process's verified networks by (weights file, device), with the file state they were verified on."""
 
 
 def load_model(models_dir: Path, spec: ModelSpec, device: torch.device) -> LoadedModel:
-    """The network with the installed weights, on `device`, in eval mode; verified on every load.
+    """The network with the installed weights, on `device`, in eval mode.
 
-    Kept in memory per (file, size, mtime, device) so a worker does not re-read 45 MB for every study.
+    Hashing the 45 MB file and building the network cost ~1 s, so a process keeps the verified network and
+    re-verifies only when the file (size, mtime), its registry sha256 or the expected sha256 changed: a
+    replaced or damaged checkpoint is hashed and read again before it is used.
     """
     installed = installed_model(models_dir, spec.id)
     if installed is None or not installed.path.is_file():
         raise WeightsMissing(missing_weights_message(spec.id, models_dir))
     stat = installed.path.stat()
-    key = (str(installed.path), spec.expected_sha256 or "", stat.st_size, stat.st_mtime_ns, str(device))
-    cached = _CACHE.get(key)
-    if cached is not None:
-        return cached
+    slot = (str(installed.path), str(device))
+    state_key = (f"{installed.sha256}/{spec.expected_sha256 or ''}", stat.st_size, stat.st_mtime_ns,
+                 str(spec.in_channels))
+    cached = _CACHE.get(slot)
+    if cached is not None and cached[0] == state_key:
+        return cached[1]
+    _CACHE.pop(slot, None)
     installed, state = _verified_state(models_dir, spec)
     net = build_network(spec.in_channels)
     net.load_state_dict(state, strict=True)
     net.to(device).eval()
     loaded = LoadedModel(spec=spec, net=net, sha256=installed.sha256, path=installed.path, device=device)
-    _CACHE.clear()
-    _CACHE[key] = loaded
+    _CACHE[slot] = (state_key, loaded)
     return loaded

@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Literal
 
 import numpy as np
+import pydicom
 
 from inference.volume import Volume
 
@@ -207,6 +208,8 @@ class AnalysisResult:
     published_performance: str = ""
     suv_notes: list[str] = field(default_factory=list)
     findings: Findings | None = None
+    series_headers: dict[str, list[pydicom.Dataset]] = field(default_factory=dict)
+    """Headers (no pixels) of the analysed instances by series UID: the report draws on them, unread again."""
 
     @property
     def region_is_prostate_bed(self) -> bool:

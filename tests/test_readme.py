@@ -7,12 +7,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.node import REPO, NodeProcess, free_port
+from tests.support.wait import wait_for
 
 README = (REPO / "README.md").read_text()
 
@@ -57,15 +57,15 @@ def _walkthrough() -> list[str]:
 
 
 def _wait_until_done(env: dict[str, str], cwd: Path, timeout: float = 120.0) -> str:
-    deadline = time.monotonic() + timeout
-    listing = ""
-    while time.monotonic() < deadline:
-        listing = subprocess.run([".venv/bin/psma-node", "studies", "list"], cwd=cwd, env=env,
-                                 capture_output=True, text=True, timeout=60).stdout
-        if re.search(r"\b(done|failed|rejected)\b", listing):
-            return listing
-        time.sleep(1)
-    raise AssertionError(f"study not analysed within {timeout} s:\n{listing}")
+    listings = [""]
+
+    def settled() -> str | None:
+        listings[0] = subprocess.run([".venv/bin/psma-node", "studies", "list"], cwd=cwd, env=env,
+                                     capture_output=True, text=True, timeout=60).stdout
+        return listings[0] if re.search(r"\b(done|failed|rejected)\b", listings[0]) else None
+
+    return wait_for(settled, timeout=timeout, what="the study to be analysed", log=lambda: listings[0],
+                    interval=1.0)
 
 
 def test_walkthrough_runs_verbatim(tmp_path: Path) -> None:

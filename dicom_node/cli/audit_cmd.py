@@ -14,7 +14,8 @@ from typing import IO, Any
 import click
 
 from db.audit import os_user, record
-from db.queries import as_utc, audit_events, count_audit_events
+from db.clock import utcnow
+from db.queries import audit_events, count_audit_events
 from db.session import transaction
 from dicom_node.cli.context import CliContext, pass_cli
 
@@ -38,7 +39,7 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 def parse_time(value: str, *, now: dt.datetime | None = None) -> dt.datetime:
     """ISO date or date-time (UTC unless it says otherwise), or an age such as 30m, 12h, 7d, 2w."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or utcnow()
     text = value.strip()
     match = _RELATIVE.match(text)
     if match:
@@ -55,7 +56,7 @@ def parse_time(value: str, *, now: dt.datetime | None = None) -> dt.datetime:
 
 def event_dict(event: Any) -> dict[str, Any]:
     """One audit event (model object or row) as plain data, timestamps in UTC ISO format."""
-    created = as_utc(event.created_at)
+    created = event.created_at
     return {
         "id": event.id,
         "created_at": created.isoformat() if created else None,

@@ -16,7 +16,7 @@ import click
 
 from db.audit import os_user, record
 from db.models import StudyState
-from db.queries import as_utc, find_study, list_studies, study_timeline
+from db.queries import find_study, list_studies, study_timeline
 from db.session import transaction
 from dicom_node.cli.audit_cmd import parse_time
 from dicom_node.cli.context import CliContext, pass_cli
@@ -25,8 +25,7 @@ NOT_FOUND_EXIT = 3
 
 
 def _when(value: dt.datetime | None) -> str:
-    stamp = as_utc(value)
-    return stamp.strftime("%Y-%m-%d %H:%M:%S") if stamp is not None else "-"
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
 @click.group("studies")
@@ -48,7 +47,7 @@ def list_command(ctx: CliContext, state: str | None, since: str | None, limit: i
     with ctx.sessions()() as session:
         rows = list_studies(session, state=state, limit=limit)
     if start is not None:
-        rows = [row for row in rows if (as_utc(row.last_received_at) or start) >= start]
+        rows = [row for row in rows if (row.last_received_at or start) >= start]
     if as_json:
         for row in rows:
             click.echo(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
@@ -29,27 +29,12 @@ from dicom_node.report.render import PanelFacts, render_all
 from dicom_node.report.sc import build_sc_series
 from dicom_node.report.seg import build_seg
 from dicom_node.report.sr import build_sr, device_uid
+from dicom_node.store import write_durably
 from inference.result import AnalysisResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["publish_result", "write_durably"]
-
-
-def write_durably(dataset: Dataset, path: Path) -> None:
-    """tmp file, fsync, rename, fsync the folder: after return the file survives a power cut."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        dataset.save_as(handle, enforce_file_format=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+__all__ = ["publish_result"]
 
 
 def _evidence(session: Session, study: Study, analysis: AnalysisResult, pet_header: Dataset) -> list[Dataset]:
@@ -166,6 +151,9 @@ def publish_result(session: Session, settings: Settings, study: Study, result_ro
     results = settings.results
     headers: dict[str, list[Dataset]] = {}
     for label, series_uid in (("PET", analysis.pet_series_uid), ("CT", analysis.ct_series_uid)):
+        if analysis.series_headers.get(series_uid):  # the analysis read them already: no second pass
+            headers[label] = list(analysis.series_headers[series_uid])
+            continue
         headers[label], problem = _series_headers(session, study, series_uid)
         if problem:
             reason = (f"{label} series {series_uid}: instance header unreadable ({problem}); "
@@ -194,7 +182,9 @@ def publish_result(session: Session, settings: Settings, study: Study, result_ro
         objects.append((seg, folder / f"SEG-{seg_uid}.dcm"))
     objects += [(sc, folder / f"SC-{sc.SOPInstanceUID}.dcm") for sc in scs]
     for dataset, path in objects:
-        write_durably(dataset, path)
+        encoded = BytesIO()
+        dataset.save_as(encoded, enforce_file_format=True)
+        write_durably(path, encoded.getbuffer())
 
     result_row.sr_sop_instance_uid = sr_uid
     result_row.sc_series_uid = sc_series_uid

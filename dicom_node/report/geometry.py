@@ -128,11 +128,14 @@ def planes(headers: Sequence[pydicom.Dataset | ImagePlane]) -> list[ImagePlane]:
     return [h if isinstance(h, ImagePlane) else ImagePlane.of(h) for h in headers]
 
 
-def nearest_instance(headers: Sequence[pydicom.Dataset], point_lps: Sequence[float]) -> ImagePoint:
+def nearest_instance(
+    headers: Sequence[pydicom.Dataset | ImagePlane], point_lps: Sequence[float]
+) -> ImagePoint:
     """The instance whose plane is nearest to `point_lps` along its normal, and the point's pixel position.
 
     Pixel coordinates follow the SCOORD convention (PS3.3 C.18.6.1.2): column/row of the top-left pixel's
     centre are (0.5, 0.5), so the point is projected onto the plane and 0.5 is added to its 0-based indices.
+    Pass planes (`planes(headers)`) when searching the same series repeatedly: parsing headers is the cost.
     """
     point = np.asarray(point_lps, dtype=float)
     if point.shape != (3,) or not np.all(np.isfinite(point)):

@@ -194,7 +194,9 @@ def sample(volume: Volume, grid: PlaneGrid, order: int = 1) -> np.ndarray:
     """Values of `volume` at the grid's pixels (NaN outside the volume).
 
     The plane is affine in voxel space too, so voxel coordinates are built from three vectors instead of
-    mapping every pixel's LPS position through the inverse affine.
+    mapping every pixel's LPS position through the inverse affine. When the plane runs along two voxel axes
+    (the usual axial/coronal/sagittal view of an axial series), the two slices around it are blended first
+    and interpolated in 2-D: the same values at half the cost of trilinear sampling.
     """
     inverse = np.linalg.inv(volume.affine_lps)[:3, :3]
     start = volume.lps_to_index(grid.origin[None, :])[0]
@@ -202,8 +204,21 @@ def sample(volume: Volume, grid: PlaneGrid, order: int = 1) -> np.ndarray:
     per_row = inverse @ grid.v * grid.step_mm
     rows = np.arange(grid.rows, dtype=np.float32)[:, None]
     cols = np.arange(grid.cols, dtype=np.float32)[None, :]
-    index = np.stack([start[a] + rows * per_row[a] + cols * per_col[a] for a in range(3)])
     data = np.asarray(volume.array, dtype=np.float32)
+    fixed = [axis for axis in range(3) if abs(per_col[axis]) < 1e-9 and abs(per_row[axis]) < 1e-9]
+    if order == 1 and len(fixed) == 1:
+        axis, depth = fixed[0], float(start[fixed[0]])
+        if not 0.0 <= depth <= data.shape[axis] - 1:
+            return np.full((grid.rows, grid.cols), np.nan, dtype=np.float32)
+        below = min(int(depth), data.shape[axis] - 1)
+        weight = np.float32(depth - below)
+        plane = np.take(data, below, axis=axis)
+        if weight > 0:
+            plane = plane * (1 - weight) + np.take(data, below + 1, axis=axis) * weight
+        in_plane = [a for a in range(3) if a != axis]
+        index = np.stack([start[a] + rows * per_row[a] + cols * per_col[a] for a in in_plane])
+        return ndimage.map_coordinates(plane, index, order=1, mode="constant", cval=np.nan)
+    index = np.stack([start[a] + rows * per_row[a] + cols * per_col[a] for a in range(3)])
     return ndimage.map_coordinates(data, index, order=order, mode="constant", cval=np.nan)
 
 

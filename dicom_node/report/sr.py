@@ -64,7 +64,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, generate_uid
 
 from dicom_node.config import ResultSettings
-from dicom_node.report.geometry import GeometryError, ImagePlane, ImagePoint, mask_to_frames, nearest_instance
+from dicom_node.report.geometry import (
+    GeometryError, ImagePlane, ImagePoint, mask_to_frames, nearest_instance, planes)
 from dicom_node.report.render import BANNER, NOT_INSTALLED, PUBLISHED_PERFORMANCE, for_radiologists
 from inference.result import AnalysisResult, ClinicalValue, Finding, Findings, Focus
 
@@ -379,8 +380,8 @@ def _isocontour_algorithm(analysis: AnalysisResult) -> AlgorithmIdentification:
     )
 
 
-def _focus_groups(analysis: AnalysisResult, focus: Focus, pet_headers: Sequence[Dataset],
-                  ct_headers: Sequence[Dataset],
+def _focus_groups(analysis: AnalysisResult, focus: Focus, pet_headers: Sequence[ImagePlane],
+                  ct_headers: Sequence[ImagePlane],
                   segment: ImageContentItem | None) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
     """The focus on the PET slice through its SUVmax, and on the CT image nearest that position."""
     site = finding_site(analysis)
@@ -419,7 +420,7 @@ def _region_centre(analysis: AnalysisResult, findings: Findings | None) -> tuple
     return analysis.localisation.center_lps
 
 
-def _away_from_foci(pet_headers: Sequence[Dataset], centre_lps: Sequence[float],
+def _away_from_foci(pet_headers: Sequence[ImagePlane], centre_lps: Sequence[float],
                     findings: Findings | None) -> ImagePoint:
     """The PET image nearest `centre_lps` that no focus is drawn on, so labels do not cover each other."""
     taken = {nearest_instance(pet_headers, f.suv_max_lps).sop_instance_uid
@@ -427,14 +428,14 @@ def _away_from_foci(pet_headers: Sequence[Dataset], centre_lps: Sequence[float],
     point = nearest_instance(pet_headers, centre_lps)
     if point.sop_instance_uid in taken:
         by_distance = sorted(pet_headers, key=lambda h: abs(nearest_instance([h], centre_lps).distance_mm))
-        free = [h for h in by_distance if str(h.SOPInstanceUID) not in taken]
+        free = [h for h in by_distance if h.sop_instance_uid not in taken]
         if free:
             point = nearest_instance(free[:1], centre_lps)
     return point
 
 
 def _result_group(analysis: AnalysisResult, algorithm: AlgorithmIdentification,
-                  pet_headers: Sequence[Dataset],
+                  pet_headers: Sequence[ImagePlane],
                   segment: ImageContentItem | None) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     """The analysed region on a PET slice near its centre, carrying the study-level answer."""
     findings = analysis.findings
@@ -557,11 +558,13 @@ def build_sr(analysis: AnalysisResult, evidence: list[Dataset], settings: Result
     referenced: dict[str, Dataset] = {}
     if pet_headers:
         try:  # foci first: OHIF opens the SR on its first measurement, the hottest focus
+            pet_planes = planes(pet_headers)  # parsed once: every focus searches all of them
+            ct_planes = planes(ct_headers) if ct_headers else []
             for focus in (analysis.findings.foci if analysis.findings is not None else []):
                 groups.extend(_focus_groups(
-                    analysis, focus, pet_headers, ct_headers,
+                    analysis, focus, pet_planes, ct_planes,
                     _segment_reference(segmentation, segment_numbers, f"focus-{focus.number}")))
-            groups.append(_result_group(analysis, algorithm, pet_headers,
+            groups.append(_result_group(analysis, algorithm, pet_planes,
                                         _segment_reference(segmentation, segment_numbers, "region")))
         except GeometryError as error:
             log.warning("SR drawn without image regions", extra={"reason": str(error)})

@@ -22,8 +22,7 @@ STRUCTURED_REPORT_ROOT = ComprehensiveSRStorage.rsplit(".", 1)[0] + "."
 
 
 def when(value: dt.datetime | None) -> str:
-    """A timestamp in UTC, whatever the database handed back."""
-    value = queries.as_utc(value)
+    """A timestamp as UTC text (the database hands back aware UTC datetimes)."""
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
 
 

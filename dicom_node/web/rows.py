@@ -5,13 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from db import queries
-
 
 def row(obj: Any) -> dict[str, Any]:
-    """All columns of one ORM row; SQLite's naive timestamps are marked UTC like PostgreSQL's."""
+    """All columns of one ORM row (timestamps come back aware UTC from the database)."""
     data = {}
     for column in obj.__table__.columns:
         value = getattr(obj, column.key)
-        data[column.key] = queries.as_utc(value).isoformat() if isinstance(value, dt.datetime) else value
+        data[column.key] = value.isoformat() if isinstance(value, dt.datetime) else value
     return data

@@ -15,16 +15,13 @@ import secrets
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.clock import utcnow
 from db.models import DashboardSession
 from db.session import transaction
 
 
 def _digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 class LoginSessions:
@@ -37,7 +34,7 @@ class LoginSessions:
     def open(self, user: str, peer: str | None) -> str:
         """A new session for `user`; returns the id to put into the cookie. Expired rows are removed."""
         session_id = secrets.token_urlsafe(32)
-        now = _now()
+        now = utcnow()
         with transaction(self._sessions) as db:
             db.execute(delete(DashboardSession).where(DashboardSession.expires_at < now))
             db.add(DashboardSession(id=_digest(session_id), user_name=user, peer=peer,
@@ -49,8 +46,7 @@ class LoginSessions:
             row = db.scalar(select(DashboardSession).where(DashboardSession.id == _digest(session_id)))
         if row is None or row.user_name != user:
             return False
-        expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=dt.timezone.utc)
-        return expires > _now()
+        return row.expires_at > utcnow()
 
     def end(self, session_id: str) -> None:
         with transaction(self._sessions) as db:

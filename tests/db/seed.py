@@ -6,10 +6,7 @@ keeps these tests independent of the receiver, the workers and the sender (which
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,30 +19,12 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.audit import record
 from db.models import Instance, Job, OutboxItem, Result, Study, WorkerHeartbeat
-from db.session import upgrade
-
-
-
-_template: list[Path] = []
-
-
-def migrate(url: str) -> None:
-    """Bring a fresh database to head; SQLite files are copied from one migrated template (much faster)."""
-    if not url.startswith("sqlite:///"):
-        upgrade(url)
-        return
-    if not _template:
-        folder = Path(tempfile.mkdtemp(prefix="psma-schema-"))
-        atexit.register(shutil.rmtree, folder, True)
-        upgrade(f"sqlite:///{folder / 'template.db'}")
-        _template.append(folder / "template.db")
-    target = Path(url[len("sqlite:///") :])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_template[0], target)
+from db.session import transaction
+from dicom_node.config import Settings
 
 
 @dataclass
@@ -223,3 +202,37 @@ def seed_study(
 def seed_worker(session: Session, *, worker_id: str = "worker-1", age_seconds: float = 1.0) -> None:
     beat = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=age_seconds)
     session.add(WorkerHeartbeat(id=worker_id, host="localhost", pid=1234, device="cpu", heartbeat_at=beat))
+
+
+@dataclass
+class Seeded:
+    """The dashboard's test world: settings, its database and the two studies `seed` wrote."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    done: SeededStudy
+    failed: SeededStudy
+
+
+def seed(sessions: sessionmaker[Session], settings: Settings) -> tuple[SeededStudy, SeededStudy]:
+    """One delivered study (patient name `Sentinel^Zebra`, to catch leaks), one failed study, one worker."""
+    storage, results = Path(settings.storage.directory), Path(settings.storage.results_directory)
+    with transaction(sessions) as session:
+        done = seed_study(
+            session,
+            storage=storage,
+            results=results,
+            accession="ACC-DONE",
+            patient_name="Sentinel^Zebra",
+            delivered_at=dt.datetime.now(dt.timezone.utc),
+        )
+        failed = seed_study(
+            session,
+            storage=storage,
+            results=results,
+            accession="ACC-FAIL",
+            state="failed",
+            reason="SUV: RadiopharmaceuticalStartDateTime missing",
+        )
+        seed_worker(session)
+    return done, failed

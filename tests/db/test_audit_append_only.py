@@ -5,21 +5,18 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.audit import record
 from db.models import AuditEvent
-from db.session import make_engine, make_session_factory, transaction, upgrade
+from db.session import transaction
 
 
-@pytest.fixture
-def sessions(db_url: str):
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    factory = make_session_factory(engine)
-    with transaction(factory) as session:
+@pytest.fixture(autouse=True)
+def one_login(sessions: sessionmaker[Session]) -> None:
+    """Every test starts with one audit event already written."""
+    with transaction(sessions) as session:
         record(session, "admin", "login", actor="alice", peer="10.0.0.1")
-    yield factory
-    engine.dispose()
 
 
 def _trail(sessions) -> list[tuple[str, str | None]]:

@@ -7,15 +7,7 @@ from sqlalchemy import select
 
 from db.clinical import ClinicalInputError, clinical_history, lookup_clinical, register_clinical_info
 from db.models import AuditEvent
-from db.session import make_engine, make_session_factory, transaction, upgrade
-
-
-@pytest.fixture
-def sessions(db_url: str):  # type: ignore[no-untyped-def]
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
+from db.session import transaction
 
 
 def test_newest_value_per_field_wins_and_every_registration_is_audited(sessions) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from db.models import Study
 from db.session import make_engine, make_session_factory
-from tests.conftest import require_tool
+from tests.support.tools import require_tool
 
 PATIENT_NAME = "Zzyzx^Quillon^Marvelle"
 PATIENT_BIRTH_DATE = "19230417"
@@ -48,14 +48,13 @@ def test_patient_name_reaches_the_database_but_not_the_logs(
     engine = make_engine(node.config["database"]["url"])
     try:
         sessions = make_session_factory(engine)
-        deadline = time.monotonic() + 20
-        stored = None
-        while stored is None and time.monotonic() < deadline:
+        def stored_name() -> str | None:
             with sessions() as session:
-                stored = session.scalar(
+                return session.scalar(
                     select(Study.patient_name).where(Study.study_uid == source.StudyInstanceUID)
                 )
-            time.sleep(0.2)
+
+        stored = node.wait_until(stored_name, timeout=20, what="the study row")
         assert stored == PATIENT_NAME, "the admin's view of the study keeps the name"
     finally:
         engine.dispose()

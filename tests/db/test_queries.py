@@ -6,19 +6,19 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.audit import record
 from db.models import Job
-from db.session import make_engine, make_session_factory, transaction
-from tests.db.seed import migrate, seed_study, seed_worker
+from db.session import transaction
+from tests.db.seed import SeededStudy, seed_study, seed_worker
 
 
 @pytest.fixture
-def sessions(db_url: str, tmp_path: Path):
-    migrate(db_url)
-    engine = make_engine(db_url)
-    factory = make_session_factory(engine)
+def seeded(sessions: sessionmaker[Session], tmp_path: Path) -> tuple[sessionmaker[Session], SeededStudy]:
+    """A delivered study, a failed delivery, a rejected study, failed and queued jobs, a stale worker."""
+    factory = sessions
     dirs = {"storage": tmp_path / "s", "results": tmp_path / "r"}
     with transaction(factory) as session:
         done = seed_study(session, accession="A-DONE", delivered_at=dt.datetime.now(dt.timezone.utc), **dirs)
@@ -38,12 +38,11 @@ def sessions(db_url: str, tmp_path: Path):
         )
         session.add(Job(study_id=job.study_id, generation=3, state="queued"))
         seed_worker(session, worker_id="w-old", age_seconds=600)
-    yield factory, done
-    engine.dispose()
+    return factory, done
 
 
-def test_failures_gather_every_kind_with_its_reason(sessions) -> None:
-    factory, _ = sessions
+def test_failures_gather_every_kind_with_its_reason(seeded) -> None:
+    factory, _ = seeded
     with factory() as session:
         found = {(f.kind, f.reason) for f in queries.failures(session)}
     assert ("study rejected", "tracer FDG not accepted") in found
@@ -52,8 +51,8 @@ def test_failures_gather_every_kind_with_its_reason(sessions) -> None:
     assert ("association refused", "calling AE not allowed: EVIL") in found
 
 
-def test_timeline_by_accession_or_uid(sessions) -> None:
-    factory, done = sessions
+def test_timeline_by_accession_or_uid(seeded) -> None:
+    factory, done = seeded
     with factory() as session:
         by_accession = queries.study_timeline(session, "A-DONE")
         by_uid = queries.study_timeline(session, done.study_uid)
@@ -63,8 +62,8 @@ def test_timeline_by_accession_or_uid(sessions) -> None:
     assert by_accession.study.probability == 0.83 and len(by_accession.jobs) == 3
 
 
-def test_health_counts_queue_and_stale_workers(sessions) -> None:
-    factory, _ = sessions
+def test_health_counts_queue_and_stale_workers(seeded) -> None:
+    factory, _ = seeded
     with factory() as session:
         health = queries.health(session, worker_stale_after=dt.timedelta(seconds=60))
     assert health.queue_depth == 1
@@ -74,8 +73,8 @@ def test_health_counts_queue_and_stale_workers(sessions) -> None:
     assert health.last_association_at is not None and health.last_instance_at is not None
 
 
-def test_audit_events_stream_in_batches_in_order(sessions) -> None:
-    factory, _ = sessions
+def test_audit_events_stream_in_batches_in_order(seeded) -> None:
+    factory, _ = seeded
     with factory() as session:
         every = [e.id for e in queries.audit_events(session, batch=3)]
         assert every == sorted(every) and len(every) == len(set(every)) > 6

@@ -22,7 +22,7 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from dicom_node.synth import SynthOptions, generate_study
-from tests.conftest import require_tool
+from tests.support.tools import require_tool
 from tests.deploy.engine import Engine
 from tests.support.node import free_port
 from tests.support.orthanc import OrthancServer

@@ -16,7 +16,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from dicom_node.synth import SynthOptions, generate_study
-from tests.conftest import require_tool
+from tests.support.tools import require_tool
 from tests.support.node import REPO, NodeProcess, free_port, wait_for_port
 
 ORTHANC_DIR = REPO / "deploy" / "orthanc"

@@ -27,8 +27,8 @@ from dicom_node.doctor import CheckResult, Status, run_checks
 from inference.checkpoints import import_checkpoint
 from inference.model_specs import get_spec
 from inference.network import build_network
-from tests.conftest import require_tool
 from tests.support.node import deep_merge, free_port, wait_for_port, write_config
+from tests.support.tools import require_tool
 
 
 @pytest.fixture(scope="module")

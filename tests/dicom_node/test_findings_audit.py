@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from db.models import AuditEvent, Result
 from dicom_node.synth import SynthOptions, generate_study
-from tests.conftest import require_tool
 from tests.support.fake_totalsegmentator import install_fake_totalsegmentator
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 

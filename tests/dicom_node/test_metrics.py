@@ -13,8 +13,9 @@ from db.audit import record
 from db.session import make_engine, make_session_factory, transaction
 from dicom_node.metrics import make_registry, reason_class
 from dicom_node.web.app import create_app
-from tests.db.seed import migrate, seed_study, seed_worker
-from tests.dicom_node.web.conftest import TOKEN, make_settings
+from tests.db.seed import seed_study, seed_worker
+from tests.support.db import migrate
+from tests.support.settings import TOKEN, make_settings
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -14,8 +14,9 @@ from sqlalchemy import select
 from db.models import AuditEvent, Instance, Study
 from db.session import make_engine, make_session_factory, transaction
 from dicom_node.retention import retention_tick, run_retention
-from tests.db.seed import migrate, seed_study
-from tests.dicom_node.web.conftest import make_settings
+from tests.db.seed import seed_study
+from tests.support.db import migrate
+from tests.support.settings import make_settings
 from tests.support.node import REPO
 
 NOW = dt.datetime.now(dt.timezone.utc)

@@ -13,8 +13,9 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from tests.conftest import POSTGRES_URL, require_tool
+from tests.support.db import POSTGRES_URL
 from tests.support.node import write_config
+from tests.support.tools import require_tool
 
 PSMA_NODE = str(Path(sys.executable).parent / "psma-node")
 
@@ -68,9 +69,9 @@ def test_plain_postgresql_url_runs_the_node(tmp_path: Path, node_factory) -> Non
     """`postgresql://` (psycopg 3 to SQLAlchemy 2.1, which is not installed) runs on the installed driver."""
     if not POSTGRES_URL:
         pytest.skip("PSMA_TEST_POSTGRES_URL not set (the README test command sets it)")
-    from tests.conftest import _postgres_database
+    from tests.support.db import postgres_database
 
-    databases = _postgres_database()
+    databases = postgres_database()
     url = next(databases)
     try:
         node = node_factory({"workers": {"count": 0}}, db_url=_plain(url))

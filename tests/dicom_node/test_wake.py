@@ -15,14 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_engine, make_session_factory, transaction, upgrade
 from dicom_node.wake import JOBS, OUTBOX, PipeWaiter, WakeLoop, listen, pipe_folder, ring_on_commit
+from tests.support.wait import wait_for
 
 WAIT_S = 30.0  # generous: a wake-up that works returns long before; a broken one times out
-
-
-@pytest.fixture
-def sessions(db_url: str) -> sessionmaker[Session]:
-    upgrade(db_url)
-    return make_session_factory(make_engine(db_url))
 
 
 def test_ring_wakes_a_waiter_only_when_the_transaction_commits(
@@ -138,9 +133,7 @@ def test_wake_loop_runs_work_when_woken_and_again_for_a_wake_during_work() -> No
     loop = WakeLoop("test", work, interval=3600.0)
     loop.start()
     try:
-        deadline = time.monotonic() + WAIT_S
-        while not runs and time.monotonic() < deadline:  # runs once at start
-            time.sleep(0.01)
+        wait_for(lambda: runs, timeout=WAIT_S, what="the loop's first run at start", interval=0.01)
         loop.wake()
         assert first_run_started.wait(WAIT_S)
         loop.wake()  # while work runs: must not be lost

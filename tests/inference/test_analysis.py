@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
+from monai.networks.nets import DenseNet121 as monai_densenet121
 
 import dicom_node
 from inference.analysis import AnalysisError, AnalysisOptions, analyse
@@ -48,8 +50,19 @@ def test_with_weights_every_field_of_the_result_is_filled(
     result = analyse(recurrence_study.pet_paths, recurrence_study.ct_paths, options)
     assert result.classifier_run and result.model_id == "D"
     assert result.probability is not None and 0.0 <= result.probability <= 1.0
-    expected = Finding.PRESENT if result.probability >= 0.5 else Finding.ABSENT
-    assert result.finding == expected
+    # The clinical channels come from the study's own tags (ground truth), scaled as the authors did.
+    assert result.model_input is not None
+    assert np.all(result.model_input[2] == np.float32(truth["psa"] / 7434.0))
+    assert np.all(result.model_input[3] == np.float32(1.0 if truth["prostatectomy"] else 0.0))
+    # An independent forward pass: MONAI's DenseNet121 with the weights read straight from the source file.
+    oracle = monai_densenet121(spatial_dims=3, in_channels=4, out_channels=2)
+    oracle.load_state_dict(torch.load(models_dir.parent / "D.pt", weights_only=True)["net"])
+    oracle.eval()
+    with torch.inference_mode():
+        logits = oracle(torch.from_numpy(result.model_input.astype(np.float32))[None])[0]
+    probability = float(torch.softmax(logits, dim=0)[1])
+    assert result.probability == pytest.approx(probability, abs=1e-5)
+    assert result.finding == (Finding.PRESENT if probability >= 0.5 else Finding.ABSENT)
     installed = models_dir / "D" / "model_D.pt"
     assert result.weights_sha256 == hashlib.sha256(installed.read_bytes()).hexdigest()
     assert result.software_version == dicom_node.__version__

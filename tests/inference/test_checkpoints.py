@@ -114,3 +114,37 @@ def test_missing_weights_name_the_zenodo_record_and_the_import_command(tmp_path:
     message = str(raised.value)
     assert "doi:10.5281/zenodo.15174580" in message
     assert "psma-node models import FILE --as C" in message
+
+
+def test_a_loaded_model_is_kept_until_its_checkpoint_is_replaced_then_the_new_weights_are_used(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    import_checkpoint(write_random_checkpoint(tmp_path / "first.pt", seed=1), get_spec("D"), models)
+    first = load_model(models, get_spec("D"), CPU)
+    assert load_model(models, get_spec("D"), CPU) is first  # no second hash and build for the next study
+    replacement = write_random_checkpoint(tmp_path / "second.pt", seed=2)
+    installed = import_checkpoint(replacement, get_spec("D"), models)
+    second = load_model(models, get_spec("D"), CPU)
+    assert second is not first
+    assert second.sha256 == installed.sha256 != first.sha256
+    expected, _ = read_state_dict(replacement)
+    for key, tensor in second.net.state_dict().items():
+        assert torch.equal(tensor, expected[key]), key
+
+
+def test_a_kept_model_whose_file_is_damaged_afterwards_is_refused_on_the_next_load(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    installed = import_checkpoint(write_random_checkpoint(tmp_path / "d.pt"), get_spec("D"), models)
+    load_model(models, get_spec("D"), CPU)
+    installed.path.write_bytes(b"\x00" * 1024)
+    with pytest.raises(ChecksumMismatch, match="changed since import"):
+        load_model(models, get_spec("D"), CPU)
+
+
+def test_a_kept_model_is_checked_again_when_the_expected_sha256_changes(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    import_checkpoint(write_random_checkpoint(tmp_path / "d.pt"), get_spec("D"), models)
+    load_model(models, get_spec("D"), CPU)
+    with pytest.raises(ChecksumMismatch, match="expected f{64}"):
+        load_model(models, get_spec("D", {"D": "f" * 64}), CPU)

@@ -31,8 +31,8 @@ from monai.transforms import (
 )
 
 from dicom_node.cli.main import cli
-from tests.conftest import require_tool
 from tests.inference.studies import Study, recurrence_study
+from tests.support.tools import require_tool
 
 TOLERANCE = 1e-4
 

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 
 from inference.volume import Series, VolumeError, load_volume
-from tests.conftest import require_tool
 from tests.inference.localize.dicom_files import axial_affine, write_series
+from tests.support.tools import require_tool
 
 
 def _rotation(z_degrees: float, x_degrees: float) -> np.ndarray:

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.wait import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -96,13 +98,7 @@ class NodeProcess:
 
     def wait_until(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
         """Poll `check` until it returns something truthy; on timeout fail with the node's recent log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}\n{self.log_text()[-4000:]}")
+        return wait_for(check, timeout=timeout, what=what, log=self.log_text)
 
     def log_text(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""

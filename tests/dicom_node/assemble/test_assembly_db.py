@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import event, select
+import datetime as dt
+
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import AuditEvent, Job, JobState, Study
-from dicom_node.assemble import assembly_tick
+from db.models import AuditEvent, Instance, Job, JobState, Study
+from db.session import transaction
+from dicom_node.assemble import Assembler
 from dicom_node.config import Settings
-from tests.dicom_node.assemble.rows import add_ct, add_pet, add_study, sessions_for
-
-
-@pytest.fixture
-def sessions(db_url: str) -> sessionmaker[Session]:
-    return sessions_for(db_url)
+from tests.dicom_node.assemble.rows import add_ct, add_pet, add_study
 
 
 def _settings(**assembly: object) -> Settings:
@@ -49,8 +46,9 @@ def test_complete_study_is_queued_once_with_audited_transitions(sessions: sessio
     pet = add_pet(sessions, study_id)
     ct = add_ct(sessions, study_id)
     settings = _settings()
+    assembler = Assembler()
     for _ in range(3):
-        assembly_tick(settings, sessions)
+        assembler.tick(settings, sessions)
     study = _study(sessions, study_id)
     assert study.state == "queued" and study.pet_series_uid == pet and study.ct_series_uid == ct
     assert study.completeness_proven_at is not None
@@ -62,21 +60,35 @@ def test_complete_study_is_queued_once_with_audited_transitions(sessions: sessio
     assert events[0].detail["rule"] == "content-proof" and "PET: all 20 slices" in (events[0].reason or "")
 
 
-def test_settle_window_delays_a_proven_study(sessions: sessionmaker[Session]) -> None:
-    study_id, _ = add_study(sessions)
+def test_settle_window_delays_a_proven_study_until_it_has_passed(sessions: sessionmaker[Session]) -> None:
+    assembler = Assembler()
+    study_id, study_uid = add_study(sessions)
     add_pet(sessions, study_id)
     add_ct(sessions, study_id)
-    assembly_tick(_settings(settle_seconds=30), sessions)
+    settings = _settings(settle_seconds=30)
+    assembler.tick(settings, sessions)
     assert _study(sessions, study_id).state == "receiving"
+    assert _jobs(sessions, study_id) == []
+    # The last instance arrived 31 s ago: the window is over and the proven study is queued.
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=31)
+    with transaction(sessions) as session:
+        session.execute(update(Study).where(Study.id == study_id).values(last_received_at=past))
+        session.execute(update(Instance).where(Instance.study_id == study_id).values(received_at=past))
+    assembler.tick(settings, sessions)
+    assert _study(sessions, study_id).state == "queued"
+    jobs = _jobs(sessions, study_id)
+    assert len(jobs) == 1 and jobs[0].state == JobState.QUEUED.value
+    assert [e.action for e in _events(sessions, study_uid)] == ["complete", "queued"]
 
 
 def test_missing_pet_slice_waits_then_is_rejected_with_the_count(sessions: sessionmaker[Session]) -> None:
+    assembler = Assembler()
     study_id, study_uid = add_study(sessions)
     add_pet(sessions, study_id, skip=[7])
     add_ct(sessions, study_id)
-    assembly_tick(_settings(), sessions)
+    assembler.tick(_settings(), sessions)
     assert _study(sessions, study_id).state == "receiving"
-    assembly_tick(_settings(quiet_seconds=0.001), sessions)
+    assembler.tick(_settings(quiet_seconds=0.001), sessions)
     study = _study(sessions, study_id)
     assert study.state == "rejected" and study.state_reason == "PET: 1 of 20 slices missing"
     assert _events(sessions, study_uid)[-1].detail["rule"] == "quiet-period"
@@ -84,53 +96,56 @@ def test_missing_pet_slice_waits_then_is_rejected_with_the_count(sessions: sessi
 
 
 def test_late_instances_reopen_a_queued_study_and_cancel_its_job(sessions: sessionmaker[Session]) -> None:
+    assembler = Assembler()
     study_id, study_uid = add_study(sessions)
     pet = add_pet(sessions, study_id, slices=20)
     add_ct(sessions, study_id)
     settings = _settings()
-    assembly_tick(settings, sessions)
+    assembler.tick(settings, sessions)
     assert _study(sessions, study_id).state == "queued"
     add_ct(sessions, study_id, slices=3, z0=46.0)  # a second CT series arrives late
-    assembly_tick(settings, sessions)
+    assembler.tick(settings, sessions)
     study = _study(sessions, study_id)
     assert study.generation == 2
     actions = [e.action for e in _events(sessions, study_uid)]
     assert actions[:3] == ["complete", "queued", "reopened"]
     jobs = _jobs(sessions, study_id)
     assert jobs[0].state == JobState.CANCELLED.value
-    assembly_tick(settings, sessions)
+    assembler.tick(settings, sessions)
     jobs = _jobs(sessions, study_id)
     assert [j.generation for j in jobs] == [1, 2] and jobs[1].state == JobState.QUEUED.value
     assert jobs[1].pet_series_uid == pet
 
 
 def test_rejected_study_reopens_when_an_acceptable_pet_arrives(sessions: sessionmaker[Session]) -> None:
+    assembler = Assembler()
     study_id, _ = add_study(sessions)
     add_pet(sessions, study_id, corrected=["DECY"])
     add_ct(sessions, study_id)
     settings = _settings()
-    assembly_tick(settings, sessions)
+    assembler.tick(settings, sessions)
     study = _study(sessions, study_id)
     assert study.state == "rejected" and "not attenuation-corrected" in (study.state_reason or "")
     add_pet(sessions, study_id)
-    assembly_tick(settings, sessions)
-    assembly_tick(settings, sessions)
+    assembler.tick(settings, sessions)
+    assembler.tick(settings, sessions)
     assert _study(sessions, study_id).state == "queued"
 
 
 def test_unchanged_receiving_studies_cost_no_instance_queries(sessions: sessionmaker[Session]) -> None:
+    assembler = Assembler()
     for _ in range(5):
         study_id, _ = add_study(sessions)
         add_pet(sessions, study_id, skip=[3])
         add_ct(sessions, study_id)
     settings = _settings()
-    assembly_tick(settings, sessions)
+    assembler.tick(settings, sessions)
     statements: list[str] = []
     engine = sessions.kw["bind"]
     listener = lambda *args: statements.append(args[2])  # noqa: E731
     event.listen(engine, "before_cursor_execute", listener)
     try:
-        assembly_tick(settings, sessions)
+        assembler.tick(settings, sessions)
     finally:
         event.remove(engine, "before_cursor_execute", listener)
     assert not any("FROM instances" in s for s in statements), statements

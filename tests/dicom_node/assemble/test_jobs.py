@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
-import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import AuditEvent, Job, JobState, Study
 from db.session import transaction
-from dicom_node.assemble import assembly_tick
+from dicom_node.assemble import Assembler
 from dicom_node.config import Settings
 from dicom_node.jobs import (
     ClaimedJob,
@@ -21,14 +20,9 @@ from dicom_node.jobs import (
     requeue_expired_jobs,
     requeue_worker_jobs,
 )
-from tests.dicom_node.assemble.rows import add_ct, add_pet, add_study, sessions_for
+from tests.dicom_node.assemble.rows import add_ct, add_pet, add_study
 
 SETTINGS = Settings.model_validate({"assembly": {"settle_seconds": 0}, "workers": {"max_attempts": 2}})
-
-
-@pytest.fixture
-def sessions(db_url: str) -> sessionmaker[Session]:
-    return sessions_for(db_url)
 
 
 def _queue_studies(sessions: sessionmaker[Session], count: int) -> list[int]:
@@ -38,7 +32,7 @@ def _queue_studies(sessions: sessionmaker[Session], count: int) -> list[int]:
         add_pet(sessions, study_id, slices=5, z0=-8.0)
         add_ct(sessions, study_id, slices=12, z0=-10.0)
         ids.append(study_id)
-    assembly_tick(SETTINGS, sessions)
+    Assembler().tick(SETTINGS, sessions)
     return ids
 
 

@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import AuditEvent, Job, Result, Study, WorkerHeartbeat
 from db.session import make_engine, make_session_factory
 from dicom_node.synth import GroundTruth, SynthOptions, generate_study
-from tests.conftest import require_tool
 from tests.support.node import NodeProcess
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 QUICK = {"assembly": {"quiet_seconds": 3, "ceiling_seconds": 120}, "workers": {"lease_seconds": 10}}

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from db.models import AuditEvent, Job, Study
-from dicom_node.assemble import assembly_tick
+from dicom_node.assemble import Assembler
 from dicom_node.cli.main import cli
 from dicom_node.config import Settings
 from tests.dicom_node.assemble.rows import add_ct, add_pet, add_study, sessions_for
@@ -26,7 +26,7 @@ def _setup(tmp_path: Path) -> tuple[Path, object]:
     rejected, _ = add_study(sessions, accession="ACC-R")
     add_pet(sessions, rejected, tracer="FDG")
     add_ct(sessions, rejected)
-    assembly_tick(SETTINGS, sessions)
+    Assembler().tick(SETTINGS, sessions)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"database": {"url": url}}))
     return config, sessions
@@ -58,7 +58,7 @@ def test_reprocess_reopens_audited_and_a_new_job_follows(tmp_path: Path) -> None
     config, sessions = _setup(tmp_path)
     result = CliRunner().invoke(cli, ["--config", str(config), "studies", "reprocess", "ACC-Q"])
     assert result.exit_code == 0, result.output
-    assembly_tick(SETTINGS, sessions)
+    Assembler().tick(SETTINGS, sessions)
     with sessions() as session:  # type: ignore[operator]
         study = session.scalars(select(Study).where(Study.accession_number == "ACC-Q")).one()
         jobs = session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id)).all()

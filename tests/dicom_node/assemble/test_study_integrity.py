@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import AuditEvent, Job, Study
-from dicom_node.assemble import assembly_tick
+from dicom_node.assemble import Assembler
 from dicom_node.config import Settings
 from dicom_node.patient_identity import identity_hashes
-from tests.dicom_node.assemble.rows import add_ct, add_pet, add_study, sessions_for
-
-
-@pytest.fixture
-def sessions(db_url: str) -> sessionmaker[Session]:
-    return sessions_for(db_url)
+from tests.dicom_node.assemble.rows import add_ct, add_pet, add_study
 
 
 SETTINGS = Settings.model_validate({"assembly": {"settle_seconds": 0, "quiet_seconds": 0.1}})
@@ -57,7 +51,7 @@ def test_a_ct_naming_another_patient_rejects_the_study_naming_the_attribute(
     study_id, study_uid = add_study(sessions)
     add_pet(sessions, study_id, **_patient(study_uid, "PID-1"))
     add_ct(sessions, study_id, **_patient(study_uid, "PID-2"))
-    assembly_tick(SETTINGS, sessions)
+    Assembler().tick(SETTINGS, sessions)
     study, jobs, events = _verdict(sessions, study_id)
     assert study.state == "rejected" and jobs == []
     reason = study.state_reason or ""
@@ -71,7 +65,7 @@ def test_same_patient_with_differently_formatted_name_is_analysed(sessions: sess
     study_id, study_uid = add_study(sessions)
     add_pet(sessions, study_id, **_patient(study_uid, "PID-1", name="Doe^John"))
     add_ct(sessions, study_id, **_patient(study_uid, "PID-1", name="DOE^JOHN^^"))
-    assembly_tick(SETTINGS, sessions)
+    Assembler().tick(SETTINGS, sessions)
     study, jobs, _ = _verdict(sessions, study_id)
     assert study.state == "queued" and len(jobs) == 1
 
@@ -80,7 +74,7 @@ def test_name_and_birth_date_conflicts_are_named_too(sessions: sessionmaker[Sess
     study_id, study_uid = add_study(sessions)
     add_pet(sessions, study_id, **_patient(study_uid, "PID-1", name="DOE^JOHN", birth="19500101"))
     add_ct(sessions, study_id, **_patient(study_uid, "PID-1", name="ROE^RICHARD", birth="19610202"))
-    assembly_tick(SETTINGS, sessions)
+    Assembler().tick(SETTINGS, sessions)
     reason = _verdict(sessions, study_id)[0].state_reason or ""
     assert "Patient's Name differs" in reason and "Patient's Birth Date differs" in reason
     assert "Patient ID" not in reason and "ROE" not in reason and "1961" not in reason
@@ -95,7 +89,7 @@ def test_a_ct_slice_with_other_bits_allocated_rejects_the_study_before_a_job(
     add_ct(sessions, study_id, slices=1, z0=44.0, first_number=45, series_uid=series, BitsAllocated=8,
            Rows=96, Columns=96)
     time.sleep(0.2)  # past the 0.1 s quiet period (another, stackable CT series might still have come)
-    assembly_tick(SETTINGS, sessions)
+    Assembler().tick(SETTINGS, sessions)
     study, jobs, events = _verdict(sessions, study_id)
     assert study.state == "rejected" and jobs == []
     assert study.state_reason == (

@@ -18,7 +18,7 @@ from db.models import AuditEvent
 from db.session import make_engine, make_session_factory, transaction
 from dicom_node.cli.audit_cmd import parse_time
 from dicom_node.cli.main import cli
-from tests.db.seed import migrate
+from tests.support.db import migrate
 
 
 @pytest.fixture

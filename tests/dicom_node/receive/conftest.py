@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.support.tools import require_tool
 from tests.dicom_node.receive.clients import NodeDatabase
 from tests.support.node import NodeProcess, deep_merge
 

@@ -10,7 +10,9 @@ from pydicom import dcmread
 from db.session import make_engine, make_session_factory, upgrade
 from dicom_node.config import Settings
 from dicom_node.patient_identity import IDENTITY_ATTRIBUTES
-from dicom_node.store import HEADER_KEYWORDS, content_digest, reconcile_storage
+from dicom_node.store import reconcile_storage
+from dicom_node.store.file_meta import content_digest
+from dicom_node.store.headers import HEADER_KEYWORDS
 from tests.dicom_node.receive.clients import (
     DCMTK_ENV,
     NodeDatabase,

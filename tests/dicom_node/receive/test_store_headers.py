@@ -12,7 +12,9 @@ from pydicom.uid import generate_uid
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from dicom_node.patient_identity import IDENTITY_ATTRIBUTES
-from dicom_node.store import HEADER_KEYWORDS, InstanceRefused, parse_instance, received_file
+from dicom_node.store.file_meta import received_file
+from dicom_node.store.headers import HEADER_KEYWORDS, parse_instance
+from dicom_node.store.status import InstanceRefused
 from tests.dicom_node.receive.dicom_files import image
 
 

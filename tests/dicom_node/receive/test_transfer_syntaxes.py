@@ -12,7 +12,7 @@ from pynetdicom import AE
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 PET_IMAGE = "1.2.840.10008.5.1.4.1.1.128"
 
-from dicom_node.store import content_digest
+from dicom_node.store.file_meta import content_digest
 from tests.dicom_node.receive.clients import echoscu, storescu
 from tests.dicom_node.receive.dicom_files import write_series
 

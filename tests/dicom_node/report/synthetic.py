@@ -8,9 +8,6 @@ the head, so tests can check that the rendered views put each where radiologists
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -18,8 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance, Job, Result, Study
 from db.session import ensure_schema, make_engine, make_session_factory
-from dicom_node.config import Settings
-
 from inference.result import (
     AnalysisImages,
     AnalysisResult,
@@ -132,18 +127,6 @@ def make_pet_header(study_uid: str | None = None, series_uid: str | None = None)
     ds.Manufacturer = "Synthetic"
     ds.BodyPartExamined = "WHOLEBODY"
     return ds
-
-
-def make_settings(tmp_path: Path, db_url: str, **results: Any) -> Settings:
-    """Settings for report/delivery tests: storage under tmp_path, short retries, given result options."""
-    retry = results.pop("retry", {"initial_seconds": 0.2, "max_seconds": 1.0, "jitter": 0.1,
-                                  "give_up_after_seconds": 60.0})
-    return Settings.model_validate({
-        "node": {"ae_title": "PSMA_NODE", "network_timeout_s": 10},
-        "storage": {"directory": str(tmp_path / "storage"), "results_directory": str(tmp_path / "results")},
-        "database": {"url": db_url},
-        "results": {"retry": retry, **results},
-    })
 
 
 def make_sessions(db_url: str) -> sessionmaker[Session]:

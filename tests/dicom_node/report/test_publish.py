@@ -15,11 +15,11 @@ from tests.dicom_node.report.synthetic import (
     make_analysis,
     make_pet_header,
     make_sessions,
-    make_settings,
     seed_study,
 )
 from tests.dicom_node.report.synthetic_findings import make_analysis_with_findings, seed_analysed_series
 from tests.dicom_node.report.validation import dciodvfy_errors, dsrdump_problems
+from tests.support.settings import make_settings
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -103,6 +103,28 @@ def test_unreadable_analysed_instance_is_audited_and_the_rest_still_published(tm
         published = session.execute(select(AuditEvent).where(AuditEvent.action == "published")).scalar_one()
         assert published.detail["seg_sop_instance_uid"] is None
     assert len(items) == 5 and all(Path(i.path).is_file() for i in items)  # SR + 4 SC, no SEG
+
+
+def test_headers_the_analysis_read_are_used_without_reading_the_files_again(
+    tmp_path: Path, db_url: str
+) -> None:
+    settings = make_settings(tmp_path, db_url, destinations=[PACS])
+    sessions = make_sessions(db_url)
+    pet = make_pet_header()
+    with transaction(sessions) as session:
+        study, result = seed_study(session, pet)
+        analysis, pet_headers, ct_headers = seed_analysed_series(session, study, pet, tmp_path / "incoming")
+        analysis.series_headers = {str(study.pet_series_uid): pet_headers,
+                                   str(study.ct_series_uid): ct_headers}
+        for path in (tmp_path / "incoming").rglob("*.dcm"):
+            path.unlink()  # reading them now would fail: the report must draw on the analysis's headers
+        items = publish_result(session, settings, study, result, analysis, pet)
+    with transaction(sessions) as session:
+        actions = set(session.scalars(select(AuditEvent.action).where(AuditEvent.category == "result")))
+        assert actions == {"published"}
+    seg_path = next(Path(i.path) for i in items if i.sop_class_uid == SEG_CLASS)
+    seg_sources = {uid for _, _, uid in hd.seg.segread(seg_path).get_source_image_uids()}
+    assert seg_sources and seg_sources <= {str(h.SOPInstanceUID) for h in pet_headers}
 
 
 def test_return_to_sender_without_a_known_port_is_audited_not_queued(tmp_path: Path, db_url: str) -> None:

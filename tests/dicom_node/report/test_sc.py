@@ -27,10 +27,12 @@ from dicom_node.report.render import (
     render_all,
     render_summary,
     safe_area,
+    sample,
 )
 from dicom_node.report.sc import build_sc_series
 from dicom_node.report.sr import device_uid
 from inference.result import AnalysisResult, Focus
+from inference.volume import Volume
 from tests.dicom_node.report.synthetic import CENTRE, LESION_OFFSET, make_analysis, make_pet_header
 from tests.dicom_node.report.synthetic_findings import make_analysis_with_findings
 from tests.dicom_node.report.validation import dciodvfy_errors
@@ -261,3 +263,27 @@ def test_many_foci_and_long_notes_grow_the_panel_instead_of_shrinking_the_text()
         drawn = " ".join(" ".join(line.text for line in picture.lines).split())
         assert "Focus 4: SUVmax" in drawn and "Published" in drawn
         assert min(line.font_px for line in picture.lines) >= 16, picture.description
+
+
+def test_views_along_the_voxel_axes_sample_the_same_values_as_trilinear_interpolation() -> None:
+    analysis = make_analysis_with_findings()
+    assert analysis.images is not None
+    low, high = display_bounds(analysis)
+    focus, _ = focus_point(analysis)
+    for volume in (analysis.images.ct_crop, analysis.images.pet_suv_crop):
+        for plane in ("axial", "coronal", "sagittal"):
+            grid = plane_grid(plane, low, high, focus + np.array([0.3, -0.7, 1.1]), 96)  # between voxels
+            inverse = np.linalg.inv(volume.affine_lps)
+            rows, cols = np.mgrid[0 : grid.rows, 0 : grid.cols]
+            step = grid.step_mm
+            lps = grid.origin + cols[..., None] * step * grid.u + rows[..., None] * step * grid.v
+            index = np.moveaxis(lps @ inverse[:3, :3].T + inverse[:3, 3], -1, 0)
+            expected = ndimage.map_coordinates(np.asarray(volume.array, dtype=np.float32), index, order=1,
+                                               mode="constant", cval=np.nan)
+            got = sample(volume, grid)
+            assert np.array_equal(np.isnan(got), np.isnan(expected)), plane
+            assert np.isfinite(got).any(), plane
+            assert np.allclose(got, expected, rtol=1e-5, atol=1e-3, equal_nan=True), plane
+    outside = Volume(np.ones((4, 4, 4), dtype=np.float32), np.diag([1.0, 1.0, 1.0, 1.0]))
+    far = plane_grid("axial", np.zeros(3), np.full(3, 3.0), np.array([1.0, 1.0, 9.0]), 8)
+    assert np.isnan(sample(outside, far)).all()  # a plane beyond the volume shows nothing

@@ -16,7 +16,8 @@ from pydicom.uid import generate_uid
 
 from dicom_node.report.seg import SERIES_DESCRIPTION, build_seg
 from inference.result import AnalysisResult, ClinicalValue
-from tests.dicom_node.report.synthetic import make_analysis, make_pet_header, make_settings
+from tests.dicom_node.report.synthetic import make_analysis, make_pet_header
+from tests.support.settings import make_settings
 from tests.dicom_node.report.synthetic_findings import (
     CROP_OFFSET,
     make_analysis_with_findings,
@@ -165,7 +166,7 @@ def test_nothing_to_segment_gives_no_seg(change: str) -> None:
         analysis.images = None
     else:
         headers = pet_series_headers(analysis.images, make_pet_header())  # type: ignore[arg-type]
-    settings = make_settings(Path("/nonexistent"), "sqlite://")
+    settings = make_settings(Path("/nonexistent"), "sqlite://", create_dirs=False)
     assert build_seg(analysis, headers, settings.results, series_uid=generate_uid(), sop_uid=generate_uid(),
                      device_uid=DEVICE_UID) is None
 

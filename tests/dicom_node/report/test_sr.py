@@ -27,7 +27,7 @@ from dicom_node.report.sr import (
     outline,
 )
 from inference.result import AnalysisResult
-from tests.conftest import require_tool
+from tests.support.tools import require_tool
 from tests.dicom_node.report.synthetic import (
     CENTRE,
     CT_SOP_CLASS,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db.models import AuditEvent, OutboxItem, utcnow
+from db.clock import utcnow
+from db.models import AuditEvent, OutboxItem
 from db.session import transaction
 from dicom_node import outbox
 from dicom_node.config import RetrySettings

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from db.models import AuditEvent, OutboxItem
 from db.session import make_engine, make_session_factory
 from dicom_node.synth import SynthOptions, generate_study
-from tests.conftest import require_tool
 from tests.support.orthanc import OrthancServer
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 QUICK = {"assembly": {"quiet_seconds": 4, "ceiling_seconds": 120}, "workers": {"lease_seconds": 10},

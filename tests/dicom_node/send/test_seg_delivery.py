@@ -20,22 +20,15 @@ from sqlalchemy import select
 
 from db.models import AuditEvent, OutboxItem
 from db.session import transaction
-from dicom_node import send
 from dicom_node.report import publish_result
-from tests.dicom_node.report.synthetic import make_pet_header, make_sessions, make_settings, seed_study
+from dicom_node.send import Sender
+from tests.dicom_node.report.synthetic import make_pet_header, make_sessions, seed_study
+from tests.support.settings import make_settings
 from tests.dicom_node.report.synthetic_findings import seed_analysed_series
 from tests.support.node import free_port
 from tests.support.orthanc import OrthancServer
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_sender() -> Iterator[None]:
-    send.reset_holds()
-    yield
-    send.wait_idle()
-    send.reset_holds()
 
 
 @pytest.mark.parametrize("kind", ["dicom", "stow"])
@@ -58,7 +51,7 @@ def test_seg_is_delivered_to_orthanc_confirmed_and_reads_back(tmp_path: Path, ki
             seg_uid = result.summary["seg_sop_instance_uid"]
         assert seg_uid
 
-        send.send_tick(settings, sessions, wait=True)
+        Sender(settings, sessions).tick(wait=True)
 
         with transaction(sessions) as session:
             rows = list(session.execute(select(OutboxItem)).scalars())
@@ -107,7 +100,7 @@ def test_pacs_without_seg_storage_gets_the_rest_and_the_seg_row_says_how_to_turn
         analysis, _, _ = seed_analysed_series(session, study, pet, tmp_path / "incoming")
         publish_result(session, settings, study, result, analysis, pet)
 
-    send.send_tick(settings, sessions, wait=True)
+    Sender(settings, sessions).tick(wait=True)
 
     with transaction(sessions) as session:
         rows = list(session.execute(select(OutboxItem)).scalars())

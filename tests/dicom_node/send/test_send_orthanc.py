@@ -4,36 +4,27 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import AuditEvent, OutboxItem, utcnow
+from db.clock import utcnow
+from db.models import AuditEvent, OutboxItem
 from db.session import transaction
-from dicom_node import send
 from dicom_node.config import Settings
 from dicom_node.report import publish_result
+from dicom_node.send import Sender
 from tests.dicom_node.report.synthetic import (
     make_analysis,
     make_pet_header,
     make_sessions,
-    make_settings,
     seed_study,
 )
 from tests.support.orthanc import OrthancServer
+from tests.support.settings import make_settings
 
 OBJECTS = 5  # one SR and four SC images per result
-
-
-@pytest.fixture(autouse=True)
-def _fresh_sender() -> Iterator[None]:
-    send.reset_holds()
-    yield
-    send.wait_idle()
-    send.reset_holds()
 
 
 def _publish(settings: Settings, sessions: sessionmaker[Session]) -> tuple[str, list[str]]:
@@ -60,10 +51,10 @@ def _events(sessions: sessionmaker[Session], action: str) -> list[AuditEvent]:
         return list(session.execute(select(AuditEvent).where(AuditEvent.action == action)).scalars())
 
 
-def _tick_until(settings: Settings, sessions: sessionmaker[Session], done, timeout: float = 20.0) -> None:
+def _tick_until(sender: Sender, sessions: sessionmaker[Session], done, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        send.send_tick(settings, sessions, wait=True)
+        sender.tick(wait=True)
         if done():
             return
         time.sleep(0.1)
@@ -74,8 +65,9 @@ def test_results_reach_orthanc_in_the_source_study_and_are_confirmed_by_cfind(tm
     with OrthancServer(tmp_path / "orthanc") as orthanc:
         settings = make_settings(tmp_path, db_url, destinations=[_dest(orthanc, confirm_with_cfind=True)])
         sessions = make_sessions(db_url)
+        sender = Sender(settings, sessions)
         study_uid, uids = _publish(settings, sessions)
-        send.send_tick(settings, sessions, wait=True)
+        sender.tick(wait=True)
         rows = _rows(sessions)
         assert [r.state for r in rows] == ["confirmed"] * OBJECTS, [r.last_error for r in rows]
         assert all(r.delivered_at and r.confirmed_at and r.attempts == 1 for r in rows)
@@ -83,7 +75,7 @@ def test_results_reach_orthanc_in_the_source_study_and_are_confirmed_by_cfind(tm
         assert sorted(t["SOPInstanceUID"] for t in stored) == uids
         assert {t["Modality"] for t in stored} == {"SR", "OT"}
         assert len(_events(sessions, "stored")) == OBJECTS and len(_events(sessions, "confirmed")) == OBJECTS
-        send.send_tick(settings, sessions, wait=True)  # nothing is ever sent twice
+        sender.tick(wait=True)  # nothing is ever sent twice
         assert len(_events(sessions, "stored")) == OBJECTS
 
 
@@ -92,17 +84,18 @@ def test_results_wait_while_orthanc_is_down_and_arrive_exactly_once(tmp_path: Pa
     orthanc = OrthancServer(tmp_path / "orthanc")
     settings = make_settings(tmp_path, db_url, destinations=[_dest(orthanc)])
     sessions = make_sessions(db_url)
+    sender = Sender(settings, sessions)
     study_uid, uids = _publish(settings, sessions)
-    send.send_tick(settings, sessions, wait=True)
+    sender.tick(wait=True)
     rows = _rows(sessions)
     assert {r.state for r in rows} == {"pending"} and all(r.attempts == 1 for r in rows)
     assert all("no association" in (r.last_error or "") for r in rows)
     attempts = _events(sessions, "attempt")
     assert len(attempts) == OBJECTS and all(e.outcome == "error" and e.detail["attempt"] == 1 for e in attempts)
     with orthanc:
-        _tick_until(settings, sessions, lambda: {r.state for r in _rows(sessions)} == {"delivered"})
+        _tick_until(sender, sessions, lambda: {r.state for r in _rows(sessions)} == {"delivered"})
         for _ in range(3):
-            send.send_tick(settings, sessions, wait=True)
+            sender.tick(wait=True)
         assert sorted(t["SOPInstanceUID"] for t in orthanc.study_instances(study_uid)) == uids
         assert orthanc.count_instances() == OBJECTS
         stored = _events(sessions, "stored")
@@ -115,8 +108,9 @@ def test_orthanc_refusing_the_node_fails_with_the_reason_after_the_retry_budget(
         retry = {"initial_seconds": 0.2, "max_seconds": 0.5, "jitter": 0.0, "give_up_after_seconds": 3.0}
         settings = make_settings(tmp_path, db_url, destinations=[_dest(orthanc)], retry=retry)
         sessions = make_sessions(db_url)
+        sender = Sender(settings, sessions)
         _publish(settings, sessions)
-        _tick_until(settings, sessions, lambda: {r.state for r in _rows(sessions)} == {"failed"})
+        _tick_until(sender, sessions, lambda: {r.state for r in _rows(sessions)} == {"failed"})
         rows = _rows(sessions)
         assert all(r.attempts >= 2 for r in rows)
         assert all(r.last_error.startswith("gave up after") and "rejected" in r.last_error for r in rows), \
@@ -134,13 +128,14 @@ def test_a_dead_destination_does_not_hold_up_a_live_one(tmp_path: Path) -> None:
                                  retry={"initial_seconds": 30, "max_seconds": 60, "jitter": 0.0,
                                         "give_up_after_seconds": 3600})
         sessions = make_sessions(db_url)
+        sender = Sender(settings, sessions)
         _publish(settings, sessions)
-        send.send_tick(settings, sessions, wait=True)
+        sender.tick(wait=True)
         states = {(r.destination, r.state) for r in _rows(sessions)}
         assert states == {("dead", "pending"), ("pacs", "delivered")}
         _publish(settings, sessions)  # a new result while "dead" is held back
         started = time.monotonic()
-        send.send_tick(settings, sessions, wait=True)
+        sender.tick(wait=True)
         assert time.monotonic() - started < 5
         rows = _rows(sessions)
         assert [r.attempts for r in rows if r.destination == "dead"] == [1] * OBJECTS + [0] * OBJECTS
@@ -154,8 +149,9 @@ def test_stow_rs_delivers_to_orthanc_dicomweb_and_confirms_with_qido(tmp_path: P
         web = {"name": "web", "kind": "stow", "url": f"{orthanc.url}/dicom-web", "confirm_with_cfind": True}
         settings = make_settings(tmp_path, db_url, destinations=[web])
         sessions = make_sessions(db_url)
+        sender = Sender(settings, sessions)
         study_uid, uids = _publish(settings, sessions)
-        send.send_tick(settings, sessions, wait=True)
+        sender.tick(wait=True)
         rows = _rows(sessions)
         assert [r.state for r in rows] == ["confirmed"] * OBJECTS, [r.last_error for r in rows]
         assert sorted(t["SOPInstanceUID"] for t in orthanc.study_instances(study_uid)) == uids
@@ -166,13 +162,14 @@ def test_a_send_interrupted_by_a_crash_is_resent_and_orthanc_keeps_one_copy(tmp_
     with OrthancServer(tmp_path / "orthanc") as orthanc:
         settings = make_settings(tmp_path, db_url, destinations=[_dest(orthanc)], sending_timeout_seconds=1)
         sessions = make_sessions(db_url)
+        sender = Sender(settings, sessions)
         study_uid, uids = _publish(settings, sessions)
-        send.send_tick(settings, sessions, wait=True)
+        sender.tick(wait=True)
         # The process died after the PACS acknowledged but before the rows were marked delivered.
         with transaction(sessions) as session:
             session.execute(update(OutboxItem).values(state="sending", delivered_at=None,
                                                       next_attempt_at=utcnow() - dt.timedelta(seconds=2)))
-        send.send_tick(settings, sessions, wait=True)
+        sender.tick(wait=True)
         rows = _rows(sessions)
         assert {r.state for r in rows} == {"delivered"} and {r.attempts for r in rows} == {2}
         assert len(_events(sessions, "interrupted-attempt")) == OBJECTS

@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 
 from db.session import transaction
-from dicom_node import send
 from dicom_node.report import publish_result
-from tests.conftest import require_tool
+from dicom_node.send import Sender
+from tests.support.tools import require_tool
 from tests.dicom_node.report.synthetic import (
     make_analysis,
     make_pet_header,
     make_sessions,
-    make_settings,
     seed_study,
 )
 from tests.dicom_node.send.test_send_orthanc import OBJECTS, _events, _rows, _tick_until
 from tests.support.node import free_port, wait_for_port
 from tests.support.pki import make_test_pki
+from tests.support.settings import make_settings
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +71,21 @@ def test_results_reach_a_tls_peer_that_requires_the_node_certificate(
         tmp_path: Path, pki: Path, tls_storescp: tuple[int, Path]) -> None:
     port, received = tls_storescp
     settings, sessions = _publish(tmp_path, _destination(port, pki))
-    _tick_until(settings, sessions, lambda: all(r.state == "delivered" for r in _rows(sessions)))
+    sender = Sender(settings, sessions)
+    _tick_until(sender, sessions, lambda: all(r.state == "delivered" for r in _rows(sessions)))
     assert len(list(received.iterdir())) == OBJECTS
     assert len(_events(sessions, "stored")) == OBJECTS
-    send.wait_idle()
+    sender.wait_idle()
 
 
 def test_an_untrusted_tls_peer_gets_nothing(tmp_path: Path, pki: Path, tls_storescp: tuple[int, Path]) -> None:
     port, received = tls_storescp
     other_ca = make_test_pki(tmp_path / "other-pki") / "ca.crt"
     settings, sessions = _publish(tmp_path, _destination(port, pki, ca_certificates=str(other_ca)))
-    send.send_tick(settings, sessions, wait=True)
+    sender = Sender(settings, sessions)
+    sender.tick(wait=True)
     rows = _rows(sessions)
     assert all(r.state == "pending" and r.attempts == 1 and r.last_error for r in rows)
     assert "TLS handshake failed" in rows[0].last_error and "certificate" in rows[0].last_error
     assert not list(received.iterdir())
-    send.wait_idle()
+    sender.wait_idle()

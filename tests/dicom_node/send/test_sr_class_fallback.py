@@ -16,10 +16,11 @@ from sqlalchemy import select
 
 from db.models import AuditEvent, OutboxItem
 from db.session import transaction
-from dicom_node import send
 from dicom_node.report import publish_result
 from dicom_node.report.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR
-from tests.dicom_node.report.synthetic import make_analysis, make_pet_header, make_sessions, make_settings, seed_study
+from dicom_node.send import Sender
+from tests.dicom_node.report.synthetic import make_analysis, make_pet_header, make_sessions, seed_study
+from tests.support.settings import make_settings
 from tests.support.node import free_port
 
 
@@ -40,8 +41,6 @@ def legacy_pacs() -> Iterator[tuple[int, list[tuple[str, str]]]]:
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     yield port, received
     server.shutdown()
-    send.wait_idle()
-    send.reset_holds()
 
 
 def _publish_and_send(tmp_path: Path, port: int, fallback: bool) -> tuple:
@@ -54,8 +53,7 @@ def _publish_and_send(tmp_path: Path, port: int, fallback: bool) -> tuple:
         study, result = seed_study(session, pet)
         publish_result(session, settings, study, result, make_analysis(), pet)
         sr_uid = result.sr_sop_instance_uid
-    send.reset_holds()
-    send.send_tick(settings, sessions, wait=True)
+    Sender(settings, sessions).tick(wait=True)
     with transaction(sessions) as session:
         rows = list(session.execute(select(OutboxItem)).scalars())
         events = list(session.execute(select(AuditEvent).where(AuditEvent.category == "delivery")).scalars())

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import require_tool
-from tests.dicom_node.synth.conftest import StudyMaker
+from tests.support.dicom import StudyMaker
+from tests.support.tools import require_tool
 
 
 @pytest.mark.parametrize("vendor", ["siemens", "ge", "philips"])

@@ -8,8 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tests.conftest import require_tool
-from tests.dicom_node.synth.conftest import StudyMaker
+from tests.support.dicom import StudyMaker
+from tests.support.tools import require_tool
 
 
 def _convert(folder: Path, modality: str, out: Path) -> nib.Nifti1Image:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 
 from dicom_node.synth import SynthOptions, generate_study
-from tests.dicom_node.synth.conftest import SMALL
+from tests.support.dicom import SMALL
 
 
 def _fingerprint(folder: Path) -> list[tuple[str, str, str]]:

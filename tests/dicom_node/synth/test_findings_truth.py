@@ -20,7 +20,7 @@ from dicom_node.synth.phantom import (
     SPLEEN_SUV,
 )
 from inference.volume import load_volume
-from tests.dicom_node.synth.conftest import StudyMaker
+from tests.support.dicom import StudyMaker
 
 RANGES = {"aorta": BLOOD_POOL_SUV, "spleen": SPLEEN_SUV, "liver": LIVER_SUV,
           "parotid_gland_left": PAROTID_SUV, "parotid_gland_right": PAROTID_SUV}

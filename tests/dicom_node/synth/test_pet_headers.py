@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.dicom_node.synth.conftest import StudyMaker
+from tests.support.dicom import StudyMaker
 
 
 VENDORS = ["siemens", "ge", "philips"]

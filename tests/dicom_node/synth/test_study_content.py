@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.synth import GroundTruth, SynthOptions, generate_study
-from tests.dicom_node.synth.conftest import StudyMaker
+from tests.support.dicom import StudyMaker
 
 
 def _series(folder: Path, modality: str) -> list[Dataset]:

@@ -14,8 +14,8 @@ from click.testing import CliRunner, Result
 from dicom_node.cli.main import cli
 from dicom_node.synth import SynthOptions, generate_study
 from dicom_node.synth.transmit import send_files, study_files
-from tests.conftest import require_tool
 from tests.support.node import free_port, wait_for_port
+from tests.support.tools import require_tool
 
 SMALL_ARGS = ["--ct-matrix", "96", "--pet-matrix", "48", "--extent-mm", "200"]
 

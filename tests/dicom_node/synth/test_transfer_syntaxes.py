@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from dicom_node.synth.dicom_writer import TRANSFER_SYNTAXES
-from tests.dicom_node.synth.conftest import StudyMaker
+from tests.support.dicom import StudyMaker
 
 
 def _pixels(folder: Path, modality: str) -> tuple[list[str], list[np.ndarray]]:

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from db.models import AuditEvent, ClinicalInfo
 from dicom_node.web.app import create_app
-from tests.dicom_node.web.conftest import PASSWORD, TOKEN, Seeded, make_settings
+from tests.db.seed import Seeded
+from tests.support.settings import PASSWORD, TOKEN, make_settings
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 # Queries and writes run on both databases; access-control and rendering details on SQLite only.
@@ -103,7 +104,8 @@ def test_sc_image_is_served_as_png(client: TestClient, seeded: Seeded) -> None:
 def test_sc_image_found_by_scanning_when_outbox_has_no_row(db_url: str, tmp_path: Path) -> None:
     """No destination configured: no outbox row, the SC is found in the results folder by its series."""
     from db.session import make_engine, make_session_factory, transaction
-    from tests.db.seed import migrate, seed_study
+    from tests.db.seed import seed_study
+    from tests.support.db import migrate
 
     migrate(db_url)
     engine = make_engine(db_url)

@@ -8,8 +8,9 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from db.session import make_engine, make_session_factory
-from tests.db.seed import migrate
-from tests.dicom_node.web.conftest import FAST_HASH, PASSWORD, make_settings, seed
+from tests.support.db import migrate
+from tests.db.seed import seed
+from tests.support.settings import FAST_HASH, PASSWORD, make_settings
 from tests.support.node import wait_for_port
 
 CHROMIUM_ARGS = [
@@ -99,6 +100,6 @@ def test_admin_logs_in_finds_a_study_and_sees_its_secondary_capture(
 
 @pytest.fixture
 def require_chromium() -> str:
-    from tests.conftest import require_tool
+    from tests.support.tools import require_tool
 
     return require_tool("chromium")

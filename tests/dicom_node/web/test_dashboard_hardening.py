@@ -20,10 +20,11 @@ from sqlalchemy import select
 from db.models import AuditEvent, ClinicalInfo
 from db.session import make_engine, make_session_factory
 from dicom_node.web.throttle import MAX_DELAY_S, PAIR_FREE_ATTEMPTS, SOURCE_FREE_ATTEMPTS, delay_after
-from tests.conftest import require_tool
-from tests.db.seed import migrate
-from tests.dicom_node.web.conftest import FAST_HASH, PASSWORD, TOKEN, make_settings, seed
+from tests.support.db import migrate
+from tests.db.seed import seed
+from tests.support.settings import FAST_HASH, PASSWORD, TOKEN, make_settings
 from tests.support.node import NodeProcess, wait_for_port, write_config
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 ALLOWED_NAME = "psma.hospital.test"

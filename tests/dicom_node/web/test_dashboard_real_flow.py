@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from dicom_node.synth import SynthOptions, generate_study
-from tests.conftest import require_tool
-from tests.dicom_node.web.conftest import TOKEN
+from tests.support.settings import TOKEN
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +42,11 @@ def test_received_study_shows_up_with_state_result_and_sc_image(tmp_path: Path, 
         headers={"Authorization": f"Bearer {TOKEN}"},
         timeout=30,
     )
-    deadline = time.monotonic() + 180
-    detail: dict = {}
-    while time.monotonic() < deadline:
+    def settled() -> dict | None:
         detail = api.get(f"/api/studies/{truth.study_uid}").json()
-        if detail.get("study", {}).get("state") in ("done", "failed", "rejected"):
-            break
-        time.sleep(1)
+        return detail if detail.get("study", {}).get("state") in ("done", "failed", "rejected") else None
+
+    detail = node.wait_until(settled, timeout=180, what="the study to be analysed")
     assert detail["study"]["state"] == "done", f"{detail.get('study')}\n{node.log_text()[-3000:]}"
     assert detail["series"] and sum(s["instances"] for s in detail["series"]) == len(files)
     assert {e["category"] for e in detail["events"]} >= {"study", "job", "result"}

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from dicom_node.web.auth import hash_password
-from tests.conftest import require_tool
 from tests.dicom_node.receive.dicom_files import write_series
-from tests.dicom_node.web.conftest import PASSWORD
+from tests.support.settings import PASSWORD
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 THREADS = 16
