@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.db import db_url, sessions, sqlite_sessions  # noqa: F401  (fixtures registered once, here)
-from tests.support.dicom import small_study  # noqa: F401
 from tests.support.node import SHARED_DATA, NodeProcess, write_config
+
+pytest_plugins = ["tests.support.db", "tests.support.dicom"]
+"""The shared fixtures (databases, sessions, small studies) are registered once, here."""
 
 
 @pytest.fixture(scope="session")

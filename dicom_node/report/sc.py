@@ -9,15 +9,13 @@ uncompressed in Explicit VR Little Endian: a lossy codec would blur the text.
 from __future__ import annotations
 
 import numpy as np
-from highdicom import ContributingEquipment
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_node.config import ResultSettings
 from dicom_node.report.render import Rendered
-from dicom_node.report.sr import MANUFACTURER, MODEL_NAME, mark_node_equipment
+from dicom_node.report.sr import MANUFACTURER, MODEL_NAME, mark_node_equipment, node_equipment
 
 SERIES_DESCRIPTION = "AI PSMA recurrence - NOT FOR DIAGNOSTIC USE"
 
@@ -28,14 +26,7 @@ _ORIENTATION = {"axial": ("L", "P"), "coronal": ("L", "F"), "sagittal": ("P", "F
 def build_sc_series(pictures: list[Rendered], pet_header: Dataset, settings: ResultSettings,
                     series_uid: str, software_version: str, device_uid: str) -> list[Dataset]:
     """One SC instance per picture, all in one new series of the source study."""
-    equipment = ContributingEquipment(
-        manufacturer=MANUFACTURER,
-        purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=software_version,
-        institution_name=settings.institution_name or None,
-        contribution_description="AI analysis; NOT FOR DIAGNOSTIC USE",
-    )
+    equipment = node_equipment(software_version, settings)
     datasets: list[Dataset] = []
     for number, picture in enumerate(pictures, start=1):
         pixels = np.ascontiguousarray(picture.pixels)

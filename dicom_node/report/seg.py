@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from highdicom import AlgorithmIdentificationSequence, ContributingEquipment
+from highdicom import AlgorithmIdentificationSequence
 from highdicom.color import CIELabColor
 from highdicom.seg import SegmentAlgorithmTypeValues, Segmentation, SegmentationTypeValues, SegmentDescription
 from pydicom.dataset import Dataset
@@ -23,7 +23,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.config import ResultSettings
 from dicom_node.report.geometry import mask_to_frames, planes
-from dicom_node.report.sr import MANUFACTURER, MODEL_NAME, PROSTATE_BED, mark_node_equipment
+from dicom_node.report.sr import (
+    MANUFACTURER,
+    MODEL_NAME,
+    PROSTATE_BED,
+    mark_node_equipment,
+    node_equipment,
+)
 from inference.result import AnalysisResult, Findings
 
 SERIES_DESCRIPTION = "AI PSMA recurrence SEG - NOT FOR DIAGNOSTIC USE"
@@ -139,14 +145,7 @@ def build_seg(analysis: AnalysisResult, pet_headers: Sequence[Dataset], settings
             frame = per_instance.get(str(header.SOPInstanceUID))
             if frame is not None:
                 pixels[f, :, :, s] = frame
-    equipment = ContributingEquipment(
-        manufacturer=MANUFACTURER,
-        purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=analysis.software_version,
-        institution_name=settings.institution_name or None,
-        contribution_description="AI analysis; NOT FOR DIAGNOSTIC USE",
-    )
+    equipment = node_equipment(analysis.software_version, settings)
     seg = Segmentation(
         source_images=sources,
         pixel_array=pixels,

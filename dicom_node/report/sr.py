@@ -584,14 +584,7 @@ def build_sr(analysis: AnalysisResult, evidence: list[Dataset], settings: Result
         report[0].ContentSequence = [item for item in report[0].ContentSequence
                                      if item.ConceptNameCodeSequence[0].CodeValue != IMAGING_MEASUREMENTS]
     report[0].ContentSequence.append(_document_evaluations(analysis))
-    equipment = ContributingEquipment(
-        manufacturer=MANUFACTURER,
-        purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=analysis.software_version,
-        institution_name=settings.institution_name or None,
-        contribution_description="AI analysis; NOT FOR DIAGNOSTIC USE",
-    )
+    equipment = node_equipment(analysis.software_version, settings)
     iod = Comprehensive3DSR if settings.sr_storage == "comprehensive3d" else ComprehensiveSR
     sr = iod(
         evidence=_complete_evidence(evidence, groups, [*pet_headers, *ct_headers], segmentation),
@@ -650,6 +643,18 @@ def _referenced_sops(group: PlanarROIMeasurementsAndQualitativeEvaluations) -> l
                 for ref in child.get("ReferencedSOPSequence", []):
                     found.append(str(ref.ReferencedSOPInstanceUID))
     return found
+
+
+def node_equipment(software_version: str, settings: ResultSettings) -> ContributingEquipment:
+    """The node as Contributing Equipment of every result object (its Device UID is set afterwards)."""
+    return ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=software_version,
+        institution_name=settings.institution_name or None,
+        contribution_description="AI analysis; NOT FOR DIAGNOSTIC USE",
+    )
 
 
 def mark_node_equipment(dataset: Dataset, uid: str) -> None:
