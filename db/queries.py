@@ -29,7 +29,7 @@ from db.models import (
 )
 
 FAILED_OUTCOMES = ("refused", "rejected", "failed", "error")
-SECONDARY_CAPTURE_CLASSES = (
+SECONDARY_CAPTURE_CLASSES = (  # literal UIDs: db/ stays free of pydicom, which the quick CLI commands avoid
     "1.2.840.10008.5.1.4.1.1.7",
     "1.2.840.10008.5.1.4.1.1.7.1",
     "1.2.840.10008.5.1.4.1.1.7.2",

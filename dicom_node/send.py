@@ -25,7 +25,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, SegmentationStorage
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
@@ -44,10 +44,10 @@ from dicom_node.report.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, as_compr
 
 log = logging.getLogger(__name__)
 
-UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 STORE_WARNINGS = {0xB000, 0xB006, 0xB007}
 CONNECT_TIMEOUT_S = 10.0
-SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+SEGMENTATION = SegmentationStorage
 
 
 @dataclass(frozen=True)

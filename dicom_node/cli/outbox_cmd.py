@@ -12,7 +12,7 @@ from db.session import transaction
 from dicom_node import outbox
 from dicom_node.cli.context import CliContext, pass_cli
 
-_SHORT_CLASS = {
+_SHORT_CLASS = {  # literal UIDs: importing pydicom would slow this quick command
     "1.2.840.10008.5.1.4.1.1.88.34": "SR-3D",
     "1.2.840.10008.5.1.4.1.1.88.33": "SR",
     "1.2.840.10008.5.1.4.1.1.7": "SC",

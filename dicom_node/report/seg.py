@@ -19,7 +19,7 @@ from highdicom.seg import SegmentAlgorithmTypeValues, Segmentation, Segmentation
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage
 
 from dicom_node.config import ResultSettings
 from dicom_node.report.geometry import mask_to_frames, planes
@@ -179,7 +179,7 @@ def warm_up() -> None:
     """Build and discard a 2 x 2 SEG, so that highdicom's lazily loaded tables and code paths (~0.6-2.8 s on
     the first SEG of a process) are paid at worker start instead of inside the first study's publishing."""
     source = Dataset()
-    source.SOPClassUID = "1.2.840.10008.5.1.4.1.1.128"  # PET Image Storage
+    source.SOPClassUID = PositronEmissionTomographyImageStorage
     source.SOPInstanceUID, source.SeriesInstanceUID = "2.25.1", "2.25.2"
     source.StudyInstanceUID, source.FrameOfReferenceUID = "2.25.3", "2.25.4"
     source.Modality, source.PatientID, source.PatientName = "PT", "WARMUP", "WARM^UP"

@@ -61,7 +61,7 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID, Comprehensive3DSRStorage, ComprehensiveSRStorage, generate_uid
 
 from dicom_node.config import ResultSettings
 from dicom_node.report.geometry import (
@@ -71,8 +71,8 @@ from inference.result import AnalysisResult, ClinicalValue, Finding, Findings, F
 
 log = logging.getLogger(__name__)
 
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+COMPREHENSIVE_3D_SR = Comprehensive3DSRStorage
+COMPREHENSIVE_SR = ComprehensiveSRStorage
 MANUFACTURER = "psma-node (research software)"
 MODEL_NAME = "psma-node PSMA PET/CT local recurrence"
 ALGORITHM_NAME = "Local recurrence DenseNet121 (Korb et al., Cancers 2025)"
