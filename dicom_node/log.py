@@ -73,5 +73,7 @@ def configure_logging(settings: LoggingSettings) -> None:
         handler.addFilter(PatientNameFilter())
         root.addHandler(handler)
     root.setLevel(settings.level)
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(settings.level)))
+    quiet = max(logging.WARNING, logging.getLevelName(settings.level))
+    for library in ("pynetdicom", "highdicom"):  # their INFO lines narrate every PDU / copied module
+        logging.getLogger(library).setLevel(quiet)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
