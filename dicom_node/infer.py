@@ -255,7 +255,8 @@ def _store(
     pet_file: Path,
     started: str,
 ) -> str:
-    pet_header = pydicom.dcmread(pet_file, stop_before_pixels=True)
+    pet_headers = analysis.series_headers.get(analysis.pet_series_uid)
+    pet_header = pet_headers[0] if pet_headers else pydicom.dcmread(pet_file, stop_before_pixels=True)
     with transaction(sessions) as session:
         if not finish_job(session, job.id, worker_id, JobState.DONE, timings=timings):
             audit.record(
