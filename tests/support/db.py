@@ -68,18 +68,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
     """A session factory on `db_url` migrated to head; its engine is disposed at teardown."""
-    migrate(db_url)
-    engine = make_engine(db_url)
-    try:
-        yield make_session_factory(engine)
-    finally:
-        engine.dispose()
+    yield from _migrated_sessions(db_url)
 
 
 @pytest.fixture
 def sqlite_sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     """Like `sessions`, but SQLite only: for behaviour that does not depend on the database engine."""
-    url = f"sqlite:///{tmp_path / 'sqlite.db'}"
+    yield from _migrated_sessions(f"sqlite:///{tmp_path / 'sqlite.db'}")
+
+
+def _migrated_sessions(url: str) -> Iterator[sessionmaker[Session]]:
     migrate(url)
     engine = make_engine(url)
     try:
