@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from db.session import alembic_config, current_revision, head_revision, make_engine
 from dicom_node.association import destination_tls, keep_responses_for_sender
 from dicom_node.config import Destination, Settings
+from dicom_node.preflight import nearest_existing
 
 DCMTK_TOOLS = ("echoscu", "storescu", "findscu", "dcmdump")
 # TotalSegmentator 2.x weight folders (under TOTALSEG_HOME_DIR/nnunet/results) that the localizer's
@@ -203,13 +204,6 @@ def check_tls(settings: Settings) -> CheckResult | None:
     return CheckResult("dicom tls", Status.OK, f"certificate {tls.certificate} and key load")
 
 
-def _existing_ancestor(path: Path) -> Path:
-    current = path
-    while not current.exists() and current != current.parent:
-        current = current.parent
-    return current
-
-
 def _write_probe(directory: Path) -> None:
     """Create, fsync and remove a file: os.access says nothing for root or read-only mounts."""
     fd, name = tempfile.mkstemp(prefix=".psma-doctor-", dir=directory)
@@ -227,7 +221,7 @@ def check_directory(key: str, path: Path, min_free_mb: int) -> CheckResult:
            "or point " + key + " elsewhere")
     if path.exists() and not path.is_dir():
         return CheckResult(name, Status.FAIL, f"{path} exists but is not a directory", fix)
-    target = path if path.exists() else _existing_ancestor(path)
+    target = nearest_existing(path)
     if not target.is_dir():
         return CheckResult(name, Status.FAIL, f"{path} cannot be created: {target} is not a directory", fix)
     try:

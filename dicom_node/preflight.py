@@ -115,7 +115,8 @@ def open_database(settings: Settings) -> Engine:
 # --- folders --------------------------------------------------------------------------------------------
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """The path itself or its closest existing ancestor: where creating it would start."""
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -131,7 +132,7 @@ def _check_creatable(key: str, path: Path, what: str = "folder") -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise StartupError(f"{key} {path}: the {what} is a file: point {key} to a folder")
-    anchor = _nearest_existing(path)
+    anchor = nearest_existing(path)
     if not anchor.is_dir():
         raise StartupError(
             f"{key} {path}: cannot create the {what}, {anchor} is a file: point {key} elsewhere"
