@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, SecondaryCaptureImageStorage
 from sqlalchemy import create_engine, insert, text
 
-from db import queries
+from db import listings, queries
 from db.models import AuditEvent, Instance, Job, OutboxItem, Result, Study
 from db.session import make_engine, make_session_factory, upgrade
 from dicom_node.cli.audit_cmd import write_events
@@ -166,8 +166,8 @@ def _measure(label: str, url: str, reference: Callable[[Path], None], folder: Pa
     ref_s = _median(lambda: reference(folder / "reference.csv"), 3)
     scrape_s = _median(lambda: generate_latest(registry))
     with sessions() as session:
-        list_s = _median(lambda: queries.list_studies(session, limit=200))
-        failed_s = _median(lambda: queries.list_studies(session, state="failed", limit=200))
+        list_s = _median(lambda: listings.list_studies(session, limit=200))
+        failed_s = _median(lambda: listings.list_studies(session, state="failed", limit=200))
         timeline_s = _median(lambda: queries.study_timeline(session, f"ACC{STUDIES // 2:06d}"))
         failures_s = _median(lambda: queries.failures(session))
     events = STUDIES * EVENTS_PER_STUDY

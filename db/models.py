@@ -7,7 +7,6 @@ lets the receiver, the workers and the sender run in different processes or on d
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from typing import Any
 
 from sqlalchemy import (
@@ -25,37 +24,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from db.clock import utcnow
+from db.states import JobState, OutboxState, StudyState
 from db.types import UTCDateTime
 
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, dt.datetime: UTCDateTime()}
-
-
-class StudyState(str, enum.Enum):
-    RECEIVING = "receiving"
-    COMPLETE = "complete"
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    REJECTED = "rejected"
-
-
-class JobState(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class OutboxState(str, enum.Enum):
-    PENDING = "pending"
-    SENDING = "sending"
-    DELIVERED = "delivered"
-    CONFIRMED = "confirmed"
-    FAILED = "failed"
 
 
 class Study(Base):

@@ -1,13 +1,14 @@
 """Read-side queries for the admin surfaces (dashboard, JSON API, metrics, CLIs).
 
 Kept in one place so that the dashboard, the API and the command line show the same numbers, and so that
-no admin surface reaches into the tables in its own way. Nothing here writes.
+no admin surface reaches into the tables in its own way. Nothing here writes. The study and delivery
+listings the quick commands share with the dashboard are in db.listings, which stays clear of the ORM.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy import Integer, Row, func, select
 from sqlalchemy.orm import Session
 
 from db.clock import utcnow
+from db.listings import StudyRow
 from db.models import (
     AuditEvent,
     Instance,
@@ -36,27 +38,6 @@ SECONDARY_CAPTURE_CLASSES = (  # literal UIDs: db/ stays free of pydicom, which 
     "1.2.840.10008.5.1.4.1.1.7.3",
     "1.2.840.10008.5.1.4.1.1.7.4",
 )
-
-
-@dataclass
-class StudyRow:
-    """One line of the studies page: where a study is and what the current result says."""
-
-    study_uid: str
-    accession_number: str | None
-    patient_id: str | None
-    patient_name: str | None
-    study_date: str | None
-    state: str
-    state_reason: str | None
-    instance_count: int
-    first_received_at: dt.datetime
-    last_received_at: dt.datetime
-    state_changed_at: dt.datetime
-    purged_at: dt.datetime | None
-    finding: str | None = None
-    probability: float | None = None
-    model_id: str | None = None
 
 
 @dataclass
@@ -124,18 +105,6 @@ class Health:
     workers: list[WorkerRow]
 
 
-def _current_results(session: Session, study_ids: Sequence[int]) -> dict[int, Result]:
-    """The newest non-superseded result of each study."""
-    if not study_ids:
-        return {}
-    rows = session.scalars(
-        select(Result)
-        .where(Result.study_id.in_(study_ids), Result.superseded_by_id.is_(None))
-        .order_by(Result.created_at, Result.id)
-    )
-    return {row.study_id: row for row in rows}
-
-
 def _study_row(study: Study, result: Result | None) -> StudyRow:
     return StudyRow(
         study_uid=study.study_uid,
@@ -154,30 +123,6 @@ def _study_row(study: Study, result: Result | None) -> StudyRow:
         probability=result.probability if result else None,
         model_id=result.model_id if result else None,
     )
-
-
-def list_studies(
-    session: Session,
-    *,
-    state: str | None = None,
-    search: str | None = None,
-    limit: int = 200,
-    offset: int = 0,
-) -> list[StudyRow]:
-    """Studies, most recently received first, optionally of one state or matching an accession/UID/ID."""
-    query = select(Study).order_by(Study.last_received_at.desc(), Study.id.desc())
-    if state:
-        query = query.where(Study.state == state)
-    if search:
-        pattern = f"%{search}%"
-        query = query.where(
-            Study.accession_number.ilike(pattern)
-            | Study.study_uid.ilike(pattern)
-            | Study.patient_id.ilike(pattern)
-        )
-    studies = list(session.scalars(query.limit(limit).offset(offset)))
-    results = _current_results(session, [s.id for s in studies])
-    return [_study_row(s, results.get(s.id)) for s in studies]
 
 
 def count_by(session: Session, column: Any) -> dict[str, int]:

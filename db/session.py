@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.orm import Session, sessionmaker
 
 from db.urls import with_installed_driver
 
-if TYPE_CHECKING:  # alembic (and mako, pygments) is imported only to migrate: ~0.3 s off every CLI command
+if TYPE_CHECKING:
+    # alembic (and mako, pygments) is imported only to migrate: ~0.3 s off every CLI command; the ORM only
+    # where sessions are made: `studies list`, `outbox list` and `config check` stay on SQLAlchemy Core
     from alembic.config import Config as AlembicConfig
+    from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -52,6 +54,8 @@ def make_engine(url: str) -> Engine:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    from sqlalchemy.orm import sessionmaker
+
     return sessionmaker(engine, expire_on_commit=False)
 
 

@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from db import audit
@@ -200,8 +200,3 @@ def retry(session: Session, item_ids: list[int] | None, actor: str, now: dt.date
     if changed:
         ring_on_commit(session, OUTBOX)
     return changed
-
-
-def counts_by_state(session: Session) -> dict[str, int]:
-    rows = session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all()
-    return {state: int(n) for state, n in rows}

@@ -15,8 +15,6 @@ import re
 import socket
 import ssl
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -272,6 +270,9 @@ def check_device(requested: str) -> None:
     """
     if requested != "cuda":
         return
+    from concurrent.futures import ProcessPoolExecutor  # only here: `config check` stays quick
+    from multiprocessing import get_context
+
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as probe:
         problem = probe.submit(_device_problem, requested).result()
     if problem is not None:

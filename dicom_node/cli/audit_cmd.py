@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
-import re
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,10 +12,10 @@ from typing import IO, Any
 import click
 
 from db.audit import os_user, record
-from db.clock import utcnow
 from db.queries import audit_events, count_audit_events
 from db.session import transaction
 from dicom_node.cli.context import CliContext, pass_cli
+from dicom_node.cli.times import parse_time
 
 COLUMNS = [
     "id",
@@ -33,25 +31,6 @@ COLUMNS = [
     "peer",
     "detail",
 ]
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_time(value: str, *, now: dt.datetime | None = None) -> dt.datetime:
-    """ISO date or date-time (UTC unless it says otherwise), or an age such as 30m, 12h, 7d, 2w."""
-    now = now or utcnow()
-    text = value.strip()
-    match = _RELATIVE.match(text)
-    if match:
-        return now - dt.timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
-    try:
-        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise click.BadParameter(
-            f"{value!r} is neither an ISO date/time (2024-05-01, 2024-05-01T08:00) "
-            "nor an age (30m, 12h, 7d, 2w)"
-        ) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def event_dict(event: Any) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """What every command receives: the validated settings, loaded once from --config and the environment, and
-sessions on the configured database.
+the configured database (an engine for the quick listings, sessions for everything else).
 
 The configuration and database modules are imported when a command first asks for them, so that
-`psma-node --version` and `--help` load neither pydantic nor SQLAlchemy.
+`psma-node --version` and `--help` load neither pydantic nor SQLAlchemy, and the ORM only with `sessions`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
     from dicom_node.config import Settings
@@ -36,13 +37,13 @@ class CliContext:
             click.echo(f"error: {exc}", err=True)
             sys.exit(CONFIG_ERROR_EXIT)
 
-    def sessions(self, settings: Settings | None = None, *, may_upgrade: bool = False) -> sessionmaker[Session]:
-        """Sessions on the configured database once its schema is current.
+    def engine(self, settings: Settings | None = None, *, may_upgrade: bool = False) -> Engine:
+        """The configured database once its schema is current (SQLAlchemy Core: no ORM loaded).
 
         An older schema ends the command with exit status 2 and the command that fixes it; commands that
         may change the schema (workers, registrations) upgrade it when `database.auto_upgrade` says so.
         """
-        from db.session import SchemaOutOfDate, ensure_schema, make_engine, make_session_factory
+        from db.session import SchemaOutOfDate, ensure_schema, make_engine
 
         settings = settings or self.settings()
         url = settings.database.url.get_secret_value()
@@ -52,7 +53,13 @@ class CliContext:
         except SchemaOutOfDate as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(CONFIG_ERROR_EXIT)
-        return make_session_factory(engine)
+        return engine
+
+    def sessions(self, settings: Settings | None = None, *, may_upgrade: bool = False) -> sessionmaker[Session]:
+        """ORM sessions on `engine()`, with its schema gate."""
+        from db.session import make_session_factory
+
+        return make_session_factory(self.engine(settings, may_upgrade=may_upgrade))
 
 
 pass_cli = click.make_pass_decorator(CliContext)

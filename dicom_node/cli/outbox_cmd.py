@@ -5,11 +5,9 @@ from __future__ import annotations
 import getpass
 
 import click
-from sqlalchemy import select
 
-from db.models import OutboxItem, OutboxState
-from db.session import transaction
-from dicom_node import outbox
+from db.listings import list_outbox, outbox_counts
+from db.states import OutboxState
 from dicom_node.cli.context import CliContext, pass_cli
 
 _SHORT_CLASS = {  # literal UIDs: importing pydicom would slow this quick command
@@ -32,15 +30,9 @@ def outbox_group() -> None:
 @pass_cli
 def list_command(ctx: CliContext, state: str | None, study_uid: str | None, limit: int) -> None:
     """One line per object and destination, newest first, with the last error."""
-    sessions = ctx.sessions()
-    with transaction(sessions) as session:
-        query = select(OutboxItem).order_by(OutboxItem.id.desc()).limit(limit)
-        if state:
-            query = query.where(OutboxItem.state == state)
-        if study_uid:
-            query = query.where(OutboxItem.study_uid == study_uid)
-        rows = session.execute(query).scalars().all()
-        counts = outbox.counts_by_state(session)
+    with ctx.engine().connect() as connection:
+        rows = list_outbox(connection, state=state, study_uid=study_uid, limit=limit)
+        counts = outbox_counts(connection)
     click.echo(f"{'ID':>6}  {'STATE':<10} {'DESTINATION':<16} {'TRY':>3}  {'CLASS':<5} {'NEXT ATTEMPT (UTC)':<19}  "
                "SOP INSTANCE UID / LAST ERROR")
     for row in rows:
@@ -58,6 +50,10 @@ def list_command(ctx: CliContext, state: str | None, study_uid: str | None, limi
 @pass_cli
 def retry_command(ctx: CliContext, item_id: int | None) -> None:
     """Send FAILED items again now (or one item by ID), with a fresh retry window."""
+    from db.models import OutboxItem  # the ORM and the sender's rules: only here, `list` stays quick
+    from db.session import transaction
+    from dicom_node import outbox
+
     sessions = ctx.sessions()
     with transaction(sessions) as session:
         if item_id is not None:

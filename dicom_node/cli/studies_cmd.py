@@ -14,12 +14,10 @@ import sys
 
 import click
 
-from db.audit import os_user, record
-from db.models import StudyState
-from db.queries import find_study, list_studies, study_timeline
-from db.session import transaction
-from dicom_node.cli.audit_cmd import parse_time
+from db.listings import list_studies
+from db.states import StudyState
 from dicom_node.cli.context import CliContext, pass_cli
+from dicom_node.cli.times import parse_time
 
 NOT_FOUND_EXIT = 3
 
@@ -44,8 +42,8 @@ def studies_group() -> None:
 def list_command(ctx: CliContext, state: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """Studies, most recently received first."""
     start = parse_time(since) if since else None
-    with ctx.sessions()() as session:
-        rows = list_studies(session, state=state, limit=limit)
+    with ctx.engine().connect() as connection:
+        rows = list_studies(connection, state=state, limit=limit)
     if start is not None:
         rows = [row for row in rows if (row.last_received_at or start) >= start]
     if as_json:
@@ -83,6 +81,8 @@ def list_command(ctx: CliContext, state: str | None, since: str | None, limit: i
 @pass_cli
 def show_command(ctx: CliContext, key: str) -> None:
     """The story of one study (by accession number or Study Instance UID)."""
+    from db.queries import study_timeline  # the ORM: only for `show` and `reprocess`, `list` stays quick
+
     with ctx.sessions()() as session:
         story = study_timeline(session, key)
     if story is None:
@@ -147,7 +147,10 @@ def show_command(ctx: CliContext, key: str) -> None:
 @pass_cli
 def reprocess_command(ctx: CliContext, key: str, reason: str) -> None:
     """Analyse a study again (by accession number or UID); the new result supersedes the current one."""
-    from dicom_node.assemble import reopen  # assembly's rules: only for this command, `list` stays quick
+    from db.audit import os_user, record
+    from db.queries import find_study
+    from db.session import transaction
+    from dicom_node.assemble import reopen  # the ORM and assembly's rules: only here, `list` stays quick
 
     actor = os_user()
     with transaction(ctx.sessions()) as session:

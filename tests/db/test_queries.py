@@ -6,11 +6,12 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from sqlalchemy import TableClause, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import listings, queries
 from db.audit import record
-from db.models import Job
+from db.models import Base, Job, Result, Study
 from db.session import transaction
 from tests.db.seed import SeededStudy, seed_study, seed_worker
 
@@ -82,3 +83,46 @@ def test_audit_events_stream_in_batches_in_order(seeded) -> None:
         assert list(queries.audit_events(session, since=since)) == []
         refused = list(queries.audit_events(session, category="association", batch=1))
         assert {e.action for e in refused} == {"accepted", "refused"}
+
+
+@pytest.mark.parametrize("clause", [listings.STUDIES, listings.RESULTS, listings.OUTBOX], ids=str)
+def test_listing_columns_are_the_models_columns(clause: TableClause) -> None:
+    table = Base.metadata.tables[clause.name]
+    for column in clause.columns:
+        assert column.name in table.c, f"{clause.name}.{column.name} is not a column of the model"
+        assert column.type.python_type is table.c[column.name].type.python_type, column.name
+
+
+def test_study_list_shows_each_study_with_its_current_result(seeded) -> None:
+    factory, done = seeded
+    with transaction(factory) as session:
+        old = session.scalars(select(Result).join(Study).where(Study.study_uid == done.study_uid)).one()
+        newer = Result(study_id=old.study_id, job_id=old.job_id, model_id="E", software_version="0.1.0",
+                       probability=0.25, finding="absent")
+        session.add(newer)
+        session.flush()
+        old.superseded_by_id = newer.id
+    with factory() as session:  # the dashboard reads through a session, the CLI through a connection
+        rows = {row.accession_number: row for row in listings.list_studies(session)}
+    with factory.kw["bind"].connect() as connection:
+        rejected = listings.list_studies(connection, state="rejected")
+        searched = listings.list_studies(connection, search="a-rej")
+        second = listings.list_studies(connection, limit=1, offset=1)
+    current = rows["A-DONE"]
+    assert (current.finding, current.probability, current.model_id) == ("absent", 0.25, "E")
+    assert current.last_received_at.tzinfo == dt.timezone.utc
+    assert rows["A-REJ"].finding is None and rows["A-REJ"].state_reason == "tracer FDG not accepted"
+    assert [r.accession_number for r in rejected] == [r.accession_number for r in searched] == ["A-REJ"]
+    assert [r.accession_number for r in second] == ["A-OUTBOX"]  # newest first: A-REJ, A-OUTBOX, A-DONE
+
+
+def test_outbox_listing_newest_first_with_totals(seeded) -> None:
+    factory, _ = seeded
+    with factory.kw["bind"].connect() as connection:
+        failed = listings.list_outbox(connection, state="failed")
+        newest = listings.list_outbox(connection, limit=3)
+        counts = listings.outbox_counts(connection)
+    assert counts == {"delivered": 2, "failed": 2}
+    assert [row.last_error for row in failed] == ["association rejected: called AE not recognised"] * 2
+    assert len(newest) == 3 and [row.id for row in newest] == sorted((row.id for row in newest), reverse=True)
+    assert newest[0].next_attempt_at.tzinfo == dt.timezone.utc

@@ -8,7 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 
-from db import queries
+from db import listings, queries
 from dicom_node.web import clinical
 from dicom_node.web.dependencies import ApiUser, Context, Db, refuse_write
 from dicom_node.web.images import result_images
@@ -28,7 +28,7 @@ def api_studies(
     limit: Limit = 200,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
-    return jsonable_encoder(queries.list_studies(session, state=state, search=q, limit=limit, offset=offset))
+    return jsonable_encoder(listings.list_studies(session, state=state, search=q, limit=limit, offset=offset))
 
 
 @router.get("/studies/{key}")

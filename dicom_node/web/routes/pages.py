@@ -1,5 +1,5 @@
 """Server-rendered pages for admins: studies, one study (with its result images and the clinical form),
-failures, outbox and health. All reads go through `db.queries`, like the API and the CLI."""
+failures, outbox and health. All reads go through `db.queries` and `db.listings`, like the API and the CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from db import queries
+from db import listings, queries
 from db.models import OutboxState, StudyState
 from dicom_node.web import clinical
 from dicom_node.web.dependencies import Context, Db, PageUser, refuse_write
@@ -35,7 +35,7 @@ def studies_page(
     state: str | None = None,
     q: str | None = None,
 ) -> HTMLResponse:
-    rows = queries.list_studies(session, state=state or None, search=q or None)
+    rows = listings.list_studies(session, state=state or None, search=q or None)
     return context.render(
         request,
         "studies.html",

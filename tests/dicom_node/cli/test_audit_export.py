@@ -16,8 +16,8 @@ from sqlalchemy import select
 from db.audit import os_user, record
 from db.models import AuditEvent
 from db.session import make_engine, make_session_factory, transaction
-from dicom_node.cli.audit_cmd import parse_time
 from dicom_node.cli.main import cli
+from dicom_node.cli.times import parse_time
 from tests.support.db import migrate
 
 
