@@ -3,28 +3,17 @@
 pynetdicom gives every accepted TCP connection its own threads at once and reads each PDU with blocking
 socket reads that have no deadline. So idle connections, a peer stalling mid-PDU, or bytes that are not DICOM
 (an HTTP request, a port scanner) each held threads and a slot for as long as the peer liked, and its own
-association ceiling (which counts such connections) rejected real senders without a word. Two pieces sit in
-front of it:
-
-* `ConnectionGate`: one thread with a selector accepts every connection and holds it, with no thread of its
-  own, until its complete A-ASSOCIATE-RQ has arrived (within `acse_timeout_s`, and within `pdu_timeout_s`
-  once it has begun) and decodes; bytes that cannot start one close the connection at once. The number of
-  such waiting connections is bounded (`max_pending_connections`; an idle one of the source holding the
-  most makes room) and so is each source's share (`max_connections_per_host`). Only then is the connection handed
-  to pynetdicom, together with the request already read. TLS handshakes run in the gate too.
-* `GuardedSocket`: pynetdicom's socket wrapper with a deadline on every PDU read: a peer stalling mid-PDU is
-  cut after `pdu_timeout_s`, and a reset or a stall is one log line, not a traceback. It reads into one
-  buffer per PDU instead of 4 kB pieces, so the guard costs nothing per C-STORE.
+association ceiling (which counts such connections) rejected real senders without a word. `ConnectionGate`
+sits in front of it: one thread with a selector accepts every connection and holds it, with no thread of
+its own, until its complete A-ASSOCIATE-RQ has arrived (within `acse_timeout_s`, and within `pdu_timeout_s`
+once it has begun) and decodes; bytes that cannot start one close the connection at once. The number of
+such waiting connections is bounded (`max_pending_connections`; an idle one of the source holding the most
+makes room) and so is each source's share (`max_connections_per_host`). Only then is the connection handed
+on (to pynetdicom in this process, or to a receiving process), together with the request already read. TLS
+handshakes run in the gate too. Once handed over, `acceptor.GuardedSocket` puts a deadline on every PDU.
 
 Every connection the node closes is logged and audited by `ClosureReporter`: the first per source at once,
 the rest as one summary per source and `connection_report_seconds`, so a flood cannot fill log or database.
-
-Patches of pynetdicom internals, tested with pynetdicom 3.0.4 (pinned `>=3.0.4,<3.1` in pyproject.toml):
-`GuardedRequestHandler._create_association` replaces pynetdicom's private method of that name, to put a
-`GuardedSocket` where pynetdicom would put its own `AssociationSocket`; `OneLinePeerFaults` relies on the text
-of a DUL log message. They can go once pynetdicom reads PDUs with a deadline, lets a server hand over
-bytes it has already read, and stops counting unassociated connections as associations; re-check both
-with every pynetdicom upgrade (tests/dicom_node/receive/test_port_guard.py exercises them).
 """
 
 from __future__ import annotations
@@ -38,19 +27,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from copy import deepcopy
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from pynetdicom._globals import MODE_ACCEPTOR
-from pynetdicom.events import NotificationEvent
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from dicom_node.config import NodeSettings
-
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +42,7 @@ _MIN_ASSOCIATE_RQ = 68  # the fixed fields of an A-ASSOCIATE-RQ, before its vari
 MAX_ASSOCIATE_RQ_BYTES = 256 * 1024
 _HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"OPTI", b"DELE", b"PATC", b"CONN", b"PRI ")
 _WAKE = object()
-_GATE_THREAD = "dicom-gate"
+GATE_THREAD = "dicom-gate"
 
 
 def describe_first_bytes(data: bytes) -> str:
@@ -107,6 +88,16 @@ class _Window:
         self.action = action
         self.reason = reason
         self.counts: dict[str, int] = {}
+
+
+class Closures(Protocol):
+    """Where closed and refused connections are reported: a `ClosureReporter`, or in a receiving process
+    the channel that forwards them to the one in `serve` (so a source is summarised once, not per process)."""
+
+    def closed(self, peer: str, kind: str, reason: str, action: str = "connection-closed",
+               event: str = "connection closed", per_reason: bool = False, **detail: Any) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class ClosureReporter:
@@ -225,7 +216,7 @@ class ConnectionGate:
         self._wake_read, self._wake_write = socket.socketpair()
         self._stopping = False
         self._accept_paused_until = 0.0
-        self._thread = threading.Thread(target=self._run, name=_GATE_THREAD, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=GATE_THREAD, daemon=True)
 
     def start(self) -> None:
         self._listener.setblocking(False)
@@ -442,170 +433,3 @@ def _close(sock: socket.socket) -> None:
         sock.close()
     except OSError:
         pass
-
-
-# ---------------------------------------------------------------------------------------------- after the gate
-
-
-class _DulThread(threading.local):
-    reported = False
-
-
-_dul_thread = _DulThread()
-
-
-class OneLinePeerFaults(logging.Filter):
-    """On pynetdicom's loggers: what pynetdicom logs while the gate decodes a request is dropped (the gate
-    reports it, aggregated per source), a failure `GuardedSocket` already reported is not logged a second
-    time, and an exception is one line (its text) instead of a traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.threadName == _GATE_THREAD:
-            return False
-        if _dul_thread.reported and str(record.msg).startswith("The received PDU is shorter than expected"):
-            _dul_thread.reported = False
-            return False
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            text = f"{type(exc).__name__}: {exc}"
-            # pynetdicom logs a message, then `LOGGER.exception(exc)` with the exception as the message.
-            record.msg = text if isinstance(record.msg, BaseException) else f"{record.getMessage()}: {text}"
-            record.args = None
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-# pynetdicom modules that log what a peer's faulty bytes cause (filters on a logger do not reach its children)
-_PEER_FAULT_LOGGERS = ("dul", "dimse", "dimse_messages", "pdu", "pdu_items", "pdu_primitives", "utils", "fsm",
-                       "acse", "association", "dsutils", "presentation", "transport")
-
-
-def install_log_filters() -> None:
-    """Attach `OneLinePeerFaults` once to the pynetdicom loggers that log peer faults."""
-    for name in _PEER_FAULT_LOGGERS:
-        logger = logging.getLogger(f"pynetdicom.{name}")
-        if not any(isinstance(existing, OneLinePeerFaults) for existing in logger.filters):
-            logger.addFilter(OneLinePeerFaults())
-
-
-class GuardedSocket(AssociationSocket):
-    """pynetdicom's socket wrapper, fed first with the A-ASSOCIATE-RQ the gate read, then reading each PDU
-    header and body with a deadline of `pdu_timeout_s`."""
-
-    def __init__(self, assoc: Association, client_socket: socket.socket, request: bytes,
-                 pdu_timeout_s: float, reporter: ClosureReporter) -> None:
-        super().__init__(assoc, client_socket=client_socket)
-        self._request = bytearray(request)
-        self._pdu_timeout = pdu_timeout_s
-        self._reporter = reporter
-        self._peer = str(assoc.requestor.address or "") or _peer_of(client_socket)
-        self._body_next = False  # the DUL reads a PDU's 6-byte header, then its body
-        client_socket.settimeout(pdu_timeout_s)
-        self._timeout = pdu_timeout_s
-
-    @property
-    def ready(self) -> bool:
-        if self._request and self.socket is not None:
-            return True
-        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        buffer = bytearray(nr_bytes)
-        got = 0
-        if self._request:
-            got = min(nr_bytes, len(self._request))
-            buffer[:got] = self._request[:got]
-            del self._request[:got]
-        sock = self.socket
-        deadline = 0.0
-        with memoryview(buffer) as view:
-            while got < nr_bytes and sock is not None:
-                if deadline:
-                    timeout = deadline - time.monotonic()
-                    if timeout <= 0:
-                        self._give_up("pdu-timeout", f"PDU incomplete after pdu_timeout_s "
-                                      f"({self._pdu_timeout:g} s): {got} of {nr_bytes} bytes")
-                        break
-                else:
-                    deadline = time.monotonic() + self._pdu_timeout
-                    timeout = self._pdu_timeout
-                if timeout != self._timeout:
-                    sock.settimeout(timeout)
-                    self._timeout = timeout
-                try:
-                    count = sock.recv_into(view[got:])
-                except TimeoutError:
-                    self._give_up("pdu-timeout", f"PDU incomplete after pdu_timeout_s ({self._pdu_timeout:g} s): "
-                                  f"{got} of {nr_bytes} bytes")
-                    break
-                except OSError as exc:
-                    self._ended(got, f"connection lost mid-PDU: {exc.strerror or exc}")
-                    break
-                if count == 0:
-                    self._ended(got, f"connection closed by the peer mid-PDU ({got} of {nr_bytes} bytes)")
-                    break
-                got += count
-        if got < nr_bytes:
-            del buffer[got:]
-        else:
-            self._body_next = not self._body_next
-        return buffer
-
-    def _ended(self, got: int, reason: str) -> None:
-        """The peer closed or reset the connection; only worth a report inside a PDU."""
-        if got == 0 and not self._body_next:
-            log.debug("connection ended between PDUs", extra={"peer": self._peer, "reason": reason})
-            return
-        _dul_thread.reported = True
-        self._reporter.closed(self._peer, "lost", reason)
-
-    def _give_up(self, kind: str, reason: str) -> None:
-        _dul_thread.reported = True
-        self._reporter.closed(self._peer, kind, reason)
-        if self.socket is not None:
-            try:
-                self.socket.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-def _peer_of(sock: socket.socket) -> str:
-    try:
-        return str(sock.getpeername()[0])
-    except OSError:
-        return ""
-
-
-class GuardedRequestHandler(RequestHandler):
-    """pynetdicom's request handler, building the association around a `GuardedSocket`."""
-
-    server: Any  # receive._NodeServer: take_request(), pdu_timeout_s, reporter
-
-    def _create_association(self) -> Association:
-        from pynetdicom.association import Association
-
-        server = self.server
-        ae = self.ae
-        assoc = Association(ae, MODE_ACCEPTOR)
-        assoc._server = server
-        # pynetdicom finds its acceptors by this thread name prefix (AssociationServer.active_associations).
-        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.requestor.address_info = self.remote
-        request = server.take_request(self.request)
-        assoc.set_socket(GuardedSocket(assoc, self.request, request, server.pdu_timeout_s, server.reporter))
-        acceptor = assoc.acceptor
-        acceptor.maximum_length = ae.maximum_pdu_size
-        acceptor.ae_title = server.ae_title
-        acceptor.address_info = self.local
-        acceptor.implementation_class_uid = ae.implementation_class_uid
-        acceptor.implementation_version_name = ae.implementation_version_name
-        acceptor.supported_contexts = deepcopy(server.contexts)
-        for event, bound in server._handlers.items():
-            if event.is_intervention:
-                if bound:
-                    assoc.bind(event, *bound)
-            elif isinstance(event, NotificationEvent):
-                for handler, args in bound:
-                    assoc.bind(event, handler, args)
-        return assoc

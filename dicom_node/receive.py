@@ -3,9 +3,10 @@
 Success is answered only after `store.InstanceStore.receive` made the instance durable (file fsynced and
 renamed, row committed). Everything refused gets a specific status and an audit row naming the reason, and
 the association (and the server) carries on. pynetdicom runs one thread per association; handlers do no pixel
-decoding, so the receiving process never becomes CPU-bound on image work. Connections reach pynetdicom only
-through `port_guard.ConnectionGate` (a complete A-ASSOCIATE-RQ, within timeouts and per-source limits), and
-every PDU is read with a deadline, so no idle or stalled peer holds a slot.
+decoding. Connections reach pynetdicom only through `port_guard.ConnectionGate` (a complete A-ASSOCIATE-RQ,
+within timeouts and per-source limits), and every PDU is read with a deadline (`acceptor`), so no idle or
+stalled peer holds a slot. The gate runs in `serve`; the associations run either in its threads or in
+receiving processes (`receiving_processes`), which get the connections from the gate with a `Handover`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import socket
 import ssl
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from collections.abc import Callable
 from typing import Any, cast
 
 from pydicom.uid import (
@@ -26,9 +27,9 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    JPEGLSLossless,
     JPEGLossless,
     JPEGLosslessSV1,
+    JPEGLSLossless,
     RLELossless,
 )
 from pynetdicom import AE, evt
@@ -42,8 +43,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
+from dicom_node.acceptor import AcceptorAssociation, GuardedRequestHandler, Handover, install_log_filters
 from dicom_node.config import NodeSettings, Settings
-from dicom_node.port_guard import ClosureReporter, ConnectionGate, GuardedRequestHandler, install_log_filters
+from dicom_node.port_guard import ClosureReporter, Closures, ConnectionGate, HandOver
 from dicom_node.store import PET_CT_SOP_CLASSES, STATUS_SUCCESS, Caller, Delivery, InstanceStore, clean_text
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,16 @@ TRANSFER_SYNTAXES = [
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 _REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 _REJECT_LIMIT = (0x02, 0x03, 0x02)
+
+
+@dataclass(frozen=True)
+class AssociationEnd:
+    """An association that ended: the id of the hand-over it came with, the study row ids it delivered
+    instances of, and whether its sender released it (rather than aborting or losing it)."""
+
+    handover_id: int
+    study_ids: frozenset[int]
+    released: bool
 
 
 @dataclass
@@ -137,29 +149,45 @@ class _NodeServer(ThreadedAssociationServer):
 
     request_queue_size = 128  # listen backlog; the gate accepts at once, so this only absorbs bursts
     pdu_timeout_s: float
-    reporter: ClosureReporter
+    reporter: Closures
 
-    def hand_over(self, sock: socket.socket, address: tuple[str, int], request: bytes) -> None:
-        """Called by the gate: start the association (in a thread of its own, as pynetdicom does)."""
-        with self._requests_lock:
-            self._requests[sock] = request
+    def hand_over(self, sock: socket.socket, address: tuple[str, int], handover: Handover) -> None:
+        """Start the association (in a thread of its own, as pynetdicom does)."""
+        with self._handovers_lock:
+            self._handovers[sock] = handover
         self.process_request(sock, address)
 
-    def take_request(self, sock: socket.socket) -> bytes:
-        """The A-ASSOCIATE-RQ the gate read from `sock` (GuardedRequestHandler hands it to the DUL)."""
-        with self._requests_lock:
-            return self._requests.pop(sock)
+    def take_handover(self, sock: socket.socket) -> Handover:
+        """What came with `sock` (GuardedRequestHandler hands its A-ASSOCIATE-RQ to the DUL)."""
+        with self._handovers_lock:
+            return self._handovers.pop(sock)
 
-    def prepare(self, node: NodeSettings, reporter: ClosureReporter) -> None:
-        self._requests: dict[socket.socket, bytes] = {}
-        self._requests_lock = threading.Lock()
+    def association_ended(self, assoc: AcceptorAssociation) -> None:
+        self._on_ended(assoc)
+
+    def prepare(self, node: NodeSettings, reporter: Closures,
+                on_ended: Callable[[AcceptorAssociation], None]) -> None:
+        self._handovers: dict[socket.socket, Handover] = {}
+        self._handovers_lock = threading.Lock()
         self.pdu_timeout_s = node.pdu_timeout_s
         self.reporter = reporter
+        self._on_ended = on_ended
 
     def shutdown(self) -> None:
         # The gate ran instead of serve_forever, so socketserver's shutdown (which waits for that loop)
         # does not apply; this server is not in the AE's own list that pynetdicom's shutdown edits either.
         self.server_close()
+
+
+class _HandedOnlyServer(_NodeServer):
+    """The server of a receiving process: it never listens (the gate in `serve` does), it is only handed
+    connections; its address stays the node's, which pynetdicom reports as the acceptor's."""
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        pass
 
 
 class Receiver:
@@ -173,12 +201,14 @@ class Receiver:
         self._ae: AE | None = None
         self._server: _NodeServer | None = None
         self._gate: ConnectionGate | None = None
-        self._reporter: ClosureReporter | None = None
+        self._reporter: Closures | None = None
         self._states: weakref.WeakKeyDictionary[Association, _AssociationState] = weakref.WeakKeyDictionary()
         self._states_lock = threading.Lock()
-        # Told (study row ids, released?) when an association that stored instances ends: assembly queues a
-        # proven study at once when its sender has released (serve.py sets it).
-        self.on_association_closed: Callable[[set[int], bool], None] | None = None
+        # Told when an association ends (every one, also those rejected): assembly queues a proven study at
+        # once when its sender has released; a receiving process reports it to `serve` (which sets these).
+        self.on_association_ended: Callable[[AssociationEnd], None] | None = None
+        # Told (hand-over id, study row id) when an association delivers the first instance of a study.
+        self.on_delivering: Callable[[int, int], None] | None = None
 
     def studies_in_transfer(self) -> set[int]:
         """Row ids of the studies that open associations have delivered instances of."""
@@ -211,8 +241,42 @@ class Receiver:
             ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         return ae
 
-    def start(self) -> None:
-        """Listen (non-blocking)."""
+    def start(self, hand_over: HandOver | None = None) -> None:
+        """Listen (non-blocking). The associations run in this process's threads, or, given `hand_over`,
+        wherever it passes the gate's connections on (receiving processes)."""
+        node = self.settings.node
+        tls = tls_context(node) if node.tls.enabled else None
+        reporter = ClosureReporter(node.connection_report_seconds, self._audit)
+        server = self._make_server((node.bind, node.port), _NodeServer, reporter)
+        self.port = int(server.server_address[1])
+        assert server.socket is not None
+        self._gate = ConnectionGate(server.socket, node, tls, hand_over or self._hand_over_here, reporter)
+        self._gate.start()
+        log.info("DICOM listener started", extra={"ae_title": node.ae_title, "bind": node.bind,
+                                                   "port": self.port, "tls": node.tls.enabled})
+
+    def start_handed_only(self, closures: Closures) -> None:
+        """Serve connections handed over by `take` (a receiving process), listening on nothing; closed
+        and refused connections are reported to `closures`."""
+        node = self.settings.node
+        self._make_server((node.bind, node.port), _HandedOnlyServer, closures)
+
+    def connection_closed(self, *args: Any, **detail: Any) -> None:
+        """A closure a receiving process reported: logged and audited here, with the gate's own."""
+        if self._reporter is not None:
+            self._reporter.closed(*args, **detail)
+
+    def take(self, sock: socket.socket, address: tuple[str, int], handover: Handover) -> None:
+        """Run the association on a connection the gate handed over (in another process)."""
+        assert self._server is not None
+        self._server.hand_over(sock, address, handover)
+
+    def _hand_over_here(self, sock: socket.socket, address: tuple[str, int], request: bytes) -> None:
+        assert self._server is not None
+        self._server.hand_over(sock, address, Handover(request))
+
+    def _make_server(self, address: tuple[str, int], server_class: type[_NodeServer],
+                     reporter: Closures) -> _NodeServer:
         node = self.settings.node
         # pynetdicom's "standard" handlers format a multi-line log text for every PDU and DIMSE message
         # (copying each data set once more to test whether it is empty), and the node drops it: its
@@ -230,19 +294,12 @@ class Receiver:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        tls = tls_context(node) if node.tls.enabled else None
-        server = cast(_NodeServer, self._ae.make_server((node.bind, node.port), evt_handlers=handlers,
-                                                        server_class=_NodeServer,
+        server = cast(_NodeServer, self._ae.make_server(address, evt_handlers=handlers, server_class=server_class,
                                                         request_handler=GuardedRequestHandler))
-        self._reporter = ClosureReporter(node.connection_report_seconds, self._audit)
-        server.prepare(node, self._reporter)
+        self._reporter = reporter
+        server.prepare(node, reporter, self._ended)
         self._server = server
-        self.port = int(server.server_address[1])
-        assert server.socket is not None
-        self._gate = ConnectionGate(server.socket, node, tls, server.hand_over, self._reporter)
-        self._gate.start()
-        log.info("DICOM listener started", extra={"ae_title": node.ae_title, "bind": node.bind,
-                                                   "port": self.port, "tls": node.tls.enabled})
+        return server
 
     def stop(self) -> None:
         """Stop listening and abort open associations (their unanswered instances are resent by peers)."""
@@ -256,7 +313,8 @@ class Receiver:
         if self._reporter is not None:
             self._reporter.close()
         self.store.close()
-        log.info("DICOM listener stopped", extra={"port": self.port})
+        if self._gate is not None:
+            log.info("DICOM listener stopped", extra={"port": self.port})
 
     # ------------------------------------------------------------------------------------------ association
 
@@ -282,16 +340,24 @@ class Receiver:
                 return _REJECT_CALLING_AE, f"calling AE title {calling!r} not in allowed_calling_aes"
             if not any(_host_allowed(peer, entry.hosts) for entry in entries):
                 return _REJECT_CALLING_AE, f"calling AE title {calling!r} not allowed from {peer}"
-        assert self._ae is not None
-        # Established ones only: bare TCP connections (port probes, load balancer checks) do not count.
-        established = [a for a in self._ae.active_associations if a.is_acceptor and a.is_established]
-        from_peer = sum(1 for a in established if _peer(a) == peer)
+        from_peer, in_all = self._held(cast(AcceptorAssociation, assoc))
         if from_peer >= node.max_connections_per_host:
             return _REJECT_LIMIT, (f"{peer} already holds {from_peer} associations "
                                    f"(max_connections_per_host {node.max_connections_per_host})")
-        if len(established) >= node.max_associations:
+        if in_all >= node.max_associations:
             return _REJECT_LIMIT, f"max_associations ({node.max_associations}) reached"
         return None
+
+    def _held(self, assoc: AcceptorAssociation) -> tuple[int, int]:
+        """Associations open before this one: from its source, and in all. In a receiving process, as the
+        gate counted them over every process when it handed the connection over."""
+        handover = assoc.handover
+        if handover.held_by_peer is not None and handover.held_in_all is not None:
+            return handover.held_by_peer, handover.held_in_all
+        assert self._ae is not None
+        # Established ones only: bare TCP connections (port probes, load balancer checks) do not count.
+        established = [a for a in self._ae.active_associations if a.is_acceptor and a.is_established]
+        return sum(1 for a in established if _peer(a) == _peer(assoc)), len(established)
 
     def _on_requested(self, event: Event) -> None:
         assoc = event.assoc
@@ -330,16 +396,26 @@ class Receiver:
 
     def _on_closed(self, event: Event) -> None:
         with self._states_lock:
-            state = self._states.pop(event.assoc, None)
+            state = self._states.get(event.assoc)
         if state is None:
             return
         how = "released" if event.assoc.is_released else "aborted" if event.assoc.is_aborted else "closed"
-        if self.on_association_closed is not None and state.caller.study_ids:
-            self.on_association_closed(set(state.caller.study_ids.values()), how == "released")
         log.info("association closed", extra={"calling_ae": state.caller.ae_title, "peer": state.caller.host,
                                                "how": how, **{f"n_{k}": v for k, v in state.counts.items()}})
         self._audit("association", how, actor=state.caller.ae_title, peer=state.caller.host, tls=state.tls,
                     counts=state.counts)
+
+    def _ended(self, assoc: AcceptorAssociation) -> None:
+        """The association's thread ends (after its closing audit row): report it, with its studies."""
+        with self._states_lock:
+            state = self._states.pop(assoc, None)
+        if self.on_association_ended is None:
+            return
+        studies = frozenset(state.caller.study_ids.values()) if state is not None else frozenset()
+        try:
+            self.on_association_ended(AssociationEnd(assoc.handover.id, studies, bool(assoc.is_released)))
+        except Exception:  # a failing report must not keep the association's thread from ending
+            log.exception("cannot report an ended association")
 
     def _state(self, assoc: Association) -> _AssociationState:
         with self._states_lock:
@@ -359,12 +435,16 @@ class Receiver:
         request = cast(C_STORE, event.request)
         state = self._state(event.assoc)
         requested_instance = str(request.AffectedSOPInstanceUID or "")
+        studies_before = set(state.caller.study_ids.values())
         with cast(BytesIO, request.DataSet).getbuffer() as received:
             delivery = Delivery(sop_class_uid=str(request.AffectedSOPClassUID or ""),
                                 sop_instance_uid=requested_instance,
                                 context_sop_class_uid=str(event.context.abstract_syntax),
                                 transfer_syntax_uid=str(event.context.transfer_syntax), dataset=received)
             outcome = self.store.receive(delivery, state.caller)
+        if self.on_delivering is not None and len(state.caller.study_ids) > len(studies_before):
+            for study_id in set(state.caller.study_ids.values()) - studies_before:
+                self.on_delivering(cast(AcceptorAssociation, event.assoc).handover.id, study_id)
         if outcome.kind == "refused":
             return self._refuse(state, requested_instance, outcome.status, outcome.reason or "")
         state.count(outcome.kind)

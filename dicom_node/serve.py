@@ -23,7 +23,8 @@ from dicom_node.config import Settings
 from dicom_node.jobs import requeue_expired_jobs
 from dicom_node.log import configure_logging
 from dicom_node.preflight import StartupError, check_before_start, create_folders, open_database
-from dicom_node.receive import Receiver
+from dicom_node.receive import AssociationEnd, Receiver
+from dicom_node.receiving_processes import ReceivingProcesses
 from dicom_node.retention import retention_tick
 from dicom_node.send import Sender
 from dicom_node.store import reconcile_storage
@@ -41,16 +42,21 @@ def _periodic(scheduler: BackgroundScheduler, func: Any, seconds: float, *args: 
     )
 
 
-def _start_listener(receiver: Receiver, settings: Settings) -> None:
+def _start_listener(receiver: Receiver, settings: Settings, processes: ReceivingProcesses | None) -> None:
     """Listen for DICOM; a port taken since the pre-flight check is still one clear line."""
     try:
-        receiver.start()
+        receiver.start(processes.hand_over if processes is not None else None)
     except OSError as exc:
         node = settings.node
         raise StartupError(
             f"node.port {node.port} on {node.bind}: cannot listen: {exc.strerror or exc}: "
             "stop the program using it or change node.port"
         ) from None
+
+
+def _association_ended(assembler: Assembler, end: AssociationEnd) -> None:
+    if end.study_ids:
+        assembler.association_closed(set(end.study_ids), end.released)
 
 
 def serve(settings: Settings, stop: threading.Event | None = None, config_file: Path | None = None) -> None:
@@ -67,18 +73,30 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
     dashboard = DashboardProcess(settings).start() if settings.dashboard.enabled else None
     reconcile_storage(settings, sessions)
     receiver = Receiver(settings, sessions)
+    process_count = settings.node.receiving_process_count()
+    processes = ReceivingProcesses(settings, process_count) if process_count else None
     # Assembly runs every tick, and at once when a sender releases its association: a study proven
     # complete whose senders are all done is queued without the settle window (completeness.decide).
     assembler = Assembler()
     assembly = WakeLoop("assembly", partial(assembler.tick, settings, sessions),
                         settings.assembly.tick_seconds)
-    assembler.delivering, assembler.on_handover = receiver.studies_in_transfer, assembly.wake
-    receiver.on_association_closed = assembler.association_closed
+    assembler.on_handover = assembly.wake
+    if processes is not None:
+        assembler.delivering = processes.studies_in_transfer
+        processes.on_association_closed = assembler.association_closed
+        processes.on_connection_closed = receiver.connection_closed
+    else:
+        assembler.delivering = receiver.studies_in_transfer
+        receiver.on_association_ended = partial(_association_ended, assembler)
     try:
+        if processes is not None:
+            processes.start()
         if dashboard is not None:
             dashboard.wait_ready()
-        _start_listener(receiver, settings)
+        _start_listener(receiver, settings, processes)
     except BaseException:
+        if processes is not None:
+            processes.stop()
         if dashboard is not None:
             dashboard.stop()
         raise
@@ -105,6 +123,8 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
     try:
         while not stop.wait(1.0):
             workers.supervise()
+            if processes is not None:
+                processes.supervise()
             if dashboard is not None:
                 dashboard.supervise()
     finally:
@@ -112,6 +132,8 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
         if dashboard is not None:
             dashboard.stop()
         receiver.stop()
+        if processes is not None:
+            processes.stop()
         assembly.stop()
         sending.stop()
         scheduler.shutdown(wait=True)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,6 +34,7 @@ from dicom_node.config import Settings
 from dicom_node.store.durable import Staged, StorageFolder, intact
 from dicom_node.store.file_meta import received_file
 from dicom_node.store.headers import ParsedInstance, clean_text, parse_instance
+from dicom_node.store.locks import ProcessSharedLock, SopInstanceLocks, sqlite_commit_lock
 from dicom_node.store.status import (
     STATUS_NOT_THE_SOP_CLASS,
     STATUS_OUT_OF_RESOURCES,
@@ -96,16 +97,15 @@ class InstanceStore:
         # for another, so any pool size is deadlock-free; this one never makes an association queue.
         self._syncer = ThreadPoolExecutor(max_workers=3 * settings.node.max_associations + 4,
                                           thread_name_prefix="storage-flush")
-        # Striped locks: one SOP Instance UID is never handled by two associations at once.
-        self._sop_locks = [threading.Lock() for _ in range(64)]
-        self._commits = GroupCommit(self.engine)
+        # One SOP Instance UID is never handled by two associations at once, in any receiving process.
+        self._sop_lock = SopInstanceLocks(settings.storage.directory)
+        database = self.engine.url.database
+        shared = self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+        self._commits = GroupCommit(self.engine, sqlite_commit_lock(Path(database)) if shared else None)
 
     def close(self) -> None:
         """Wait for folder flushes still running (only during shutdown)."""
         self._syncer.shutdown(wait=True)
-
-    def _sop_lock(self, sop_instance_uid: str) -> threading.Lock:
-        return self._sop_locks[hash(sop_instance_uid) % len(self._sop_locks)]
 
     def receive(self, delivery: Delivery, caller: Caller) -> StoreOutcome:
         """Store one C-STORE request's data set and say what to answer; never raises for bad input.
@@ -361,11 +361,13 @@ class GroupCommit:
     done when they get the lock. Queueing on our own lock also hands the database over the moment a commit
     ends, where SQLite's busy handler would sleep for milliseconds. If a batch fails, its members are
     retried one transaction each, so one bad row only fails its own instance. Every caller returns only
-    after its own statements are committed.
+    after its own statements are committed. On SQLite the leaders of several receiving processes queue
+    likewise, on `between_processes`.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, between_processes: ProcessSharedLock | None = None) -> None:
         self._engine = engine
+        self._between_processes = between_processes or nullcontext()
         self._leader = threading.Lock()
         self._queue_lock = threading.Lock()
         self._pending: list[_Ticket] = []
@@ -379,7 +381,8 @@ class GroupCommit:
             if not ticket.done:
                 with self._queue_lock:
                     batch, self._pending = self._pending, []
-                self._commit(batch)
+                with self._between_processes:
+                    self._commit(batch)
         if ticket.error is not None:
             raise ticket.error
 
