@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from dicom_node.config import NodeSettings
+from dicom_node.flood_windows import FloodWindows, Window
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +78,6 @@ def associate_request_problem(data: bytes | bytearray) -> str | None:
 # ---------------------------------------------------------------------------------------------- reporting
 
 
-class _Window:
-    """One source's (or one source and reason's) reporting interval."""
-
-    __slots__ = ("action", "counts", "peer", "reason", "started")
-
-    def __init__(self, started: float, peer: str, action: str, reason: str) -> None:
-        self.started = started
-        self.peer = peer
-        self.action = action
-        self.reason = reason
-        self.counts: dict[str, int] = {}
-
-
 class Closures(Protocol):
     """Where closed and refused connections are reported: a `ClosureReporter`, or in a receiving process
     the channel that forwards them to the one in `serve` (so a source is summarised once, not per process)."""
@@ -102,13 +90,13 @@ class Closures(Protocol):
 
 class ClosureReporter:
     """Logs and audits connections the node closes or refuses: a source's first one in an interval at
-    once, the rest of that interval as one summary, so no flood can grow the log or the audit table."""
+    once, the rest of that interval as one summary (`flood_windows`), so no flood can grow the log or the
+    audit table."""
 
     def __init__(self, interval_s: float, audit: Callable[..., None]) -> None:
         self._interval = interval_s
         self._audit = audit
-        self._lock = threading.Lock()
-        self._windows: dict[str, _Window] = {}
+        self._windows = FloodWindows(interval_s)
         # Audit rows are written off the caller's thread: the gate must never wait for the database.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="port-guard-audit")
 
@@ -117,16 +105,11 @@ class ClosureReporter:
         """One connection closed or refused by the node, or lost mid-PDU; `kind` is a short category.
         Counted per source, or per source and reason with `per_reason` (association rejections, where
         each distinct reason, e.g. another calling AE title, is worth its own row)."""
-        key = f"{peer} {reason}" if per_reason else peer
-        now = time.monotonic()
-        with self._lock:
-            window = self._windows.get(key)
-            if window is not None and now - window.started < self._interval:
-                window.counts[kind] = window.counts.get(kind, 0) + 1
-                return
-            self._windows[key] = _Window(now, peer, action, reason)
-        if window is not None and window.counts:
-            self._summarise(window)
+        key = (peer, reason) if per_reason else (peer,)
+        opened, ended = self._windows.record(key, kind, peer=peer, action=action, reason=reason)
+        self._summarise(ended)
+        if not opened:
+            return
         log.warning(event, extra={"peer": peer, "kind": kind, "reason": reason,
                                   **{k: v for k, v in detail.items() if k != "actor"},
                                   **({"calling_ae": detail["actor"]} if "actor" in detail else {})})
@@ -135,28 +118,24 @@ class ClosureReporter:
 
     def flush(self, everything: bool = False) -> None:
         """Write the summaries of intervals that have ended (all of them with `everything`)."""
-        now = time.monotonic()
-        with self._lock:
-            ended = [(key, window) for key, window in self._windows.items()
-                     if everything or now - window.started >= self._interval]
-            for key, _window in ended:
-                del self._windows[key]
-        for _key, window in ended:
-            if window.counts:
-                self._summarise(window)
+        self._summarise(self._windows.take_due(everything))
 
-    def _summarise(self, window: _Window) -> None:
-        total = sum(window.counts.values())
-        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(window.counts.items()))
-        if window.action == "rejected":
-            reason = (f"{total} more association(s) from {window.peer} rejected within {self._interval:g} s "
-                      f"({kinds}): {window.reason}")
-        else:
-            reason = f"{total} more connection(s) from {window.peer} closed within {self._interval:g} s ({kinds})"
-        log.warning("connections closed" if window.action != "rejected" else "associations rejected",
-                    extra={"peer": window.peer, "count": total, "kinds": kinds})
-        self._write("association", window.action, outcome="rejected" if window.action == "rejected" else "refused",
-                    reason=reason, peer=window.peer, kind="summary", count=total, counts=dict(window.counts))
+    def _summarise(self, windows: list[Window]) -> None:
+        for window in windows:
+            if not window.counts:
+                continue
+            peer, action, reason = window.first["peer"], window.first["action"], window.first["reason"]
+            total = window.suppressed
+            kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(window.counts.items()))
+            if action == "rejected":
+                text = (f"{total} more association(s) from {peer} rejected within {self._interval:g} s "
+                        f"({kinds}): {reason}")
+            else:
+                text = f"{total} more connection(s) from {peer} closed within {self._interval:g} s ({kinds})"
+            log.warning("connections closed" if action != "rejected" else "associations rejected",
+                        extra={"peer": peer, "count": total, "kinds": kinds})
+            self._write("association", action, outcome="rejected" if action == "rejected" else "refused",
+                        reason=text, peer=peer, kind="summary", count=total, counts=dict(window.counts))
 
     def _write(self, *args: Any, **fields: Any) -> None:
         try:

@@ -10,28 +10,16 @@ by the next refusal after it, by the dashboard's housekeeping, or at shutdown).
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+
+from dicom_node.flood_windows import FloodWindows, Window
 
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
-MAX_SOURCES = 10_000
-"""Bound on open windows; beyond it the oldest are summarised early."""
 
 Audit = Callable[..., None]
-
-
-@dataclass
-class _Window:
-    started: float
-    action: str
-    reason: str
-    suppressed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RefusalLog:
@@ -39,27 +27,13 @@ class RefusalLog:
 
     def __init__(self, audit: Audit, window_s: float = WINDOW_S) -> None:
         self._audit = audit
-        self._window_s = window_s
-        self._lock = threading.Lock()
-        self._windows: dict[tuple[str, str], _Window] = {}
+        self._windows = FloodWindows(window_s)
 
     def refused(self, action: str, source: str | None, reason: str, **fields: Any) -> None:
         """One refused request: recorded now if it opens a window, else counted for the summary."""
         peer = source or "unknown"
-        now = time.monotonic()
-        due: list[tuple[tuple[str, str], _Window]] = []
-        with self._lock:
-            due = self._take_due(now, force=len(self._windows) >= MAX_SOURCES)
-            window = self._windows.get((peer, action))
-            if window is not None:
-                window.suppressed += 1
-                window.reason = reason
-                window.extra = fields
-                opened = False
-            else:
-                self._windows[(peer, action)] = _Window(now, action, reason)
-                opened = True
-        self._summarise(due)
+        opened, ended = self._windows.record((peer, action), reason=reason, fields=fields)
+        self._summarise(ended)
         if opened:
             # The user name tried stays out of the log (audit only): people type passwords into it.
             shown = {k: v for k, v in fields.items() if k != "actor"}
@@ -68,30 +42,19 @@ class RefusalLog:
 
     def flush_due(self) -> None:
         """Summarise the windows that are over (housekeeping calls this every few seconds)."""
-        with self._lock:
-            due = self._take_due(time.monotonic())
-        self._summarise(due)
+        self._summarise(self._windows.take_due())
 
     def close(self) -> None:
         """Summarise every open window (at shutdown)."""
-        with self._lock:
-            due = self._take_due(time.monotonic(), force=True)
-        self._summarise(due)
+        self._summarise(self._windows.take_due(everything=True))
 
-    def _take_due(self, now: float, force: bool = False) -> list[tuple[tuple[str, str], _Window]]:
-        due = [(k, w) for k, w in self._windows.items() if force or now - w.started >= self._window_s]
-        for key, _window in due:
-            del self._windows[key]
-        return due
-
-    def _summarise(self, due: list[tuple[tuple[str, str], _Window]]) -> None:
-        for (peer, action), window in due:
-            if window.suppressed == 0:
+    def _summarise(self, windows: list[Window]) -> None:
+        for window in windows:
+            if not window.suppressed:
                 continue
-            seconds = round(time.monotonic() - window.started)
-            reason = f"{window.suppressed} more refused within {seconds} s (last: {window.reason})"
+            peer, action = cast(tuple[str, str], window.key)
+            reason = (f"{window.suppressed} more refused within {round(window.age())} s "
+                      f"(last: {window.latest['reason']})")
             log.warning(f"refused {action}: {reason}", extra={"peer": peer, "count": window.suppressed})
-            self._audit(
-                "admin", action, outcome="refused", reason=reason, peer=peer, count=window.suppressed,
-                **window.extra,
-            )
+            self._audit("admin", action, outcome="refused", reason=reason, peer=peer, count=window.suppressed,
+                        **window.latest["fields"])

@@ -48,11 +48,14 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_config(directory: Path, overrides: dict[str, Any] | None = None, db_url: str | None = None) -> Path:
-    """A config for tests: everything under `directory`, free ports, quick timings, any caller allowed."""
+    """A config for tests: everything under `directory`, free ports, quick timings, any caller allowed.
+
+    One receiving process (production's "auto" starts one per core): every node test goes through the
+    hand-over to a receiving process, at the start-up cost of one; test_receiving_processes.py runs two."""
     directory.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "node": {"ae_title": "PSMA_NODE", "bind": "127.0.0.1", "port": free_port(),
-                 "allow_any_calling_ae": True, "min_free_disk_mb": 0},
+                 "allow_any_calling_ae": True, "min_free_disk_mb": 0, "receiving_processes": 1},
         "storage": {"directory": str(directory / "storage"), "results_directory": str(directory / "results")},
         "database": {"url": db_url or f"sqlite:///{directory / 'node.db'}"},
         "workers": {"count": 1, "lease_seconds": 10},
