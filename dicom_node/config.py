@@ -140,12 +140,18 @@ class NodeSettings(_Section):
     )
     tls: TLSSettings = Field(default_factory=TLSSettings, description="DICOM TLS.")
 
-    @field_validator("receiving_processes")
+    @field_validator("receiving_processes", mode="before")
     @classmethod
-    def _process_count(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 0 <= value <= 64:
+    def _process_count(cls, value: Any) -> int | str:
+        if value == "auto":
+            return value
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            count = -1
+        if isinstance(value, bool) or not 0 <= count <= 64 or str(count) != str(value).strip():
             raise ValueError("must be 'auto' or a number from 0 to 64")
-        return value
+        return count
 
     def receiving_process_count(self) -> int:
         """How many receiving processes to start (0: associations run in serve's threads)."""

@@ -158,3 +158,28 @@ def test_one_mistake_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     result = _check(_write(tmp_path, {"node": {"port": "eleven"}}))
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("value", ["many", 99, -1, True])
+def test_receiving_processes_must_be_auto_or_a_count(tmp_path: Path, value: object) -> None:
+    path = _write(tmp_path, {"node": {"receiving_processes": value}})
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert "node.receiving_processes: Value error, must be 'auto' or a number from 0 to 64" in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "tls", "cores", "expected"), [
+    ("auto", False, {0, 1}, 2), ("auto", False, {0}, 0), ("auto", False, set(range(8)), 4),
+    (3, False, {0}, 3), (0, False, {0, 1}, 0), ("auto", True, {0, 1}, 0),
+])
+def test_receiving_process_count_follows_the_cores_and_stays_in_serve_with_tls(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: object, tls: bool, cores: set[int],
+        expected: int) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: cores)
+    node: dict[str, object] = {"receiving_processes": value}
+    if tls:
+        (tmp_path / "cert.pem").write_text("x")
+        node["tls"] = {"enabled": True, "certificate": str(tmp_path / "cert.pem"),
+                       "private_key": str(tmp_path / "cert.pem")}
+    settings = load_settings(_write(tmp_path, {"node": node}), environ={})
+    assert settings.node.receiving_process_count() == expected
