@@ -3,6 +3,9 @@
 Each check returns OK, WARN or FAIL with a message naming the thing checked and, when it is not OK, the
 action that fixes it. The checks only look: they create no database, folder or schema (a write probe file
 is created and removed again), so the doctor is safe to run next to a running node.
+
+Over 500 lines because it is a list of independent checks with one shape each; an admin reads them as the
+one catalogue of what the node needs, so they stay together.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ the middle of the edges).
 
 Everything here is a pure function of the `AnalysisResult`; volumes are sampled in patient LPS millimetres
 through their own affines, so CT, PET and attention may each live on any grid.
+
+Longer than most modules (about 600 lines): the layout (safe area, panel, views) and the drawing share one
+set of measures, and a change to one is checked against the others by looking at the same page.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ answer for text-only viewers, with the suggested PROMISE V2 local category and t
 All containers are SEPARATE (PS3.3 C.18.8): the items are distinct observations, not one running sentence,
 so dsr2html lists them instead of gluing them together. The observer is the device (the model), whose Device
 UID changes with the weights, so a reader years later can tell which model produced which result.
+
+Longer than most modules (over 600 lines) because the template is one tree: each group's content depends on
+the ones beside it (tracking UIDs, image library, evidence), and split across files it could no longer be
+read against TID 1500 and OHIF's parser in one pass.
 """
 
 from __future__ import annotations
