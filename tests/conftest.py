@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.db import migrate
 from tests.support.node import SHARED_DATA, NodeProcess, write_config
 
 pytest_plugins = ["tests.support.db", "tests.support.dicom"]
@@ -22,13 +23,21 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator:
-    """Start real nodes: `node_factory(overrides, db_url=None)`; every node is stopped at teardown."""
+    """Start real nodes: `node_factory(overrides, db_url=None)`; every node is stopped at teardown.
+
+    A node's own new SQLite database is copied from the migrated template before it starts, so each start
+    skips running the migrations (migrating at start is tested in tests/db/test_schema_gate.py).
+    """
     nodes: list[NodeProcess] = []
 
     def start(overrides: dict | None = None, db_url: str | None = None, name: str = "node",
               env: dict[str, str] | None = None) -> NodeProcess:
         config = write_config(tmp_path / name, overrides, db_url)
         node = NodeProcess(config, env)
+        own_database = f"sqlite:///{tmp_path / name / 'node.db'}"
+        if db_url is None and node.config["database"]["url"] == own_database \
+                and not (tmp_path / name / "node.db").exists():
+            migrate(own_database)
         nodes.append(node)
         return node.start()
 

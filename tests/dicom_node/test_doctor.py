@@ -27,6 +27,7 @@ from dicom_node.doctor import CheckResult, Status, run_checks
 from inference.checkpoints import import_checkpoint
 from inference.model_specs import get_spec
 from inference.network import build_network
+from tests.support.db import migrate
 from tests.support.node import deep_merge, free_port, wait_for_port, write_config
 from tests.support.tools import require_tool
 
@@ -76,7 +77,7 @@ def _config(tmp_path: Path, models_dir: Path, overrides: dict[str, Any] | None =
     }
     path = write_config(tmp_path / "site", deep_merge(base, overrides or {}))
     if migrated:
-        upgrade(load_settings(path, environ={}).database.url.get_secret_value())
+        migrate(load_settings(path, environ={}).database.url.get_secret_value())  # SQLite: a template copy
     return path
 
 

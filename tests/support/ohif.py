@@ -110,6 +110,7 @@ class OhifServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
 
             def log_message(self, *_: Any) -> None:  # quiet: failures are collected in proxy_errors
                 return

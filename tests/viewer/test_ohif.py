@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -119,13 +120,16 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
     nodes = {"model": _node(root / "node-model", orthanc, True), "bare": _node(root / "node-bare", orthanc, False)}
     with orthanc:
         try:
-            for node in nodes.values():
-                node.start()
+            with ThreadPoolExecutor(len(nodes)) as starting:  # the nodes start while the studies are made
+                started = [starting.submit(node.start) for node in nodes.values()]
+                studies = {name: generate_study(root / "studies" / name, SynthOptions(**{**STUDY, **options}))
+                           for name, (options, _) in CASES.items()}
+                for future in started:
+                    future.result()
             uids: dict[str, str] = {}
-            for name, (options, which) in CASES.items():
-                folder = root / "studies" / name
-                truth = generate_study(folder, SynthOptions(**{**STUDY, **options}))
-                files = sorted(folder.glob("*/*.dcm"))
+            for name, truth in studies.items():
+                which = CASES[name][1]
+                files = sorted((root / "studies" / name).glob("*/*.dcm"))
                 report = send_files(files, "127.0.0.1", nodes[which].port, "PSMA_NODE")
                 assert report.ok, report.failures
                 stored = send_files(files, "127.0.0.1", orthanc.dicom_port, orthanc.aet)

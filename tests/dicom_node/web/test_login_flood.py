@@ -84,7 +84,7 @@ def test_login_flood_hashes_in_the_dashboard_process_and_barely_slows_receiving(
     ]
     for thread in threads:
         thread.start()
-    time.sleep(2.0)  # the flood is under way before the transfer starts
+    node.wait_until(lambda: answers, 60, "the flood's first answer")  # under way before the transfer starts
     serve_before, dashboard_before = cpu_seconds(node.proc.pid), cpu_seconds(pid)
     flooded = store(flood_files, node.port)
     serve_flood_cpu = cpu_seconds(node.proc.pid) - serve_before
