@@ -67,6 +67,26 @@ def storescu(port: int, files: list[Path], *args: str, called: str = "PSMA_NODE"
     return StoreRun(result.returncode, output, parse_storescu(output))
 
 
+def acknowledged_before_a_kill(port: int, files: list[Path], kill: Callable[[], None],
+                               after: int = 40) -> set[str]:
+    """Send `files` with storescu, call `kill` once `after` instances are acknowledged (mid-association),
+    and return the files the node acknowledged; fails if the kill did not land mid-transfer."""
+    sender = subprocess.Popen(["storescu", "-v", "-aec", "PSMA_NODE", "127.0.0.1", str(port), *map(str, files)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV)
+    lines: list[str] = []
+    assert sender.stdout is not None
+    for line in sender.stdout:
+        lines.append(line)
+        if sum("Received Store Response (Success)" in seen for seen in lines) >= after:
+            kill()
+            break
+    lines.extend(sender.stdout)
+    sender.wait(30)
+    acknowledged = {path for path, status in parse_storescu("".join(lines)).items() if status == "Success"}
+    assert after <= len(acknowledged) < len(files), "the kill did not happen mid-transfer"
+    return acknowledged
+
+
 def echoscu(port: int, *args: str, called: str = "PSMA_NODE",
             calling: str = "ECHOSCU") -> subprocess.CompletedProcess[str]:
     return subprocess.run(["echoscu", "-v", "-aec", called, "-aet", calling, *args, "127.0.0.1", str(port)],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from pydicom import dcmread
@@ -14,10 +13,9 @@ from dicom_node.store import reconcile_storage
 from dicom_node.store.file_meta import content_digest
 from dicom_node.store.headers import HEADER_KEYWORDS
 from tests.dicom_node.receive.clients import (
-    DCMTK_ENV,
     NodeDatabase,
+    acknowledged_before_a_kill,
     echoscu,
-    parse_storescu,
     send_raw_files,
     storescu,
     wait_for,
@@ -103,20 +101,8 @@ def test_resent_identical_is_no_duplicate_and_changed_is_a_new_revision(tmp_path
 def test_kill_during_receive_loses_nothing_acknowledged(tmp_path: Path, db_url: str, receiving_node) -> None:
     files = write_series(tmp_path / "pt", "PT", 200)
     node = receiving_node(db_url=db_url)
-    sender = subprocess.Popen(["storescu", "-v", "-aec", "PSMA_NODE", "127.0.0.1", str(node.port),
-                               *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=DCMTK_ENV)
-    lines: list[str] = []
-    assert sender.stdout is not None
-    for line in sender.stdout:
-        lines.append(line)
-        if sum("Received Store Response (Success)" in seen for seen in lines) >= 40:
-            node.kill()  # SIGKILL to the whole process group, mid-association
-            break
-    lines.extend(sender.stdout)
-    sender.wait(30)
-    acknowledged = {path for path, status in parse_storescu("".join(lines)).items() if status == "Success"}
-    assert 40 <= len(acknowledged) < len(files), "the kill did not happen mid-transfer"
+    # SIGKILL to the whole process group (serve and its receiving process), mid-association
+    acknowledged = acknowledged_before_a_kill(node.port, files, node.kill)
 
     restarted = NodeProcess(node.config_path).start()
     try:

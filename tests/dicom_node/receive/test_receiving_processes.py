@@ -17,6 +17,7 @@ from tests.dicom_node.receive.clients import (
     DCMTK_ENV,
     NodeDatabase,
     RawPeer,
+    acknowledged_before_a_kill,
     echoscu,
     parse_storescu,
     storescu,
@@ -80,21 +81,12 @@ def test_killed_receiving_process_loses_nothing_acknowledged_and_is_replaced(
     files = write_series(tmp_path / "pt", "PT", 200)
     node = receiving_node(TWO_PROCESSES, db_url=db_url)
     pids = _receiving_pids(node)
-    sender = subprocess.Popen(["storescu", "-v", "-aec", "PSMA_NODE", "127.0.0.1", str(node.port),
-                               *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=DCMTK_ENV)
-    lines: list[str] = []
-    assert sender.stdout is not None
-    for line in sender.stdout:
-        lines.append(line)
-        if sum("Received Store Response (Success)" in seen for seen in lines) >= 40:
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)  # mid-association, whichever process holds it
-            break
-    lines.extend(sender.stdout)
-    sender.wait(30)
-    acknowledged = {path for path, status in parse_storescu("".join(lines)).items() if status == "Success"}
-    assert 40 <= len(acknowledged) < len(files), "the kill did not happen mid-transfer"
+
+    def kill_receiving_processes() -> None:  # mid-association, whichever process holds it
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+
+    acknowledged = acknowledged_before_a_kill(node.port, files, kill_receiving_processes)
 
     # serve carries on: both processes come back, and the sender's re-send completes the series.
     node.wait_until(lambda: len(_receiving_pids(node)) == 4, timeout=30, what="both receiving processes restarted")
