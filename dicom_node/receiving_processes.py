@@ -36,12 +36,12 @@ from dicom_node.acceptor import Handover
 from dicom_node.config import Settings
 from dicom_node.log import configure_logging
 from dicom_node.receive import AssociationEnd
+from dicom_node.restarts import RestartSchedule
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
-_RESTART_DELAY_S = 1.0
 
 
 @dataclass
@@ -56,10 +56,11 @@ class _OpenAssociation:
 class _Process:
     """One receiving process and the parent's end of its channel."""
 
-    def __init__(self, index: int, process: BaseProcess, channel: Connection) -> None:
+    def __init__(self, index: int, process: BaseProcess, channel: Connection, restarts: RestartSchedule) -> None:
         self.index = index
         self.process = process
         self.channel = channel
+        self.restarts = restarts
         self.send_lock = threading.Lock()
         self.ready = threading.Event()
         self.alive = True
@@ -76,7 +77,6 @@ class ReceivingProcesses:
         self._lock = threading.Lock()
         self._open: dict[int, _OpenAssociation] = {}
         self._next_id = 1
-        self._restart_at: dict[int, float] = {}
         self._stopping = False
         self._reader: threading.Thread | None = None
         self._reader_wake_read, self._reader_wake_write = self._context.Pipe(duplex=False)
@@ -100,26 +100,30 @@ class ReceivingProcesses:
         log.info("receiving processes started", extra={"count": self.count,
                                                         "pids": [c.process.pid for c in self._processes]})
 
-    def _spawn(self, index: int) -> _Process:
+    def _spawn(self, index: int, restarts: RestartSchedule | None = None) -> _Process:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(target=receiving_main, args=(self.settings, child_end, index),
                                         name=f"psma-receiver-{index}")
         process.start()
         child_end.close()
-        return _Process(index, process, parent_end)
+        if restarts is None:
+            restarts = RestartSchedule()
+        else:
+            restarts.restarted(time.monotonic())
+        return _Process(index, process, parent_end, restarts)
 
     def supervise(self) -> None:
-        """Restart a receiving process that died (after a short delay); called by `serve` every second."""
+        """Restart a receiving process that died (backing off if it keeps dying); `serve` calls it every
+        second."""
         now = time.monotonic()
         for position, child in enumerate(list(self._processes)):
             if child.alive or self._stopping:
                 continue
-            restart_at = self._restart_at.setdefault(child.index, now + _RESTART_DELAY_S)
-            if now < restart_at:
+            child.restarts.died(now)
+            if not child.restarts.due(now):
                 continue
-            del self._restart_at[child.index]
             child.process.join(0)
-            replacement = self._spawn(child.index)
+            replacement = self._spawn(child.index, child.restarts)
             self._processes[position] = replacement
             self._wake_reader()
             log.warning("receiving process restarted", extra={"receiver_index": child.index,

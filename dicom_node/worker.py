@@ -32,15 +32,14 @@ from db.session import make_engine, make_session_factory, transaction
 from dicom_node.config import Settings
 from dicom_node.jobs import claim_next_job, renew_lease, requeue_expired_jobs, requeue_worker_jobs
 from dicom_node.log import configure_logging
+from dicom_node.restarts import RestartSchedule
 from dicom_node.wake import JOBS, listen
 from inference.runtime import prefer_passive_openmp
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF_S = (0.0, 1.0, 5.0, 30.0)
 DB_RETRY_S = 5.0
 """Wait after a failed database call before a worker tries again."""
-"""Delay before restarting a worker that died, by how many times in a row it died within a minute."""
 
 
 class WorkerStopping(BaseException):
@@ -211,9 +210,7 @@ class _Slot:
     index: int
     worker_id: str
     process: BaseProcess
-    started: float
-    quick_deaths: int = 0
-    restart_at: float = 0.0
+    restarts: RestartSchedule
 
 
 class WorkerPool:
@@ -227,7 +224,7 @@ class WorkerPool:
         self._context = multiprocessing.get_context("spawn")
         self._slots: list[_Slot] = []
 
-    def _spawn(self, index: int, quick_deaths: int = 0) -> _Slot:
+    def _spawn(self, index: int, restarts: RestartSchedule | None = None) -> _Slot:
         worker_id = new_worker_id(index)
         process = self._context.Process(
             target=worker_main,
@@ -236,7 +233,11 @@ class WorkerPool:
         )
         process.start()
         log.info("worker process started", extra={"worker_id": worker_id, "pid": process.pid})
-        return _Slot(index, worker_id, process, time.monotonic(), quick_deaths)
+        if restarts is None:
+            restarts = RestartSchedule()
+        else:
+            restarts.restarted(time.monotonic())
+        return _Slot(index, worker_id, process, restarts)
 
     def start(self) -> None:
         """Start settings.workers.count processes."""
@@ -248,13 +249,10 @@ class WorkerPool:
         for position, slot in enumerate(self._slots):
             if slot.process.is_alive():
                 continue
-            if slot.restart_at == 0.0:
+            delay = slot.restarts.died(now)
+            if delay is not None:
                 slot.process.join(0)
                 moved = requeue_worker_jobs(self.settings, self.sessions, slot.worker_id, died=True)
-                quick = slot.quick_deaths + 1 if now - slot.started < 60 else 0
-                delay = RESTART_BACKOFF_S[min(quick, len(RESTART_BACKOFF_S) - 1)]
-                slot.restart_at = now + delay
-                slot.quick_deaths = quick
                 log.error(
                     "worker process died",
                     extra={
@@ -264,8 +262,8 @@ class WorkerPool:
                         "restart_in_s": delay,
                     },
                 )
-            if now >= slot.restart_at:
-                self._slots[position] = self._spawn(slot.index, slot.quick_deaths)
+            if slot.restarts.due(now):
+                self._slots[position] = self._spawn(slot.index, slot.restarts)
 
     def stop(self) -> None:
         """SIGTERM every worker (a busy one releases its job), wait, then kill stragglers."""
