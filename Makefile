@@ -28,8 +28,11 @@ setup: system-packages $(STAMP) ohif-viewer
 run: setup
 	$(VENV)/bin/psma-node serve
 
+# Two workers: most tests wait on sockets and subprocesses, so two keep both cores busy (tests/conftest.py
+# schedules by module, and all container tests on one worker).
 test: setup
-	PSMA_TEST_POSTGRES_URL=$$(./deploy/ensure-postgres.sh) $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	PSMA_TEST_POSTGRES_URL=$$(./deploy/ensure-postgres.sh) $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		-n 2 --dist loadscope $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/python -m bench

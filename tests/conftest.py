@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,32 @@ from tests.support.node import SHARED_DATA, NodeProcess, write_config
 
 pytest_plugins = ["tests.support.db", "tests.support.dicom"]
 """The shared fixtures (databases, sessions, small studies) are registered once, here."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs the suite on two pytest-xdist workers. Each module's tests stay on one worker, so a
+    module's fixtures (the OHIF viewer, a shared node) start once, and the container tests all share one
+    worker: one Docker engine, one image build, the compose stack's fixed ports."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tests/deploy" if module.startswith("tests/deploy/") else module
+
+    return ByModule(config, log)
+
+
+# Modules of a minute or more. Under xdist they are handed out first, so both workers finish together
+# instead of one running the viewer tests alone at the end.
+LONG_MODULES = ("tests/deploy/", "tests/viewer/", "tests/test_readme.py",
+                "tests/dicom_node/assemble/test_node_assembly.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: its collection order is the schedule's
+        items.sort(key=lambda item: not item.nodeid.startswith(LONG_MODULES))
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,7 @@ def test_text_is_made_safe_for_postgresql() -> None:
     assert parsed.header["SeriesDescription"] == "PETAC"
 
 
-@pytest.mark.parametrize("sop_instance_uid", ["1.2.3", "1.2.34", generate_uid()])
+@pytest.mark.parametrize("sop_instance_uid", ["1.2.3", "1.2.34", generate_uid()], ids=["odd", "even", "generated"])
 def test_received_file_is_what_pynetdicom_would_write(sop_instance_uid: str) -> None:
     ct, explicit = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"
     meta = encode_file_meta(create_file_meta(sop_class_uid=ct, sop_instance_uid=sop_instance_uid,
