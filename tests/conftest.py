@@ -20,7 +20,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`make test` runs the suite on two pytest-xdist workers. Each module's tests stay on one worker, so a
     module's fixtures (the OHIF viewer, a shared node) start once, and the container tests all share one
     worker: one Docker engine, one image build, the compose stack's fixed ports."""
-    from xdist.scheduler import LoadScopeScheduling
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
