@@ -89,7 +89,7 @@ class ReceivingProcesses:
 
     def start(self) -> None:
         """Start the processes and wait until each serves (so "node started" means ready to receive)."""
-        self._processes = [self._spawn(index) for index in range(self.count)]
+        self._processes = [self._spawn(index, RestartSchedule()) for index in range(self.count)]
         self._reader = threading.Thread(target=self._read_reports, name="receiving-reports", daemon=True)
         self._reader.start()
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -100,16 +100,12 @@ class ReceivingProcesses:
         log.info("receiving processes started", extra={"count": self.count,
                                                         "pids": [c.process.pid for c in self._processes]})
 
-    def _spawn(self, index: int, restarts: RestartSchedule | None = None) -> _Process:
+    def _spawn(self, index: int, restarts: RestartSchedule) -> _Process:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(target=receiving_main, args=(self.settings, child_end, index),
                                         name=f"psma-receiver-{index}")
         process.start()
         child_end.close()
-        if restarts is None:
-            restarts = RestartSchedule()
-        else:
-            restarts.restarted(time.monotonic())
         return _Process(index, process, parent_end, restarts)
 
     def supervise(self) -> None:
@@ -123,6 +119,7 @@ class ReceivingProcesses:
             if not child.restarts.due(now):
                 continue
             child.process.join(0)
+            child.restarts.restarted(now)
             replacement = self._spawn(child.index, child.restarts)
             self._processes[position] = replacement
             self._wake_reader()

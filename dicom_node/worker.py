@@ -224,7 +224,7 @@ class WorkerPool:
         self._context = multiprocessing.get_context("spawn")
         self._slots: list[_Slot] = []
 
-    def _spawn(self, index: int, restarts: RestartSchedule | None = None) -> _Slot:
+    def _spawn(self, index: int, restarts: RestartSchedule) -> _Slot:
         worker_id = new_worker_id(index)
         process = self._context.Process(
             target=worker_main,
@@ -233,15 +233,11 @@ class WorkerPool:
         )
         process.start()
         log.info("worker process started", extra={"worker_id": worker_id, "pid": process.pid})
-        if restarts is None:
-            restarts = RestartSchedule()
-        else:
-            restarts.restarted(time.monotonic())
         return _Slot(index, worker_id, process, restarts)
 
     def start(self) -> None:
         """Start settings.workers.count processes."""
-        self._slots = [self._spawn(index) for index in range(self.count)]
+        self._slots = [self._spawn(index, RestartSchedule()) for index in range(self.count)]
 
     def supervise(self) -> None:
         """Re-queue the jobs of dead workers now and restart them (backing off if they keep dying)."""
@@ -263,6 +259,7 @@ class WorkerPool:
                     },
                 )
             if slot.restarts.due(now):
+                slot.restarts.restarted(now)
                 self._slots[position] = self._spawn(slot.index, slot.restarts)
 
     def stop(self) -> None:

@@ -61,9 +61,9 @@ def node_factory(tmp_path: Path) -> Iterator:
               env: dict[str, str] | None = None) -> NodeProcess:
         config = write_config(tmp_path / name, overrides, db_url)
         node = NodeProcess(config, env)
-        own_database = f"sqlite:///{tmp_path / name / 'node.db'}"
-        if db_url is None and node.config["database"]["url"] == own_database \
-                and not (tmp_path / name / "node.db").exists():
+        database = tmp_path / name / "node.db"
+        own_database = f"sqlite:///{database}"
+        if db_url is None and node.config["database"]["url"] == own_database and not database.exists():
             migrate(own_database)
         nodes.append(node)
         return node.start()
