@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +22,35 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# Ports for the servers tests start come from below the kernel's ephemeral range (32768-60999 on Linux,
+# where every outgoing connection takes its source port) and from a slice of their own per pytest-xdist
+# worker: a port the kernel handed out as "free" could otherwise be taken by another connection, or by the
+# other worker's next server, between the test choosing it and its server binding it.
+_FIRST_PORT = 20_000
+_PORTS_PER_WORKER = 2_000
+_SLICES = 6  # 20000-31999
+
+
+def _worker_slice() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # absent outside xdist (one process, slice 0)
+    return int(worker[2:]) % _SLICES if worker[2:].isdigit() else 0
+
+
+_next_offset = itertools.count(random.randrange(_PORTS_PER_WORKER))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port of this process's slice that nothing listens on (each call gives another one)."""
+    base = _FIRST_PORT + _worker_slice() * _PORTS_PER_WORKER
+    for _ in range(_PORTS_PER_WORKER):
+        port = base + next(_next_offset) % _PORTS_PER_WORKER
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {base}-{base + _PORTS_PER_WORKER - 1}")
 
 
 def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
