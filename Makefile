@@ -29,10 +29,14 @@ run: setup
 	$(VENV)/bin/psma-node serve
 
 # Two workers: most tests wait on sockets and subprocesses, so two keep both cores busy (tests/conftest.py
-# schedules by module, and all container tests on one worker).
+# schedules by module, and all container tests on one worker). The real-viewer tests then run alone: with
+# the other worker's load beside them, OHIF itself now and then showed an error in the viewport.
+# PYTEST_ARGS goes to both runs.
 test: setup
 	PSMA_TEST_POSTGRES_URL=$$(./deploy/ensure-postgres.sh) $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
-		-n 2 --dist loadscope $(PYTEST_ARGS)
+		-n 2 --dist loadscope -m "not viewer" $(PYTEST_ARGS)
+	PSMA_TEST_POSTGRES_URL=$$(./deploy/ensure-postgres.sh) $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		-m viewer $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/python -m bench

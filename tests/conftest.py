@@ -31,8 +31,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 # Modules of a minute or more. Under xdist they are handed out first, so both workers finish together
-# instead of one running the viewer tests alone at the end.
-LONG_MODULES = ("tests/deploy/", "tests/viewer/", "tests/test_readme.py",
+# instead of one running a long module alone at the end.
+LONG_MODULES = ("tests/deploy/", "tests/test_readme.py",
                 "tests/dicom_node/assemble/test_node_assembly.py")
 
 

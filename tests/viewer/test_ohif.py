@@ -38,7 +38,7 @@ from tests.support.node import NodeProcess, write_config
 from tests.support.ohif import CHROMIUM, CHROMIUM_ARGS, OhifServer, ohif_dist
 from tests.support.orthanc import OrthancServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.viewer]
 STUDY = {"ct_matrix": 128, "pet_matrix": 96, "extent_mm": 200.0, "pet_fov_mm": 400.0, "ct_fov_mm": 400.0}
 QUICK = {"assembly": {"quiet_seconds": 2, "ceiling_seconds": 120}, "workers": {"lease_seconds": 30},
          "results": {"send_tick_seconds": 0.5}}
