@@ -66,7 +66,7 @@ class TLSSettings(_Section):
     )
 
     @model_validator(mode="after")
-    def _complete(self) -> "TLSSettings":
+    def _complete(self) -> TLSSettings:
         if self.enabled and (self.certificate is None or self.private_key is None):
             raise ValueError("TLS enabled but certificate or private_key not set")
         if self.require_client_certificate and self.ca_certificates is None:
@@ -374,10 +374,13 @@ class Destination(_Section):
     url: str | None = Field(default=None, description="DICOMweb base URL (stow).")
     username: str | None = Field(default=None, description="HTTP basic-auth user (stow).")
     password: SecretStr | None = Field(default=None, description="HTTP basic-auth password (stow).")
-    confirm_with_cfind: bool = Field(default=False, description="After storing, C-FIND the objects back.")
+    confirm_with_cfind: bool = Field(
+        default=False, description="After storing, C-FIND (DICOMweb: QIDO-RS) the objects back; an object the "
+                                   "peer acknowledged but cannot find stays 'delivered' with a warning (C-FIND "
+                                   "asks again for 1.7 s first).")
 
     @model_validator(mode="after")
-    def _addressable(self) -> "Destination":
+    def _addressable(self) -> Destination:
         if self.kind == "dicom" and not (self.ae_title and self.host and self.port):
             raise ValueError(f"destination {self.name!r}: dicom needs ae_title, host and port")
         if self.kind == "stow" and not self.url:
@@ -521,7 +524,7 @@ class Settings(_Section):
     def _none_is_default(cls, value: Any) -> Any:
         return {} if value is None else value
 
-    def resolve_paths(self, base: Path) -> "Settings":
+    def resolve_paths(self, base: Path) -> Settings:
         """Make relative paths relative to the config file's folder, so the node runs from anywhere."""
         data = self.model_copy(deep=True)
         for section, key in _PATH_KEYS:

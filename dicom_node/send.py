@@ -18,6 +18,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 STORE_WARNINGS = {0xB000, 0xB006, 0xB007}
 CONNECT_TIMEOUT_S = 10.0
+CONFIRM_PAUSES_S = (0.2, 0.5, 1.0)  # before asking again for an acknowledged object the peer cannot find
+NO_MATCH = "C-FIND found no match"
 SEGMENTATION = SegmentationStorage
 
 
@@ -311,8 +314,7 @@ def _send_dimse(settings: Settings, peer: Peer, items: list[Item]) -> list[Outco
             if outcome.ok:
                 stored.append((outcome, ds))
         if config.confirm_with_cfind:
-            for outcome, ds in stored:
-                outcome.confirmed, outcome.confirm_detail = _find(assoc, ds)
+            _confirm(assoc, stored)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -331,9 +333,10 @@ def _store(assoc: Association, peer: Peer, item: Item, ds: Dataset, fallback: bo
         if sop_class == COMPREHENSIVE_3D_SR and fallback and _accepted(assoc, COMPREHENSIVE_SR):
             sent, used_fallback = as_comprehensive(ds), True
         else:
-            hint = {COMPREHENSIVE_3D_SR: "; results.fallback_to_comprehensive is off",
-                    SEGMENTATION: "; set results.seg_enabled to false if this PACS cannot store segmentations",
-                    }.get(sop_class, "")
+            hints: dict[str, str] = {
+                COMPREHENSIVE_3D_SR: "; results.fallback_to_comprehensive is off",
+                SEGMENTATION: "; set results.seg_enabled to false if this PACS cannot store segmentations"}
+            hint = hints.get(sop_class, "")
             return Outcome(item, False, "context-rejected",
                            reason=f"{peer.label} refused the presentation context for {sop_class}{hint}")
     if not assoc.is_established:
@@ -355,6 +358,21 @@ def _store(assoc: Association, peer: Peer, item: Item, ds: Dataset, fallback: bo
                    f"({code_to_category(code)}){': ' + comment if comment else ''}")
 
 
+def _confirm(assoc: Association, stored: list[tuple[Outcome, Dataset]]) -> None:
+    """Ask the peer for every object it acknowledged, and ask again for those it answers "no match" for,
+    after short pauses: a PACS may index an object a moment after acknowledging it."""
+    waiting = stored
+    for queries, pause in enumerate((0.0, *CONFIRM_PAUSES_S), start=1):
+        time.sleep(pause)
+        for outcome, ds in waiting:
+            outcome.confirmed, outcome.confirm_detail = _find(assoc, ds)
+        waiting = [(outcome, ds) for outcome, ds in waiting if outcome.confirm_detail == NO_MATCH]
+        if not waiting or not assoc.is_established:
+            break
+    for outcome, _ in waiting:
+        outcome.confirm_detail = f"{NO_MATCH} in {queries} queries over {sum(CONFIRM_PAUSES_S):.1f} s"
+
+
 def _find(assoc: Association, ds: Dataset) -> tuple[bool, str]:
     """C-FIND at IMAGE level by SOP Instance UID: can the peer find what it acknowledged?"""
     if not _accepted(assoc, StudyRootQueryRetrieveInformationModelFind) or not assoc.is_established:
@@ -365,7 +383,7 @@ def _find(assoc: Association, ds: Dataset) -> tuple[bool, str]:
     query.SeriesInstanceUID = ds.SeriesInstanceUID
     query.SOPInstanceUID = ds.SOPInstanceUID
     found = False
-    last = "no match"
+    last = NO_MATCH
     for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
         if "Status" not in status:
             return False, "no C-FIND response"
@@ -437,6 +455,9 @@ def _record(settings: Settings, sessions: sessionmaker[Session], name: str, outc
             else:
                 outbox.mark_failed_attempt(session, item.id, reason=outcome.reason, peer=name,
                                            status=outcome.status, retry=retry)
+        if outcome.confirmed is False:
+            log.warning("delivered but not confirmed", extra={
+                "destination": name, "sop_instance_uid": item.sop_instance_uid, "reason": outcome.confirm_detail})
         log.log(logging.INFO if outcome.ok else logging.WARNING,
                 "delivery attempt", extra={"destination": name, "sop_instance_uid": item.sop_instance_uid,
                                            "attempt": item.attempts, "status": outcome.status,

@@ -22,23 +22,24 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from dicom_node.synth import SynthOptions, generate_study
-from tests.support.tools import require_tool
 from tests.deploy.engine import Engine
 from tests.support.node import free_port
 from tests.support.orthanc import OrthancServer
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.slow
-SMALL = dict(ct_matrix=64, pet_matrix=32, extent_mm=150.0, ct_slice_mm=10.0, pet_slice_mm=10.0)
+SMALL = {"ct_matrix": 64, "pet_matrix": 32, "extent_mm": 150.0, "ct_slice_mm": 10.0, "pet_slice_mm": 10.0}
 STATE = "/var/lib/psma-node"
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, logs: Callable[[], str] = lambda: "") -> Any:
+def wait_for(check: Callable[[], Any], timeout: float, what: str, logs: Callable[[], str] = lambda: "",
+             interval: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs()[-5000:]}")
 
 
@@ -49,9 +50,15 @@ def small_study(out: Path, seed: int) -> tuple[str, list[Path]]:
 
 def storescu(port: int, files: list[Path], called: str = "PSMA_NODE") -> None:
     sent = subprocess.run([require_tool("storescu"), "-aec", called, "-aet", "MODALITY", "127.0.0.1", str(port),
-                           *map(str, files)], capture_output=True, text=True, timeout=120,
+                           *map(str, files)], check=False, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "TCP_NODELAY": "1"})
     assert sent.returncode == 0, sent.stderr
+
+
+def _job_state(db: Any, study_uid: str) -> str | None:
+    with db.connect() as connection:
+        return connection.execute(text("select j.state from jobs j join studies s on s.id = j.study_id "
+                                       "where s.study_uid = :uid"), {"uid": study_uid}).scalar()
 
 
 def results_in(orthanc: OrthancServer, study_uid: str) -> list[dict[str, Any]]:
@@ -166,23 +173,28 @@ def test_container_analyses_a_study_into_orthanc_stops_cleanly_and_keeps_its_sta
                        300, "SR and SC of the first study in Orthanc", container.logs)
     assert {"SR", "OT"} <= {t["Modality"] for t in results}
 
-    # A second study, stopped mid-analysis: docker stop sends SIGTERM; the worker releases its job.
-    second_uid, second = small_study(tmp_path / "second", seed=12)
-    storescu(port, second)
+    # A second study, stopped mid-analysis: docker stop sends SIGTERM; the worker releases its job. Without
+    # weights a job takes about a second, so the stop can come too late: then the job is done, the node is
+    # started again and another study is tried.
     db = container.database()
-
-    def running() -> bool:
-        with db.connect() as connection:
-            return bool(connection.execute(text("select count(*) from jobs j join studies s on s.id = j.study_id "
-                                                "where s.study_uid = :uid and j.state = 'running'"),
-                                           {"uid": second_uid}).scalar())
-    wait_for(running, 120, "the second study's job to run", container.logs)
-    stopped = time.monotonic()
-    container.engine.docker("stop", "-t", "60", container.name, timeout=120)
-    took = time.monotonic() - stopped
-    state = json.loads(container.engine.docker("inspect", container.name).stdout)[0]["State"]
-    assert state["ExitCode"] == 0 and not state["OOMKilled"], container.logs()[-4000:]
-    assert took < 45, f"docker stop took {took:.0f} s (the grace is 20 s)"
+    sent = len(first)
+    for attempt, seed in enumerate((12, 13, 14)):
+        second_uid, second = small_study(tmp_path / f"second-{seed}", seed=seed)
+        storescu(port, second)
+        sent += len(second)
+        wait_for(lambda uid=second_uid: _job_state(db, uid) in ("running", "done"), 120,
+                 "the second study's job to run", container.logs, interval=0.1)
+        stopped = time.monotonic()
+        container.engine.docker("stop", "-t", "60", container.name, timeout=120)
+        took = time.monotonic() - stopped
+        state = json.loads(container.engine.docker("inspect", container.name).stdout)[0]["State"]
+        assert state["ExitCode"] == 0 and not state["OOMKilled"], container.logs()[-4000:]
+        assert took < 45, f"docker stop took {took:.0f} s (the grace is 20 s)"
+        if _job_state(db, second_uid) != "done" or attempt == 2:
+            break
+        container.engine.docker("start", container.name)
+        wait_for(lambda starts=attempt + 2: container.logs().count("node started") == starts, 90,
+                 "the node to start again", container.logs)
     messages = [event.get("event", "") for event in container.events()]
     assert "node stopping" in messages and "node stopped" in messages, messages[-20:]
     with db.connect() as connection:
@@ -192,7 +204,7 @@ def test_container_analyses_a_study_into_orthanc_stops_cleanly_and_keeps_its_sta
         released = connection.execute(text("select count(*) from audit_events where category = 'job' and "
                                             "action = 'requeued' and study_uid = :uid"), {"uid": second_uid}).scalar()
     assert job.state == "queued" and job.worker_id is None, job
-    assert released == 1 and instances == len(first) + len(second)
+    assert released == 1 and instances == sent
 
     # Restart: the same volume, the same database; the released job runs and its results arrive, once.
     container.engine.docker("start", container.name)
@@ -201,7 +213,7 @@ def test_container_analyses_a_study_into_orthanc_stops_cleanly_and_keeps_its_sta
     time.sleep(2.0)  # further send ticks: nothing may arrive twice
     with db.connect() as connection:
         jobs = connection.execute(text("select state from jobs")).scalars().all()
-    assert sorted(jobs) == ["done", "done"]
+    assert set(jobs) == {"done"} and len(jobs) == attempt + 2
     assert len([t for t in results_in(orthanc, second_uid) if t["Modality"] == "SR"]) == 1
     assert len([t for t in results_in(orthanc, first_uid) if t["Modality"] == "SR"]) == 1
     db.dispose()

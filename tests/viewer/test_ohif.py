@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
-from playwright.sync_api import BrowserContext, ConsoleMessage, sync_playwright
+from playwright.sync_api import BrowserContext, ConsoleMessage, Request, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -39,10 +40,10 @@ from tests.support.ohif import CHROMIUM, CHROMIUM_ARGS, OhifServer, ohif_dist
 from tests.support.orthanc import OrthancServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.viewer]
-STUDY = {"ct_matrix": 128, "pet_matrix": 96, "extent_mm": 200.0, "pet_fov_mm": 400.0, "ct_fov_mm": 400.0}
-QUICK = {"assembly": {"quiet_seconds": 2, "ceiling_seconds": 120}, "workers": {"lease_seconds": 30},
+STUDY: dict[str, Any] = {"ct_matrix": 128, "pet_matrix": 96, "extent_mm": 200.0, "pet_fov_mm": 400.0, "ct_fov_mm": 400.0}
+QUICK: dict[str, dict[str, Any]] = {"assembly": {"quiet_seconds": 2, "ceiling_seconds": 120}, "workers": {"lease_seconds": 30},
          "results": {"send_tick_seconds": 0.5}}
-CASES = {
+CASES: dict[str, tuple[dict[str, Any], str]] = {
     "intact": ({"seed": 3, "recurrence": True, "prostatectomy": False}, "model"),
     "prostatectomy": ({"seed": 5, "recurrence": True, "prostatectomy": True}, "model"),
     "no-focus": ({"seed": 7, "recurrence": False, "prostatectomy": False}, "model"),
@@ -138,7 +139,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
             cases: dict[str, Delivered] = {}
             for name, uid in uids.items():
                 node = nodes[CASES[name][1]]
-                tags = node.wait_until(lambda uid=uid: _results_in(orthanc, uid), 150, f"results of {name}")
+                tags = node.wait_until(partial(_results_in, orthanc, uid), 150, f"results of {name}")
                 sr = next(t for t in tags if t.get("Modality") == "SR")
                 cases[name] = Delivered(uid, tags, _sr_file(orthanc, sr["SOPInstanceUID"]))
         finally:
@@ -183,6 +184,10 @@ class Session:
         """Every console error and warning, kept as an artefact."""
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
+        self._in_flight: set[Request] = set()
+        self.page.on("request", self._request_started)
+        self.page.on("requestfinished", self._request_finished)
+        self.page.on("requestfailed", self._request_failed)
         self.page.goto(f"{base}/viewer?StudyInstanceUIDs={study_uid}")
         self.page.locator('[data-cy^="study-browser-thumbnail"]').first.wait_for(timeout=60_000)
         self._dismiss_tour()
@@ -192,6 +197,30 @@ class Session:
             self.console.append(f"{message.type}: {message.text}")
             if SR_CONSOLE.search(message.text):
                 self.errors.append(f"{message.type}: {message.text}")
+
+    def _request_started(self, request: Request) -> None:
+        self._in_flight.add(request)
+
+    def _request_finished(self, request: Request) -> None:
+        self._in_flight.discard(request)
+
+    def _request_failed(self, request: Request) -> None:
+        self._in_flight.discard(request)
+        self.console.append(f"request failed: {request.method} {request.url}: {request.failure}")
+
+    def settle(self, quiet_ms: int = 500, timeout: float = 30.0) -> None:
+        """Wait until no request has been in flight for `quiet_ms`, as a reader waits for the images to
+        appear before opening the next series. (Replacing a series whose images are still loading makes
+        OHIF 3.13 itself fail: its IMAGE_LOAD_ERROR handler raises "handler is not a function" and shows
+        "Something went wrong", seen 1 in 16 runs on a loaded machine.)"""
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if self._in_flight:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_ms / 1000:
+                return
+            self.page.wait_for_timeout(50)
 
     def _dismiss_tour(self) -> None:
         if Session.tour_dismissed:
@@ -203,6 +232,7 @@ class Session:
         Session.tour_dismissed = True
 
     def open_series(self, series_number: int) -> None:
+        self.settle()
         self.page.locator(f'[data-cy^="study-browser-thumbnail"][data-series="{series_number}"]').dblclick()
 
     def answer(self, prompt: str, button: str = "Yes") -> None:
@@ -217,9 +247,14 @@ class Session:
     def overlay(self, corner: str) -> str:
         return self.page.locator(f'[data-cy="viewport-overlay-{corner}"]').inner_text()
 
+    def save(self, shots: Path, name: str) -> None:
+        """A screenshot and the console so far, saved before any assertion so a failure keeps its cause."""
+        self.page.screenshot(path=str(shots / f"{name}.png"))
+        (shots / f"{name}-console.txt").write_text("\n".join(self.console + self.errors))
+
     def assert_no_error(self, shots: Path, name: str) -> None:
         """No uncaught error, no SR-extension error or warning, no error toast, no error page."""
-        (shots / f"{name}-console.txt").write_text("\n".join(self.console))
+        self.save(shots, f"{name}-final")
         assert self.errors == []
         assert self.page.locator('[data-sonner-toast][data-type="error"]').count() == 0
         assert "Something went wrong" not in self.page.inner_text("body")
@@ -255,7 +290,7 @@ def _check_sr_draws_focus(viewer: tuple[BrowserContext, str], case: Delivered, s
     session.open_series(RESULT_SERIES["SR"])
     label = f"SUVmax: {suv_max:.2f} g/ml"
     text = _wait_for_text(session, label)
-    session.page.screenshot(path=str(shots / f"{name}-sr.png"))
+    session.save(shots, f"{name}-sr")
     assert label in text, text
     assert "Volume:" in text
     assert f"I:{case.instance_number(sop_uid)} " in session.overlay("bottom-right").replace("\n", " ") + " "
@@ -269,7 +304,7 @@ def _check_measurements_panel(session: Session, shots: Path, name: str, label: s
     panel = session.page.get_by_text(re.compile(r"Measurements \((\d+)\)"))
     panel.first.wait_for(timeout=30_000)
     count = int(re.search(r"\((\d+)\)", panel.first.inner_text()).group(1))  # type: ignore[union-attr]
-    session.page.screenshot(path=str(shots / f"{name}-measurements.png"))
+    session.save(shots, f"{name}-measurements")
     assert count >= 1
     assert session.page.get_by_text(label).count() >= 1
 
@@ -279,7 +314,7 @@ def _check_seg_overlays(session: Session, shots: Path, name: str, label: str) ->
     session.answer("open this Segmentation")
     session.page.locator('[data-cy="panelSegmentation-btn"]').click()
     session.page.get_by_text(label).first.wait_for(timeout=30_000)
-    session.page.screenshot(path=str(shots / f"{name}-seg.png"))
+    session.save(shots, f"{name}-seg")
 
 
 def test_delivered_srs_pass_dciodvfy_and_dsrdump(pacs: Pacs, tmp_path: Path) -> None:
@@ -320,7 +355,7 @@ def test_no_focus_draws_the_analysed_region_with_no_focal_uptake(viewer, pacs: P
     session = Session(context, base, case.study_uid)
     session.open_series(RESULT_SERIES["SR"])
     text = _wait_for_text(session, "SUVmax:")
-    session.page.screenshot(path=str(artefacts / "no-focus-sr.png"))
+    session.save(artefacts, "no-focus-sr")
     assert "Probability of cancer:" in text and "SUVmax:" in text
     assert "Something went wrong" not in session.page.inner_text("body")
     _check_measurements_panel(session, artefacts, "no-focus", names[0])

@@ -69,7 +69,7 @@ def test_results_reach_orthanc_in_the_source_study_and_are_confirmed_by_cfind(tm
         study_uid, uids = _publish(settings, sessions)
         sender.tick(wait=True)
         rows = _rows(sessions)
-        assert [r.state for r in rows] == ["confirmed"] * OBJECTS, [r.last_error for r in rows]
+        assert [r.state for r in rows] == ["confirmed"] * OBJECTS, [w.reason for w in _events(sessions, "confirm-failed")]
         assert all(r.delivered_at and r.confirmed_at and r.attempts == 1 for r in rows)
         stored = orthanc.study_instances(study_uid)
         assert sorted(t["SOPInstanceUID"] for t in stored) == uids
@@ -78,6 +78,27 @@ def test_results_reach_orthanc_in_the_source_study_and_are_confirmed_by_cfind(tm
         sender.tick(wait=True)  # nothing is ever sent twice
         assert len(_events(sessions, "stored")) == OBJECTS
 
+
+
+def test_objects_a_pacs_acknowledges_but_discards_stay_unconfirmed_with_a_warning(
+        tmp_path: Path, db_url: str) -> None:
+    """An Orthanc whose filter drops every instance after answering Success: C-FIND cannot find them."""
+    discard = tmp_path / "discard.lua"
+    discard.write_text("function ReceivedInstanceFilter(dicom, origin, info)\n  return false\nend\n")
+    with OrthancServer(tmp_path / "orthanc", extra={"LuaScripts": [str(discard)]}) as orthanc:
+        settings = make_settings(tmp_path, db_url, destinations=[_dest(orthanc, confirm_with_cfind=True)])
+        sessions = make_sessions(db_url)
+        sender = Sender(settings, sessions)
+        study_uid, _ = _publish(settings, sessions)
+        sender.tick(wait=True)
+        assert orthanc.study_instances(study_uid) == []
+    rows = _rows(sessions)
+    assert [r.state for r in rows] == ["delivered"] * OBJECTS
+    assert all(r.confirmed_at is None and r.attempts == 1 for r in rows)
+    warnings = _events(sessions, "confirm-failed")
+    assert len(warnings) == OBJECTS
+    assert {w.outcome for w in warnings} == {"warning"}
+    assert {w.reason for w in warnings} == {"C-FIND found no match in 4 queries over 1.7 s"}
 
 def test_results_wait_while_orthanc_is_down_and_arrive_exactly_once(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'node.db'}"
@@ -153,7 +174,7 @@ def test_stow_rs_delivers_to_orthanc_dicomweb_and_confirms_with_qido(tmp_path: P
         study_uid, uids = _publish(settings, sessions)
         sender.tick(wait=True)
         rows = _rows(sessions)
-        assert [r.state for r in rows] == ["confirmed"] * OBJECTS, [r.last_error for r in rows]
+        assert [r.state for r in rows] == ["confirmed"] * OBJECTS, [w.reason for w in _events(sessions, "confirm-failed")]
         assert sorted(t["SOPInstanceUID"] for t in orthanc.study_instances(study_uid)) == uids
 
 
