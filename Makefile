@@ -29,8 +29,9 @@ run: setup
 	$(VENV)/bin/psma-node serve
 
 # Two workers: most tests wait on sockets and subprocesses, so two keep both cores busy (tests/conftest.py
-# schedules by module, and all container tests on one worker). The real-viewer tests then run alone: with
-# the other worker's load beside them, OHIF itself now and then showed an error in the viewport.
+# schedules by module, and all container tests on one worker). The real-viewer tests then run alone, so that
+# the viewer's timing does not depend on the other worker's load (under load OHIF 3.13 failed on a series
+# replaced while its images loaded; the tests now wait for the page to settle, see bench/RESULTS.md).
 # PYTEST_ARGS goes to both runs.
 test: setup
 	PSMA_TEST_POSTGRES_URL=$$(./deploy/ensure-postgres.sh) $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
