@@ -34,10 +34,9 @@ run: setup
 # replaced while its images loaded; the tests now wait for the page to settle, see bench/RESULTS.md).
 # PYTEST_ARGS goes to both runs.
 test: setup
-	PSMA_TEST_POSTGRES_URL=$$(./deploy/ensure-postgres.sh) $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
-		-n 2 --dist loadscope -m "not viewer" $(PYTEST_ARGS)
-	PSMA_TEST_POSTGRES_URL=$$(./deploy/ensure-postgres.sh) $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
-		-m viewer $(PYTEST_ARGS)
+	export PSMA_TEST_POSTGRES_URL=$$(./deploy/ensure-postgres.sh) && \
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadscope -m "not viewer" $(PYTEST_ARGS) && \
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m viewer $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/python -m bench

@@ -370,7 +370,8 @@ def _confirm(assoc: Association, stored: list[tuple[Outcome, Dataset]]) -> None:
         if not waiting or not assoc.is_established:
             break
     for outcome, _ in waiting:
-        outcome.confirm_detail = f"{NO_MATCH} in {queries} queries over {sum(CONFIRM_PAUSES_S):.1f} s"
+        outcome.confirm_detail = (f"{NO_MATCH} in {queries} queries over "
+                                  f"{sum(CONFIRM_PAUSES_S[:queries - 1]):.1f} s")
 
 
 def _find(assoc: Association, ds: Dataset) -> tuple[bool, str]:

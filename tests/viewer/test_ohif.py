@@ -40,9 +40,10 @@ from tests.support.ohif import CHROMIUM, CHROMIUM_ARGS, OhifServer, ohif_dist
 from tests.support.orthanc import OrthancServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.viewer]
-STUDY: dict[str, Any] = {"ct_matrix": 128, "pet_matrix": 96, "extent_mm": 200.0, "pet_fov_mm": 400.0, "ct_fov_mm": 400.0}
-QUICK: dict[str, dict[str, Any]] = {"assembly": {"quiet_seconds": 2, "ceiling_seconds": 120}, "workers": {"lease_seconds": 30},
-         "results": {"send_tick_seconds": 0.5}}
+STUDY: dict[str, Any] = {"ct_matrix": 128, "pet_matrix": 96, "extent_mm": 200.0, "pet_fov_mm": 400.0,
+                         "ct_fov_mm": 400.0}
+QUICK: dict[str, dict[str, Any]] = {"assembly": {"quiet_seconds": 2, "ceiling_seconds": 120},
+                                    "workers": {"lease_seconds": 30}, "results": {"send_tick_seconds": 0.5}}
 CASES: dict[str, tuple[dict[str, Any], str]] = {
     "intact": ({"seed": 3, "recurrence": True, "prostatectomy": False}, "model"),
     "prostatectomy": ({"seed": 5, "recurrence": True, "prostatectomy": True}, "model"),
