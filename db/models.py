@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -29,7 +30,7 @@ from db.types import UTCDateTime
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, dt.datetime: UTCDateTime()}
+    type_annotation_map = {dict[str, Any]: JSON, dt.datetime: UTCDateTime(), dt.date: Date()}
 
 
 class Study(Base):
@@ -231,3 +232,110 @@ class AuditEvent(Base):
     actor: Mapped[str | None] = mapped_column(String(128))
     peer: Mapped[str | None] = mapped_column(String(128))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ResultDescriptors(Base):
+    """The inputs and settings one result was made under, read from the headers the analysis already had.
+
+    One row per result, written in the worker's transaction with the result: what `evaluate` filters on and
+    what drift monitoring watches (scanner, software, acquisition, patient and model descriptors). Typed
+    columns rather than JSON so that both databases filter and group them alike."""
+
+    __tablename__ = "result_descriptors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    scanner_model: Mapped[str | None] = mapped_column(String(64), index=True)
+    software_versions: Mapped[str | None] = mapped_column(String(128))
+    reconstruction_method: Mapped[str | None] = mapped_column(String(128))
+    convolution_kernel: Mapped[str | None] = mapped_column(String(128))
+    tracer: Mapped[str | None] = mapped_column(String(128))
+    pet_voxel_mm: Mapped[list[float] | None] = mapped_column(JSON)
+    """Row spacing, column spacing and slice spacing of the PET grid (mm)."""
+    pet_slice_thickness_mm: Mapped[float | None] = mapped_column(Float)
+    injected_activity_mbq: Mapped[float | None] = mapped_column(Float)
+    uptake_time_min: Mapped[float | None] = mapped_column(Float)
+    weight_kg: Mapped[float | None] = mapped_column(Float)
+    psa_ng_ml: Mapped[float | None] = mapped_column(Float)
+    psa_source: Mapped[str | None] = mapped_column(String(16))
+    prostatectomy: Mapped[bool | None] = mapped_column(Boolean)
+    prostatectomy_source: Mapped[str | None] = mapped_column(String(16))
+    model_id: Mapped[str | None] = mapped_column(String(32))
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    probability: Mapped[float | None] = mapped_column(Float)
+    positive: Mapped[bool | None] = mapped_column(Boolean)
+    """probability ≥ threshold; None when the classifier did not run."""
+    results_mode: Mapped[str] = mapped_column(String(8), default="live")
+    """live | shadow: whether the result went to clinical destinations."""
+    envelope_violations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Plain-language reasons the inputs lie outside the validated envelope; empty when inside."""
+
+
+class ReaderAssessment(Base):
+    """A reader's verdict on one result. Append-only: a correction is a new row; per reader the latest counts."""
+
+    __tablename__ = "reader_assessments"
+    __table_args__ = (Index("ix_reader_assessments_result_reader", "result_id", "reader"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    reader: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))
+    """dashboard | api | dicom"""
+    verdict: Mapped[str] = mapped_column(String(16))
+    """agree | disagree | modified"""
+    reader_finding: Mapped[str] = mapped_column(String(16))
+    """present | absent | indeterminate: the reader's own finding for local recurrence."""
+    reason: Mapped[str | None] = mapped_column(String(48))
+    comment: Mapped[str | None] = mapped_column(Text)
+    seen_ai_before_report: Mapped[bool | None] = mapped_column(Boolean)
+    assessed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str | None] = mapped_column(String(128))
+    """Who entered it (dashboard user, API token, calling AE), which may differ from the reader."""
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    """The reader's SR, for source dicom: a re-sent SR is recognised and not recorded twice."""
+
+
+class ReferenceStandard(Base):
+    """What turned out to be true for a study. History kept: the newest row counts."""
+
+    __tablename__ = "reference_standards"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    recurrence: Mapped[bool] = mapped_column(Boolean)
+    method: Mapped[str] = mapped_column(String(24))
+    """histopathology | imaging-follow-up | psa-response | composite | other"""
+    reference_date: Mapped[dt.date | None] = mapped_column(Date)
+    source: Mapped[str | None] = mapped_column(String(128))
+    channel: Mapped[str] = mapped_column(String(16))
+    """How it got in: dashboard | api | csv."""
+    actor: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+
+class MonitoringAlarm(Base):
+    """A drift or novelty alarm, raised once per kind, scanner and subject; cleared when it no longer holds."""
+
+    __tablename__ = "monitoring_alarms"
+    __table_args__ = (
+        UniqueConstraint("kind", "scanner", "subject", "raised_on", name="uq_monitoring_alarm"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    """statistic | new-scanner | new-software | new-weights"""
+    scanner: Mapped[str] = mapped_column(String(128), default="")
+    subject: Mapped[str] = mapped_column(String(128))
+    """The statistic's name, or the new scanner / software version / weights digest."""
+    raised_on: Mapped[dt.date] = mapped_column(Date)
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    cleared_at: Mapped[dt.datetime | None] = mapped_column()

@@ -120,6 +120,7 @@ def summarise(analysis: AnalysisResult, job: ClaimedJob) -> dict[str, Any]:
         "device",
         "timings",
         "warnings",
+        "envelope_violations",
     )
     summary = {name: _plain(getattr(analysis, name)) for name in keep}
     summary["findings"] = None if analysis.findings is None else analysis.findings.to_summary()

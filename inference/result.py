@@ -210,6 +210,10 @@ class AnalysisResult:
     findings: Findings | None = None
     series_headers: dict[str, list[pydicom.Dataset]] = field(default_factory=dict)
     """Headers (no pixels) of the analysed instances by series UID: the report draws on them, unread again."""
+    envelope_violations: list[str] = field(default_factory=list)
+    """Why the inputs lie outside the conditions the model was validated for, in plain words (e.g. "uptake
+    time 240 min > 150 min"); empty when inside. Set by the node from its configured envelope; the SR, the
+    SC and the dashboard show it."""
 
     @property
     def region_is_prostate_bed(self) -> bool:
@@ -252,6 +256,7 @@ class AnalysisResult:
             "device": self.device,
             "timings": dict(self.timings),
             "warnings": list(self.warnings),
+            "envelope_violations": list(self.envelope_violations),
             "findings": None if self.findings is None else self.findings.to_summary(),
             "crop_box_lps": None if self.images is None or self.images.crop_box_lps is None
             else [list(corner) for corner in self.images.crop_box_lps],
