@@ -497,6 +497,18 @@ class RetentionSettings(_Section):
     )
 
 
+class EnvelopeSettings(_Section):
+    """The conditions the model was validated for; a result outside them is flagged and counted."""
+
+    enabled: bool = Field(default=True, description="Check every result against the validated envelope.")
+
+
+class MonitoringSettings(_Section):
+    """Watching the AI's inputs and outputs over time, per scanner: drift and novelty alarms."""
+
+    enabled: bool = Field(default=True, description="Compute daily monitoring statistics and raise alarms.")
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     format: Literal["json", "text"] = Field(default="json", description="Structured JSON lines or text.")
@@ -517,6 +529,8 @@ class Settings(_Section):
     results: ResultSettings = Field(default_factory=ResultSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    envelope: EnvelopeSettings = Field(default_factory=EnvelopeSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("*", mode="before")
