@@ -52,6 +52,7 @@ from pynetdicom.events import NotificationEvent
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from dicom_node.admission import Held
 from dicom_node.port_guard import GATE_THREAD, Closures
 
 log = logging.getLogger(__name__)
@@ -293,13 +294,12 @@ class _AcceptorDimse(DIMSEServiceProvider):
 @dataclass(frozen=True)
 class Handover:
     """What the gate hands over with a connection: the A-ASSOCIATE-RQ it read and, when associations run in
-    several receiving processes, the hand-over's id and how many associations were open when it was made
-    (from the same source, and in all), since no one process sees them all."""
+    several receiving processes, the hand-over's id and the associations open when it was made
+    (`admission.Held`), since no one process sees them all."""
 
     request: bytes
     id: int = 0
-    held_by_peer: int | None = None
-    held_in_all: int | None = None
+    held: Held | None = None
 
 
 class AcceptorAssociation(Association):
@@ -352,8 +352,13 @@ class AcceptorAssociation(Association):
                 self.kill()
                 return
             if self.dul.idle_timer_expired():
-                log.warning("network timeout reached; association aborted",
-                            extra={"peer": str(self.requestor.address or "")})
+                # A held association: reported once per source and interval like the gate's closures, so a
+                # caller that keeps reconnecting to hold its slots is seen without flooding log or audit.
+                calling = str(self.requestor.ae_title or "").strip()
+                idle = f"network_timeout_s ({self.network_timeout or 0:g} s)"
+                cast(Any, self._server).reporter.closed(
+                    str(self.requestor.address or ""), "idle-timeout",
+                    f"association of {calling!r} idle for {idle}: aborted", actor=calling)
                 self.abort()
                 self.kill()
                 return

@@ -27,8 +27,10 @@ from dicom_node.completeness import Decision, Proof, ct_proof, decide, pet_proof
 from dicom_node.config import Settings
 from dicom_node.jobs import cancel_older_jobs
 from dicom_node.patient_identity import IDENTITY_ATTRIBUTES, LABELS
+from dicom_node.readiness import waiting_note
 from dicom_node.series_selection import LAYOUT_KEYWORDS, Selection, SeriesSummary, select_series
 from dicom_node.study_state import reopen_candidates, transition
+from dicom_node.transfer_syntaxes import LOSSY_KEYWORD, lossy_reason
 from dicom_node.wake import JOBS, ring_on_commit
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,29 @@ def load_layouts(session: Session, study_id: int) -> dict[str, dict[str, tuple[i
         row[0]: {keyword: (row[1 + 2 * n], row[2 + 2 * n]) for n, keyword in enumerate(LAYOUT_KEYWORDS)}
         for row in rows
     }
+
+
+def load_lossy(session: Session, study_id: int) -> dict[str, dict[str, int]]:
+    """Per series, its lossy-compressed usable instances counted by reason (`transfer_syntaxes.lossy_reason`:
+    the syntax they arrived in, or their Lossy Image Compression). Read once, like `load_layouts`."""
+    flag = Instance.header[LOSSY_KEYWORD].as_string()
+    rows = session.execute(
+        select(Instance.series_uid, Instance.transfer_syntax_uid, flag, func.count())
+        .where(
+            Instance.study_id == study_id,
+            Instance.current.is_(True),
+            Instance.analysable.is_(True),
+            Instance.missing_file.is_(False),
+        )
+        .group_by(Instance.series_uid, Instance.transfer_syntax_uid, flag)
+    ).all()
+    lossy: dict[str, dict[str, int]] = {}
+    for series_uid, transfer_syntax, value, count in rows:
+        reason = lossy_reason(transfer_syntax, {LOSSY_KEYWORD: value})
+        if reason is not None:
+            counts = lossy.setdefault(series_uid, {})
+            counts[reason] = counts.get(reason, 0) + count
+    return lossy
 
 
 def patient_conflict(session: Session, study_id: int) -> str | None:
@@ -309,6 +334,22 @@ class Assembler:
         if decision.action == "wait":
             return
         self.record(sessions, study, previous, decision)
+        if study.state == StudyState.QUEUED.value:
+            self.note_waiting(settings, sessions, study)
+
+    @staticmethod
+    def note_waiting(settings: Settings, sessions: sessionmaker[Session], study: Study) -> None:
+        """A job queued while no worker is ready (the node is starting, or its workers are down) waits: its
+        study's timeline says for what, instead of showing a silent gap until a worker claims it."""
+        with transaction(sessions) as session:
+            note = waiting_note(settings, session)
+            if note is None:
+                return
+            job_id = session.scalar(select(func.max(Job.id)).where(Job.study_id == study.id))
+            audit.record(session, "job", "waiting", outcome="warning", reason=note, study_uid=study.study_uid,
+                         job_id=job_id)
+        log.info("job waits for a worker", extra={"study_uid": study.study_uid, "job_id": job_id,
+                                                   "reason": note})
 
     def verify(
         self,
@@ -319,18 +360,22 @@ class Assembler:
         now: dt.datetime,
         handed_over: bool,
     ) -> tuple[Assessment, Decision]:
-        """Before deciding: one patient only, and series whose slices stack; else reject or re-select.
+        """Before deciding: one patient only, series whose slices stack, no lossy PET; else reject or
+        re-select.
 
         A study naming two patients is refused whatever else it holds: no more data can mend it. A series
-        with mixed pixel layouts is dropped from selection, which may then pick another or refuse.
+        with mixed pixel layouts, or a lossy-compressed PET, is dropped from selection, which may then pick
+        another or refuse; a lossy-compressed CT stays usable and the job's flags say so.
         """
         with sessions() as session:
             conflict = patient_conflict(session, study.id)
             layouts = load_layouts(session, study.id) if conflict is None else {}
+            lossy = load_lossy(session, study.id) if conflict is None else {}
         if conflict is not None:
             assessment.verified = True
             return assessment, Decision("reject", "patient-conflict", conflict)
-        series = [replace(s, layout=layouts.get(s.series_uid, {})) for s in assessment.series]
+        series = [replace(s, layout=layouts.get(s.series_uid, {}), lossy=lossy.get(s.series_uid, {}))
+                  for s in assessment.series]
         checked = assess(series, settings, assessment.key, now, assessment)
         checked.verified = True
         self.seen[study.id] = checked

@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from dicom_node.config import ENV_PREFIX, Settings
+from dicom_node.transfer_syntaxes import reference_lines
 
 REGENERATE_COMMAND = "psma-node config reference > docs/configuration.md"
 
@@ -181,4 +182,30 @@ def render_reference(settings_model: type[BaseModel] = Settings) -> str:
             lines.append(
                 f"| `{doc.key}` | {_escape(doc.type)} | {_escape(doc.default)} | {_escape(doc.meaning)} |"
             )
+        if section == "node" and settings_model is Settings:
+            lines += ["", *_transfer_syntaxes()]
     return "\n".join(lines) + "\n"
+
+
+def _transfer_syntaxes() -> list[str]:
+    """What the DICOM listener accepts and what becomes of lossy images: no key, but an admin must know."""
+    return [
+        "### Transfer syntaxes and lossy images",
+        "",
+        "Every storage SOP class accepted (PET and CT always; the others with `other_storage_classes: "
+        "store`) is offered in these transfer syntaxes, in this order of preference (the node takes the "
+        "first one a sender proposes in a presentation context, so lossless ones win over uncompressed and "
+        "uncompressed over lossy). Instances are stored as they arrive. A class a sender offers only in "
+        "other syntaxes (e.g. High-Throughput JPEG 2000) cannot be sent: the association's audit row "
+        "(`unsupported_transfer_syntaxes`) and a WARNING line name the class and the syntax offered.",
+        "",
+        *reference_lines(),
+        "",
+        "An instance counts as lossy-compressed when its Lossy Image Compression (0028,2110) is `01`, or "
+        "when it arrives in a syntax marked lossy above and does not state Lossy Image Compression `00`. Before "
+        "analysis, a PET series with any such slice is not analysed: the study is rejected with the reason "
+        "(how many slices, which syntax or attribute) in its state and an audit row, since SUV measured on "
+        "lossy pixels is not the scanner's. A lossy-compressed CT is analysed (it only places the analysed "
+        "region and the organs; a lossless CT of the same study is preferred), and the result's warnings "
+        "say so.",
+    ]

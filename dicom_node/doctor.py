@@ -31,8 +31,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
 
 from db.session import alembic_config, current_revision, head_revision, make_engine
+from dicom_node import readiness
+from dicom_node.admission import admit, unbound_exposure
 from dicom_node.association import destination_tls, keep_responses_for_sender
 from dicom_node.config import Destination, Settings
 from dicom_node.preflight import nearest_existing
@@ -115,10 +118,6 @@ def c_echo(
         ae.shutdown()
 
 
-def _connect_host(bind: str) -> str:
-    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(bind, bind)
-
-
 def _bind_probe(host: str, port: int) -> OSError | None:
     """Try to bind like the node does (SO_REUSEADDR, as socketserver sets), returning the error if any."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -155,10 +154,8 @@ def check_dicom_port(settings: Settings, timeout: float) -> CheckResult:
         return CheckResult(name, Status.OK, f"port {node.port} on {node.bind} is free for the node")
     if error.errno != errno.EADDRINUSE:
         return _port_error(name, "node.port", node.bind, node.port, error)
-    calling = "PSMA_DOCTOR"
-    if not node.allow_any_calling_ae and node.allowed_calling_aes:
-        calling = node.allowed_calling_aes[0].ae_title
-    host = _connect_host(node.bind)
+    host = readiness.local_address(node.bind)
+    calling = _self_check_caller(settings, host)
     echo = c_echo(host, node.port, node.ae_title, calling, timeout, _node_tls_context(settings))
     if echo.ok:
         return CheckResult(
@@ -175,6 +172,23 @@ def check_dicom_port(settings: Settings, timeout: float) -> CheckResult:
         f"stop the program holding port {node.port} (`ss -ltnp 'sport = :{node.port}'` names it) "
         "or set node.port to a free port",
     )
+
+
+def _self_check_caller(settings: Settings, source: str) -> str:
+    """A calling AE title the node admits from `source` (the doctor connects from this machine)."""
+    node = settings.node
+    titles = [*node.demo_calling_aes, *(entry.ae_title for entry in node.allowed_calling_aes), "PSMA_DOCTOR"]
+    return next((title for title in titles if admit(node, title, source).allowed), titles[0])
+
+
+def check_calling_aes(settings: Settings) -> CheckResult:
+    """Calling AE titles bound to no host on a port the network reaches: anyone may send as them."""
+    exposure = unbound_exposure(settings.node)
+    if exposure is not None:
+        return CheckResult("calling AEs", Status.WARN, exposure,
+                           "give every node.allowed_calling_aes entry the hosts its sender connects from")
+    return CheckResult("calling AEs", Status.OK, "every allowed calling AE title is bound to its hosts "
+                       "(or the DICOM port listens on loopback only)")
 
 
 def _node_tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -303,6 +317,28 @@ def check_database(settings: Settings, timeout: float) -> CheckResult:
         )
     state = "has no schema" if current is None else f"is at schema revision {current}, needs {head}"
     return CheckResult(name, pending, f"{shown} {state}{pending_note}", upgrade_fix)
+
+
+def check_readiness(settings: Settings, timeout: float) -> CheckResult | None:
+    """Whether the running node is ready (`readiness`); nothing to say when it is not running."""
+    if readiness.listener_problem(settings.node, timeout) is not None:
+        return None
+    name = "readiness"
+    engine = _doctor_engine(settings.database.url.get_secret_value(), timeout)
+    try:
+        with sessionmaker(engine)() as session:
+            problem = readiness.worker_problem(settings, session)
+    except SQLAlchemyError as exc:
+        return CheckResult(name, Status.WARN, f"cannot read the workers' heartbeats: {type(exc).__name__}",
+                           "fix the database check above")
+    finally:
+        engine.dispose()
+    if problem is not None:
+        return CheckResult(name, Status.WARN, f"the node runs but is not ready: {problem}",
+                           "a worker needs seconds to load its model after a start: run the doctor again; if "
+                           "it stays, check workers.count and the workers' log lines")
+    return CheckResult(name, Status.OK, "the node is ready: its DICOM listener accepts connections and a "
+                       "worker has loaded its model")
 
 
 def _check_stow(destination: Destination, timeout: float) -> CheckResult:
@@ -487,7 +523,7 @@ def check_dashboard(settings: Settings, timeout: float) -> list[CheckResult]:
             checks.append(CheckResult("dashboard port", Status.OK,
                                       f"port {dashboard.port} on {dashboard.bind} is free"))
         elif error.errno == errno.EADDRINUSE:
-            url = f"http://{_connect_host(dashboard.bind)}:{dashboard.port}/healthz"
+            url = f"http://{readiness.local_address(dashboard.bind)}:{dashboard.port}/healthz"
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     answered = response.status == 200
@@ -520,9 +556,11 @@ def run_checks(settings: Settings, timeout: float = 3.0) -> list[CheckResult]:
     steps: list[tuple[str, Callable[[], CheckResult | list[CheckResult] | None]]] = [
         ("dicom port", lambda: check_dicom_port(settings, timeout)),
         ("dicom tls", lambda: check_tls(settings)),
+        ("calling AEs", lambda: check_calling_aes(settings)),
         ("dashboard", lambda: check_dashboard(settings, timeout)),
         ("directories", lambda: check_directories(settings)),
         ("database", lambda: check_database(settings, timeout)),
+        ("readiness", lambda: check_readiness(settings, timeout)),
         ("destinations", lambda: check_destinations(settings, timeout)),
         ("models", lambda: check_models(settings)),
         ("device", lambda: check_device(settings)),

@@ -1,7 +1,10 @@
 """Structured logging: one JSON object per line, with context fields, and never a patient name.
 
 Patient-identifying values belong in the audit database where admins can see them, not in log files that
-are shipped around; `PatientNameFilter` scrubs anything passed under a patient-ish key.
+are shipped around; `PatientNameFilter` scrubs anything passed under a patient-ish key. Python's warnings
+(PyTorch's too, e.g. "... does not have a deterministic implementation" from Grad-CAM's backward pass on a
+GPU) would print raw lines between the JSON ones and repeat for every study: `WarningsToLog` makes each kind
+one structured event, once per process.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from dicom_node.config import LoggingSettings
 
@@ -58,8 +63,29 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class WarningsToLog:
+    """`warnings.showwarning` for the node's processes: a warning the filters let through becomes one
+    WARNING event of the "py.warnings" logger, the first time its kind (category and the code line that
+    raised it) occurs in this process; repeats are dropped, whatever filter a library installed."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str, int]] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+        kind = (category.__name__, filename, lineno)
+        with self._lock:
+            if kind in self._seen:
+                return
+            self._seen.add(kind)
+        logging.getLogger("py.warnings").warning("python warning", extra={
+            "category": category.__name__, "warning": str(message), "source": f"{filename}:{lineno}"})
+
+
 def configure_logging(settings: LoggingSettings) -> None:
-    """Route every logger of the node (and pynetdicom's) to stderr and optionally a file."""
+    """Route every logger of the node (and pynetdicom's) and Python's warnings to stderr and optionally a
+    file."""
     formatter: logging.Formatter = JsonFormatter() if settings.format == "json" else TextFormatter()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if settings.file is not None:
@@ -77,3 +103,5 @@ def configure_logging(settings: LoggingSettings) -> None:
     for library in ("pynetdicom", "highdicom"):  # their INFO lines narrate every PDU / copied module
         logging.getLogger(library).setLevel(quiet)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    if not isinstance(warnings.showwarning, WarningsToLog):
+        warnings.showwarning = WarningsToLog()

@@ -11,7 +11,6 @@ receiving processes (`receiving_processes`), which get the connections from the 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import ssl
@@ -22,16 +21,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, cast
 
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    RLELossless,
-)
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
@@ -44,30 +34,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
 from dicom_node.acceptor import AcceptorAssociation, GuardedRequestHandler, Handover, install_log_filters
+from dicom_node.admission import Held, admit, refusal
 from dicom_node.config import NodeSettings, Settings
 from dicom_node.port_guard import ClosureReporter, Closures, ConnectionGate, HandOver
 from dicom_node.store import PET_CT_SOP_CLASSES, STATUS_SUCCESS, Caller, Delivery, InstanceStore, clean_text
+from dicom_node.transfer_syntaxes import TRANSFER_SYNTAXES
 
 log = logging.getLogger(__name__)
 
-# pynetdicom picks the first of these that the sender proposes in a context. Lossless compressions come
-# first: a sender proposing one holds its data that way (dcmtk storescu proposes a compressed file's syntax
-# together with the uncompressed ones in one context and cannot transcode), and storing as sent is cheapest.
-TRANSFER_SYNTAXES = [
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    JPEGLosslessSV1,
-    JPEGLossless,
-    RLELossless,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-]
-
-# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
-_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-_REJECT_CALLED_AE = (0x01, 0x01, 0x07)
-_REJECT_LIMIT = (0x02, 0x03, 0x02)
+# A-ASSOCIATE-RJ (result, source, diagnostic) per kind of `admission.Refusal`, PS3.8 9.3.4
+_REJECTIONS = {"calling-ae": (0x01, 0x01, 0x03), "called-ae": (0x01, 0x01, 0x07), "limit": (0x02, 0x03, 0x02)}
+_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04  # presentation context result, PS3.8 9.3.3.2
 
 
 @dataclass(frozen=True)
@@ -111,22 +88,13 @@ def _any_nonempty_uid(value: Any) -> tuple[bool, str]:
     return (True, "") if isinstance(value, str) and value else (False, "must not be empty")
 
 
-def _host_allowed(peer: str, hosts: list[str]) -> bool:
-    """Empty = any source; entries are addresses or networks (10.0.0.0/24)."""
-    if not hosts:
-        return True
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    for entry in hosts:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            if entry == peer:
-                return True
-    return False
+def _offered_only_in_unsupported_syntaxes(assoc: Association) -> dict[str, str]:
+    """SOP class -> the transfer syntax it was offered in, for the classes the node would store but whose
+    every context was refused for its transfer syntaxes (pynetdicom keeps the first one proposed)."""
+    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+    return {str(cx.abstract_syntax): str(cx.transfer_syntax[0]) for cx in assoc.rejected_contexts
+            if cx.result == _TRANSFER_SYNTAXES_NOT_SUPPORTED and cx.transfer_syntax
+            and str(cx.abstract_syntax) not in accepted}
 
 
 def tls_context(node: NodeSettings) -> ssl.SSLContext:
@@ -327,37 +295,29 @@ class Receiver:
             log.exception("cannot write audit event", extra={"category": category, "action": action})
 
     def _refusal(self, assoc: Association) -> tuple[tuple[int, int, int], str] | None:
-        node = self.settings.node
         assert assoc.requestor.primitive is not None  # set from the A-ASSOCIATE-RQ before EVT_REQUESTED
         calling = assoc.requestor.primitive.calling_ae_title.strip()
         called = assoc.requestor.primitive.called_ae_title.strip()
-        peer = _peer(assoc)
-        if node.check_called_ae and called != node.ae_title.strip():
-            return _REJECT_CALLED_AE, f"called AE title {called!r} is not {node.ae_title!r}"
-        if not node.allow_any_calling_ae:
-            entries = [entry for entry in node.allowed_calling_aes if entry.ae_title.strip() == calling]
-            if not entries:
-                return _REJECT_CALLING_AE, f"calling AE title {calling!r} not in allowed_calling_aes"
-            if not any(_host_allowed(peer, entry.hosts) for entry in entries):
-                return _REJECT_CALLING_AE, f"calling AE title {calling!r} not allowed from {peer}"
-        from_peer, in_all = self._held(cast(AcceptorAssociation, assoc))
-        if from_peer >= node.max_connections_per_host:
-            return _REJECT_LIMIT, (f"{peer} already holds {from_peer} associations "
-                                   f"(max_connections_per_host {node.max_connections_per_host})")
-        if in_all >= node.max_associations:
-            return _REJECT_LIMIT, f"max_associations ({node.max_associations}) reached"
-        return None
+        found = refusal(self.settings.node, calling, called, _peer(assoc),
+                        self._held(cast(AcceptorAssociation, assoc), calling))
+        return None if found is None else (_REJECTIONS[found.kind], found.reason)
 
-    def _held(self, assoc: AcceptorAssociation) -> tuple[int, int]:
-        """Associations open before this one: from its source, and in all. In a receiving process, as the
-        gate counted them over every process when it handed the connection over."""
-        handover = assoc.handover
-        if handover.held_by_peer is not None and handover.held_in_all is not None:
-            return handover.held_by_peer, handover.held_in_all
+    def _held(self, assoc: AcceptorAssociation, calling: str) -> Held:
+        """Associations open before this one (whose calling AE title is `calling`: pynetdicom sets it on the
+        association only once negotiating). In a receiving process, as the gate counted them over every
+        process when it handed the connection over."""
+        if assoc.handover.held is not None:
+            return assoc.handover.held
         assert self._ae is not None
+        node = self.settings.node
         # Established ones only: bare TCP connections (port probes, load balancer checks) do not count.
-        established = [a for a in self._ae.active_associations if a.is_acceptor and a.is_established]
-        return sum(1 for a in established if _peer(a) == _peer(assoc)), len(established)
+        established = [(a.requestor.ae_title.strip(), _peer(a)) for a in self._ae.active_associations
+                       if a.is_acceptor and a.is_established]
+        peer = _peer(assoc)
+        return Held(from_peer=sum(1 for _, other in established if other == peer),
+                    with_ae=sum(1 for title, _ in established if title == calling),
+                    unbound=sum(1 for title, other in established if not admit(node, title, other).bound),
+                    in_all=len(established))
 
     def _on_requested(self, event: Event) -> None:
         assoc = event.assoc
@@ -392,6 +352,14 @@ class Receiver:
             detail["refused_sop_classes"] = refused_classes
         log.info("association accepted", extra={"calling_ae": caller.ae_title, "peer": caller.host,
                                                  "tls": tls, "refused_contexts": len(refused_classes)})
+        unsupported = _offered_only_in_unsupported_syntaxes(assoc)
+        if unsupported:
+            # The sender cannot send these at all: without this its instances would vanish unexplained.
+            detail["unsupported_transfer_syntaxes"] = unsupported
+            log.warning("storage classes offered only in transfer syntaxes the node does not accept",
+                        extra={"calling_ae": caller.ae_title, "peer": caller.host,
+                               "offered": "; ".join(f"{UID(c).name} in {UID(t).name} ({t})"
+                                                    for c, t in unsupported.items())})
         self._audit("association", "accepted", actor=caller.ae_title, peer=caller.host, **detail)
 
     def _on_closed(self, event: Event) -> None:

@@ -8,12 +8,12 @@ socket, `multiprocessing.reduction.send_handle`). Each process runs a `receive.R
 database engine and store; an instance is still answered only once its file and row are durable, and the
 store's locks hold across processes (`store.locks`).
 
-What no single process can see stays in `serve`: the association limits per source and in all (the gate
-counts open hand-overs and passes the counts along, `acceptor.Handover`), which studies are being
-delivered (assembly waits for them), and when an association ends (assembly queues a proven study at
-once). A receiving process that dies is restarted; its open associations are lost like a dropped
-connection (nothing was answered that was not durable) and their senders resend. A process also ends
-when `serve` goes away, even if `serve` was killed.
+What no single process can see stays in `serve`: the association limits per source, per calling AE title,
+for callers bound to no host and in all (the gate counts open hand-overs and passes the counts along,
+`acceptor.Handover`, `admission.Held`), which studies are being delivered (assembly waits for them), and
+when an association ends (assembly queues a proven study at once). A receiving process that dies is
+restarted; its open associations are lost like a dropped connection (nothing was answered that was not
+durable) and their senders resend. A process also ends when `serve` goes away, even if `serve` was killed.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any, cast
 
 from dicom_node.acceptor import Handover
+from dicom_node.admission import Held, admit, ae_titles, refusal
 from dicom_node.config import Settings
 from dicom_node.log import configure_logging
 from dicom_node.receive import AssociationEnd
@@ -46,10 +47,15 @@ STOP_TIMEOUT_S = 15.0
 
 @dataclass
 class _OpenAssociation:
-    """A hand-over not yet reported ended: where it runs, its source, and the studies it delivers."""
+    """A hand-over not yet reported ended: where it runs, its source and calling AE title, whether it is
+    bound to its host, whether its process rejects it (`admission.refusal` on the same request and counts:
+    it holds no slot while it ends), and the studies it delivers."""
 
     process: int
     peer: str
+    calling: str
+    bound: bool
+    rejected: bool
     study_ids: set[int] = field(default_factory=set)
 
 
@@ -153,6 +159,8 @@ class ReceivingProcesses:
     def hand_over(self, sock: socket.socket, address: tuple[str, int], request: bytes) -> None:
         """Called by the gate: pass the connection to the least busy live process (closed here either way)."""
         peer = address[0]
+        node = self.settings.node
+        calling, called = ae_titles(request)
         with self._lock:
             live = [child for child in self._processes if child.alive]
             if not live:
@@ -165,11 +173,15 @@ class ReceivingProcesses:
                 if association.process in load:
                     load[association.process] += 1
             child = min(live, key=lambda c: (load[c.index], c.index))
-            handover = Handover(request, self._next_id,
-                                held_by_peer=sum(1 for a in self._open.values() if a.peer == peer),
-                                held_in_all=len(self._open))
+            holding = [a for a in self._open.values() if not a.rejected]
+            held = Held(from_peer=sum(1 for a in holding if a.peer == peer),
+                        with_ae=sum(1 for a in holding if a.calling == calling),
+                        unbound=sum(1 for a in holding if not a.bound), in_all=len(holding))
+            handover = Handover(request, self._next_id, held)
             self._next_id += 1
-            self._open[handover.id] = _OpenAssociation(child.index, peer)
+            self._open[handover.id] = _OpenAssociation(
+                child.index, peer, calling, admit(node, calling, peer).bound,
+                rejected=refusal(node, calling, called, peer, held) is not None)
         try:
             with child.send_lock:
                 child.channel.send((handover, address))

@@ -19,7 +19,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import cast
 
 import requests
@@ -50,6 +52,7 @@ STORE_WARNINGS = {0xB000, 0xB006, 0xB007}
 CONNECT_TIMEOUT_S = 10.0
 CONFIRM_PAUSES_S = (0.2, 0.5, 1.0)  # before asking again for an acknowledged object the peer cannot find
 NO_MATCH = "C-FIND found no match"
+QIDO_NO_MATCH = "QIDO-RS found no match"
 SEGMENTATION = SegmentationStorage
 
 
@@ -314,7 +317,7 @@ def _send_dimse(settings: Settings, peer: Peer, items: list[Item]) -> list[Outco
             if outcome.ok:
                 stored.append((outcome, ds))
         if config.confirm_with_cfind:
-            _confirm(assoc, stored)
+            _confirm(stored, partial(_find, assoc), NO_MATCH, lambda: assoc.is_established)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -358,19 +361,20 @@ def _store(assoc: Association, peer: Peer, item: Item, ds: Dataset, fallback: bo
                    f"({code_to_category(code)}){': ' + comment if comment else ''}")
 
 
-def _confirm(assoc: Association, stored: list[tuple[Outcome, Dataset]]) -> None:
-    """Ask the peer for every object it acknowledged, and ask again for those it answers "no match" for,
-    after short pauses: a PACS may index an object a moment after acknowledging it."""
+def _confirm(stored: list[tuple[Outcome, Dataset]], find: Callable[[Dataset], tuple[bool, str]],
+             no_match: str, reachable: Callable[[], bool] = lambda: True) -> None:
+    """Ask the peer (C-FIND or QIDO-RS, `find`) for every object it acknowledged, and ask again for those it
+    answers `no_match` for, after short pauses: a PACS may index an object a moment after acknowledging it."""
     waiting = stored
     for queries, pause in enumerate((0.0, *CONFIRM_PAUSES_S), start=1):
         time.sleep(pause)
         for outcome, ds in waiting:
-            outcome.confirmed, outcome.confirm_detail = _find(assoc, ds)
-        waiting = [(outcome, ds) for outcome, ds in waiting if outcome.confirm_detail == NO_MATCH]
-        if not waiting or not assoc.is_established:
+            outcome.confirmed, outcome.confirm_detail = find(ds)
+        waiting = [(outcome, ds) for outcome, ds in waiting if outcome.confirm_detail == no_match]
+        if not waiting or not reachable():
             break
     for outcome, _ in waiting:
-        outcome.confirm_detail = (f"{NO_MATCH} in {queries} queries over "
+        outcome.confirm_detail = (f"{no_match} in {queries} queries over "
                                   f"{sum(CONFIRM_PAUSES_S[:queries - 1]):.1f} s")
 
 
@@ -402,6 +406,7 @@ def _send_stow(peer: Peer, items: list[Item]) -> list[Outcome]:
         http.auth = (config.username, config.password.get_secret_value() if config.password else "")
     client = DICOMwebClient(url=config.url or "", session=http)
     outcomes: list[Outcome] = []
+    stored: list[tuple[Outcome, Dataset]] = []
     for item in items:
         read = _read(item)
         if isinstance(read, Outcome):
@@ -424,16 +429,21 @@ def _send_stow(peer: Peer, items: list[Item]) -> list[Outcome]:
             outcomes.append(Outcome(item, False, "failed", reason=f"STOW-RS to {peer.label}: failure {reason}"))
             continue
         outcome = Outcome(item, True, "HTTP 200", sent_as=str(read.SOPClassUID))
-        if config.confirm_with_cfind:
-            try:
-                matches = client.search_for_instances(study_instance_uid=read.StudyInstanceUID,
-                                                      search_filters={"SOPInstanceUID": read.SOPInstanceUID})
-                outcome.confirmed = bool(matches)
-                outcome.confirm_detail = "QIDO-RS" if matches else "QIDO-RS found no match"
-            except requests.RequestException as exc:
-                outcome.confirmed, outcome.confirm_detail = False, f"QIDO-RS failed: {exc}"
         outcomes.append(outcome)
+        stored.append((outcome, read))
+    if config.confirm_with_cfind:
+        _confirm(stored, partial(_search, client), QIDO_NO_MATCH)
     return outcomes
+
+
+def _search(client: DICOMwebClient, ds: Dataset) -> tuple[bool, str]:
+    """QIDO-RS for one instance: can the DICOMweb peer find what it acknowledged?"""
+    try:
+        matches = client.search_for_instances(study_instance_uid=ds.StudyInstanceUID,
+                                              search_filters={"SOPInstanceUID": ds.SOPInstanceUID})
+    except requests.RequestException as exc:
+        return False, f"QIDO-RS failed: {exc}"
+    return (True, "QIDO-RS") if matches else (False, QIDO_NO_MATCH)
 
 
 def _record(settings: Settings, sessions: sessionmaker[Session], name: str, outcomes: list[Outcome]) -> None:

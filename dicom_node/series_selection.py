@@ -73,6 +73,16 @@ class SeriesSummary:
     """Sorted slice positions along the normal (loaded for CT series only)."""
     layout: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     """(lowest, highest) value over the series' instances of each LAYOUT_KEYWORDS attribute."""
+    lossy: dict[str, int] = field(default_factory=dict)
+    """Instances whose pixels are lossy-compressed, counted by reason (`transfer_syntaxes.lossy_reason`)."""
+
+    def lossy_description(self) -> str | None:
+        """How much of the series is lossy-compressed and why, or None when none of it is."""
+        if not self.lossy:
+            return None
+        count = sum(self.lossy.values())
+        reasons = "; ".join(self.lossy)
+        return f"{count} of {self.count} slices lossy-compressed: {reasons}"
 
     def layout_problem(self) -> str | None:
         """Why the instances' pixel layouts cannot form one volume (from headers alone), or None."""
@@ -206,6 +216,14 @@ def judge_pet(series: SeriesSummary, settings: AssemblySettings) -> PetVerdict:
     layout = series.layout_problem()
     if layout is not None:
         return PetVerdict(series, layout, tracer)
+    lossy = series.lossy_description()
+    if lossy is not None:
+        return PetVerdict(
+            series,
+            f"PET is lossy-compressed ({lossy}): SUV is not measured on lossy pixels; "
+            "have the PACS send the PET uncompressed or lossless",
+            tracer,
+        )
     corrections = [str(v).upper() for v in as_list(header.get("CorrectedImage"))]
     if "ATTN" not in corrections:
         return PetVerdict(series, "PET not attenuation-corrected (Corrected Image lacks ATTN)", tracer)
@@ -283,8 +301,8 @@ def choose_ct(
     Only a CT in the PET's Frame of Reference demonstrably shares its coordinates (a Spatial Registration
     object is not read). `assembly.allow_different_frame_of_reference` opts in to an axial CT of the same
     study overlapping the PET's z-range instead; the result then says so. Among several: one that covers
-    the PET, ORIGINAL over DERIVED, the thinnest slices, then the widest coverage. A CT whose slices have
-    inconsistent pixel layouts is never chosen.
+    the PET, not lossy-compressed, ORIGINAL over DERIVED, the thinnest slices, then the widest coverage. A
+    CT whose slices have inconsistent pixel layouts is never chosen.
     """
     cts = [s for s in series if s.modality == "CT"]
     if not cts:
@@ -326,7 +344,8 @@ def choose_ct(
         return None, "", str(matched[0].layout_problem())
     best = max(
         usable,
-        key=lambda s: (covers(s, pet), s.is_original, -(s.slice_spacing or 1e9), coverage(s, pet), s.count),
+        key=lambda s: (covers(s, pet), not s.lossy, s.is_original, -(s.slice_spacing or 1e9),
+                       coverage(s, pet), s.count),
     )
     return best, how, None
 
@@ -353,4 +372,7 @@ def select_series(series: Sequence[SeriesSummary], settings: AssemblySettings) -
     if ct is None:
         return Selection(pet=pet, reason=refusal, flags=flags)
     flags.update(ct_match=how, ct_coverage=round(coverage(ct, pet), 3))
+    lossy_ct = ct.lossy_description()
+    if lossy_ct is not None:
+        flags["ct_lossy"] = lossy_ct  # analysed: the CT only places the region and the organs
     return Selection(pet=pet, ct=ct, flags=flags)

@@ -22,9 +22,11 @@ def check(ctx: CliContext) -> None:
 
     Beyond the file's own validity it checks, without lasting side effects, what `serve` would trip over:
     the database URL and its driver, that the folders can be created, the TLS files, dashboard exposure.
+    Calling AE titles allowed from any host on a network-facing port are a warning, not an error.
     """
     import yaml
 
+    from dicom_node.admission import unbound_exposure
     from dicom_node.config import DEFAULT_CONFIG_FILE, effective_config
     from dicom_node.preflight import problems
 
@@ -35,6 +37,9 @@ def check(ctx: CliContext) -> None:
         click.echo(f"error: {problem} (configuration: {source})", err=True)
     if found:
         sys.exit(CONFIG_ERROR_EXIT)
+    exposure = unbound_exposure(settings.node)
+    if exposure is not None:
+        click.echo(f"warning: {exposure} (configuration: {source})", err=True)
     click.echo(yaml.safe_dump(effective_config(settings), sort_keys=False), nl=False)
     click.echo(f"configuration OK: {source}", err=True)
 

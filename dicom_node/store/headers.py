@@ -59,6 +59,7 @@ HEADER_KEYWORDS = (
     "ImageIndex", "NumberOfSlices", "NumberOfTimeSlices", "SeriesType", "CorrectedImage", "Units",
     "DecayCorrection", "AccessionNumber", "StudyDescription", "AdditionalPatientHistory",
     "RequestedProcedureComments", "BodyPartExamined", "GantryDetectorTilt", "BitsAllocated", "SamplesPerPixel",
+    "LossyImageCompression",
 )
 _TAGS = {keyword: Tag(keyword)
          for keyword in (*HEADER_KEYWORDS, "Radiopharmaceutical", "RadionuclideHalfLife", "CodeMeaning",

@@ -19,7 +19,7 @@ from fastapi.responses import PlainTextResponse
 from dicom_node.config import DashboardSettings
 from dicom_node.web.refusals import RefusalLog
 
-UNCHECKED_PATHS = {"/healthz"}
+UNCHECKED_PATHS = {"/healthz", "/readyz"}
 """Probes answer whatever name an orchestrator uses; they say only ok / not ok."""
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "

@@ -150,3 +150,26 @@ def test_unchanged_receiving_studies_cost_no_instance_queries(sessions: sessionm
         event.remove(engine, "before_cursor_execute", listener)
     assert not any("FROM instances" in s for s in statements), statements
     assert len(statements) <= 3
+
+
+def test_lossy_pet_is_rejected_and_a_lossy_ct_flagged_on_each_database(
+        sessions: sessionmaker[Session]) -> None:
+    lossy_pet_study, _ = add_study(sessions, "ACC-LOSSY-PET")
+    add_pet(sessions, lossy_pet_study, LossyImageCompression="01")
+    add_ct(sessions, lossy_pet_study)
+    lossy_ct_study, _ = add_study(sessions, "ACC-LOSSY-CT")
+    add_pet(sessions, lossy_ct_study, LossyImageCompression="00")
+    ct = add_ct(sessions, lossy_ct_study)
+    with transaction(sessions) as session:  # as received: 5 of its 45 slices in lossy JPEG 2000
+        ids = session.scalars(select(Instance.id).where(Instance.series_uid == ct).limit(5)).all()
+        session.execute(update(Instance).where(Instance.id.in_(ids))
+                        .values(transfer_syntax_uid="1.2.840.10008.1.2.4.91"))
+    Assembler().tick(_settings(), sessions)
+    rejected = _study(sessions, lossy_pet_study)
+    assert rejected.state == "rejected"
+    assert (rejected.state_reason or "").startswith("PET is lossy-compressed (20 of 20 slices lossy-compressed: "
+                                                    "Lossy Image Compression (0028,2110) is 01)")
+    assert _study(sessions, lossy_ct_study).state == "queued"
+    (job,) = _jobs(sessions, lossy_ct_study)
+    assert job.flags["ct_lossy"] == ("5 of 45 slices lossy-compressed: transfer syntax JPEG 2000 Image "
+                                     "Compression (1.2.840.10008.1.2.4.91)")

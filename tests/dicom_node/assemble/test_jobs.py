@@ -109,7 +109,8 @@ def test_expired_lease_requeues_then_fails_after_max_attempts(sessions: sessionm
                 select(AuditEvent).where(AuditEvent.category == "job").order_by(AuditEvent.id)
             )
         ]
-    assert actions == ["queued", "claimed", "requeued", "claimed", "failed"]
+    # Queued while no worker had registered: the job's "waiting" note says so.
+    assert actions == ["queued", "waiting", "claimed", "requeued", "claimed", "failed"]
 
 
 def test_live_lease_is_not_requeued(sessions: sessionmaker[Session]) -> None:

@@ -137,3 +137,21 @@ def test_only_non_axial_ct_is_refused() -> None:
     coronal = ct_summary(CT_POSITIONS, orientation=[1, 0, 0, 0, 0, -1])
     selection = select_series([pet_summary(), coronal], AssemblySettings())
     assert selection.reason is not None and "no axial CT" in selection.reason
+
+
+def test_lossy_pet_is_refused_naming_how_much_and_why() -> None:
+    pet = replace(pet_summary(), lossy={"Lossy Image Compression (0028,2110) is 01": 3})
+    selection = select_series([pet, ct_summary(CT_POSITIONS)], AssemblySettings())
+    assert not selection.ok and selection.reason is not None
+    assert selection.reason.startswith(f"PET is lossy-compressed (3 of {pet.count} slices lossy-compressed: "
+                                       "Lossy Image Compression (0028,2110) is 01)")
+
+
+def test_lossy_ct_is_used_when_alone_and_flagged_but_a_lossless_one_wins() -> None:
+    lossy = replace(ct_summary(CT_POSITIONS), lossy={"transfer syntax JPEG Extended (Process 2 and 4)": 110})
+    alone = select_series([pet_summary(), lossy], AssemblySettings())
+    assert alone.ok and alone.ct is lossy
+    assert alone.flags["ct_lossy"].startswith("110 of 110 slices lossy-compressed: transfer syntax JPEG Extended")
+    lossless = ct_summary(CT_POSITIONS)
+    both = select_series([pet_summary(), lossy, lossless], AssemblySettings())
+    assert both.ct is lossless and "ct_lossy" not in both.flags

@@ -9,8 +9,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     CTImageStorage,
+    JPEG2000,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGLSNearLossless,
     PositronEmissionTomographyImageStorage,
     generate_uid,
 )
@@ -82,12 +84,17 @@ def image(modality: str, study_uid: str, series_uid: str, index: int, size: int 
     return ds
 
 
+# pydicom's encoders need a target for the lossy syntaxes: a compression ratio, a deviation per pixel.
+LOSSY_ENCODING = {JPEG2000: {"j2k_cr": [10]}, JPEGLSNearLossless: {"jls_error": 3}}
+
+
 def encode(ds: Dataset, transfer_syntax: str) -> Dataset:
-    """The dataset in another transfer syntax (lossless compression via pydicom's encoders)."""
+    """The dataset in another transfer syntax (compressed by pydicom's encoders; Lossy Image Compression is
+    left as it was, so that a test decides what the instance says of itself)."""
     if transfer_syntax in UNCOMPRESSED or transfer_syntax == "1.2.840.10008.1.2.1.99":
         ds.file_meta.TransferSyntaxUID = transfer_syntax
         return ds
-    ds.compress(transfer_syntax, ds._pixels)
+    ds.compress(transfer_syntax, ds._pixels, **LOSSY_ENCODING.get(transfer_syntax, {}))
     return ds
 
 

@@ -128,7 +128,7 @@ def test_legitimate_echo_succeeds_during_a_100_connection_idle_flood(receiving_n
 
 
 def test_eight_associations_stalled_mid_p_data_do_not_keep_the_pacs_out(receiving_node, node_db) -> None:
-    node = _node(receiving_node, pdu_timeout_s=2, max_associations=8)
+    node = _node(receiving_node, pdu_timeout_s=2, max_associations=8, max_associations_per_ae=8)
     with _peers(node.port, ["127.0.0.2"] * 4 + ["127.0.0.3"] * 4) as stallers:
         assert [peer.associate("STALLER") for peer in stallers] == [2] * 8
         for peer in stallers:

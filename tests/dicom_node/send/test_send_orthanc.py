@@ -182,6 +182,28 @@ def test_stow_rs_delivers_to_orthanc_dicomweb_and_confirms_with_qido(tmp_path: P
         assert sorted(t["SOPInstanceUID"] for t in orthanc.study_instances(study_uid)) == uids
 
 
+def test_stow_rs_objects_orthanc_acknowledges_but_discards_are_asked_for_again_then_left_unconfirmed(
+        tmp_path: Path) -> None:
+    """As over DIMSE: QIDO-RS asks again after 0.2, 0.5 and 1.0 s before the warning."""
+    discard = tmp_path / "discard.lua"
+    discard.write_text("function ReceivedInstanceFilter(dicom, origin, info)\n  return false\nend\n")
+    db_url = f"sqlite:///{tmp_path / 'node.db'}"
+    with OrthancServer(tmp_path / "orthanc", dicomweb=True, extra={"LuaScripts": [str(discard)]}) as orthanc:
+        web = {"name": "web", "kind": "stow", "url": f"{orthanc.url}/dicom-web", "confirm_with_cfind": True}
+        settings = make_settings(tmp_path, db_url, destinations=[web])
+        sessions = make_sessions(db_url)
+        sender = Sender(settings, sessions)
+        study_uid, _ = _publish(settings, sessions)
+        started = time.monotonic()
+        sender.tick(wait=True)
+        took = time.monotonic() - started
+        assert orthanc.study_instances(study_uid) == []
+    rows = _rows(sessions)
+    assert [r.state for r in rows] == ["delivered"] * OBJECTS, [r.last_error for r in rows]
+    assert set(_confirm_failures(sessions)) == {"QIDO-RS found no match in 4 queries over 1.7 s"}
+    assert took >= 1.7  # the pauses were waited, once for all objects
+
+
 def test_a_send_interrupted_by_a_crash_is_resent_and_orthanc_keeps_one_copy(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'node.db'}"
     with OrthancServer(tmp_path / "orthanc") as orthanc:
