@@ -27,6 +27,7 @@ def clinical_rules(settings: ClinicalSettings) -> ClinicalRules:
         impute_psa=settings.impute_psa,
         impute_prostatectomy=settings.impute_prostatectomy,
         infer_prostatectomy=settings.infer_prostatectomy,
+        site_tracer=settings.site_tracer,
     )
 
 

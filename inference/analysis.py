@@ -25,6 +25,7 @@ from inference.clinical import (
     RegisteredClinical,
     resolve_prostatectomy,
     resolve_psa,
+    resolve_tracer,
 )
 from inference.model_specs import (
     CUBE_HALF_WIDTH_MM,
@@ -38,6 +39,7 @@ from inference.localize import LocalisationError, LocalizerOptions, make_localiz
 from inference.network import make_deterministic, predict
 from inference.preprocess import PreprocessError, crop, cube_box, model_input
 from inference.findings import FindingsOptions, build_findings, quantification_from
+from inference.focus_site import SiteContext, bladder_base
 from inference.quantify import QuantifyError, QuantifyOptions, analysed_region, quantify
 from inference.reference_organs import reference_scorer
 from inference.result import (
@@ -47,6 +49,7 @@ from inference.result import (
     Findings,
     Localisation,
     Quantification,
+    known_prostatectomy,
     operated_for_report,
 )
 from inference.suv import SUVError, suv_factor, to_suv
@@ -201,11 +204,18 @@ def analyse(
         with _timed(timings, "quantify"):
             analysed = analysed_region(pet_suv_crop, ct_crop, center, localisation.organ, options.quantify)
         with _timed(timings, "references"):
-            scorer = reference_scorer(pet, factor.factor, localisation, _tracer(pet))
+            tracer = resolve_tracer(pet.headers[0], options.clinical.site_tracer)
+            scorer = reference_scorer(pet, factor.factor, localisation, tracer)
         with _timed(timings, "findings"):
+            sites = SiteContext(
+                ct=ct_crop,
+                centre_lps=np.asarray(analysed.centre_lps, dtype=float),
+                operated=operated_for_report(prostatectomy, localisation.organ),
+                bladder_base_lps=bladder_base(analysed.bladder, pet_suv_crop),
+                masks={m.organ: m for m in localisation.site_masks},
+            )
             findings = build_findings(
-                pet_suv_crop, analysed, scorer,
-                operated_for_report(prostatectomy, localisation.organ), options.findings
+                pet_suv_crop, analysed, scorer, sites, known_prostatectomy(prostatectomy), options.findings
             )
         with _timed(timings, "quantify"):
             quantification = (
@@ -274,17 +284,6 @@ def analyse(
         },
     )
     return result
-
-
-def _tracer(pet: Series) -> str:
-    """The radiopharmaceutical named in the PET header ("" when none): it picks the miPSMA references."""
-    sequence = getattr(pet.headers[0], "RadiopharmaceuticalInformationSequence", None) or []
-    for item in sequence:
-        name = str(getattr(item, "Radiopharmaceutical", "") or "")
-        if name:
-            return name
-    return ""
-
 
 
 def _check_pair(pet: Series, ct: Series, warnings: list[str], allow_different_frame: bool) -> None:

@@ -1,4 +1,5 @@
-"""PSA and prostatectomy status for the model's metadata channels, each with where it came from.
+"""PSA and prostatectomy status for the model's metadata channels, each with where it came from; and the
+tracer, which picks the miPSMA reference organs.
 
 Order: values registered for the accession/patient (CLI or HTTP), then configured DICOM text tags, then
 policy as published: PSA imputed with 30.1 ng/ml, an unknown prostatectomy status imputed as px = 1 (the
@@ -36,6 +37,8 @@ class ClinicalRules:
     impute_psa: float = 30.1
     impute_prostatectomy: bool = True
     infer_prostatectomy: bool = False
+    site_tracer: str = "PSMA-1007"
+    """The PSMA tracer this site uses: a PET header that names no tracer, or only "PSMA", means this one."""
 
 
 def tag_texts(headers: Sequence[Any], tags: Sequence[str]) -> list[tuple[str, str]]:
@@ -113,3 +116,60 @@ def resolve_prostatectomy(
         "clinical.impute_prostatectomy: false; the published imputation is px = 1)",
     )
 
+
+
+PSMA_1007_CODE = ("126758", "DCM")
+"""(126758, DCM, "PSMA-1007 F^18^"), DICOM PS3.16 CID 4021 "PET Radiopharmaceutical"."""
+OTHER_PSMA_CODES = {
+    ("C118961", "NCIt"): "PSMA-11 Ga^68^",
+    ("126759", "DCM"): "PSMA-617 Ga^68^",
+    ("C116352", "NCIt"): "Piflufolastat F^18^",
+}
+"""Other PSMA ligands of CID 4021 (PS3.16): recognised, and not [18F]PSMA-1007."""
+OTHER_PSMA_NAMES = ("dcfpyl", "piflufolastat", "pylarify", "psma11", "gozetotide", "hbed", "psma617",
+                    "rhpsma", "flotufolastat", "posluma", "ga68", "68ga", "illuccix", "locametz")
+
+
+@dataclass(frozen=True)
+class Tracer:
+    """The radiopharmaceutical as recognised, and from what."""
+
+    name: str
+    is_psma_1007: bool
+    source: str
+    """"code" (Radiopharmaceutical Code Sequence), "text" (Radiopharmaceutical), or "site" (configured)."""
+    note: str
+
+
+def _compact(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def resolve_tracer(header: Any, site_tracer: str) -> Tracer:
+    """The tracer from the Radiopharmaceutical Code Sequence (CID 4021) first, then the text; a header
+    naming none, or only "PSMA", is read as the site's configured tracer (and says so)."""
+    site = site_tracer.strip() or "PSMA-1007"
+    items = getattr(header, "RadiopharmaceuticalInformationSequence", None) or []
+    text = next((str(getattr(i, "Radiopharmaceutical", "") or "").strip() for i in items
+                 if str(getattr(i, "Radiopharmaceutical", "") or "").strip()), "")
+    codes = [c for i in items for c in (getattr(i, "RadiopharmaceuticalCodeSequence", None) or [])]
+    disagreeing = f"; the text {text!r} is not used" if text else ""
+    for code in codes:
+        key = (str(getattr(code, "CodeValue", "")), str(getattr(code, "CodingSchemeDesignator", "")))
+        meaning = str(getattr(code, "CodeMeaning", "") or "")
+        named = f"tracer {meaning or key[0]!r} (Radiopharmaceutical Code Sequence {key[0]}, {key[1]})"
+        if key == PSMA_1007_CODE:
+            return Tracer(meaning or "PSMA-1007 F^18^", True, "code", named + disagreeing)
+        if key in OTHER_PSMA_CODES or meaning:
+            return Tracer(meaning or OTHER_PSMA_CODES[key], False, "code", named + disagreeing)
+    compact = _compact(text)
+    if "1007" in compact:
+        return Tracer(text, True, "text", f"tracer {text!r} (Radiopharmaceutical)")
+    if compact and (any(name in compact for name in OTHER_PSMA_NAMES) or "psma" not in compact):
+        return Tracer(text, False, "text", f"tracer {text!r} (Radiopharmaceutical)")
+    is_1007 = "1007" in _compact(site)
+    if compact:
+        return Tracer(site, is_1007, "site",
+                      f"tracer {text!r} names no ligand: read as the site's tracer {site} (clinical.site_tracer)")
+    return Tracer(site, is_1007, "site",
+                  f"tracer not named in the PET header: the site's tracer {site} assumed (clinical.site_tracer)")

@@ -51,6 +51,9 @@ def find_bladder(
     """Bladder mask on the PET grid: the largest tracer-carrying fluid-density component near the centre."""
     smoothed = ndimage.median_filter(ct_hu_on_pet, size=3)
     fluid = (smoothed >= options.fluid_hu[0]) & (smoothed <= options.fluid_hu[1])
+    # Where fat meets soft tissue, partial volume gives thin sheets of fluid-like HU that would connect to
+    # the bladder and carry its exclusion into neighbouring organs (seminal vesicles, rectal wall): opened away.
+    fluid = ndimage.binary_opening(fluid)
     labels, count = ndimage.label(fluid)
     if count == 0:
         return np.zeros(fluid.shape, dtype=bool)
@@ -100,6 +103,8 @@ class AnalysedRegion:
     description: str
     excluded: str
     voxel_ml: float
+    centre_lps: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """The sphere's centre: the prostate centre, or the prostate bed below the bladder."""
 
 
 def analysed_region(
@@ -117,7 +122,8 @@ def analysed_region(
     voxel_ml = float(abs(np.linalg.det(pet_suv.affine_lps[:3, :3]))) / 1000.0
     bladder_ml = float(bladder.sum()) * voxel_ml
     excluded = f"bladder excluded ({bladder_ml:.0f} ml incl. margin)" if bladder.any() else "no bladder found"
-    return AnalysedRegion(region, bladder, description, excluded, voxel_ml)
+    centre = (float(middle[0]), float(middle[1]), float(middle[2]))
+    return AnalysedRegion(region, bladder, description, excluded, voxel_ml, centre)
 
 
 def quantify(

@@ -3,9 +3,11 @@
 The Secondary Capture is the only result a radiologist is sure to see in any PACS viewer, so it has to be
 readable on its own: views in radiological convention (patient left on image right on axial and coronal,
 head up on coronal and sagittal), the analysed cube and the model's attention drawn over the fused image,
-and every fact needed to judge the result in large, high-contrast text, with the research-use banner, the
-findings per focus (PROMISE V2 terms, the category labelled a suggestion) and each focus outlined and
-numbered in the fused views.
+each focus outlined and numbered, and under the research-use banner four to five large lines a reader needs
+first — the AI result and probability against the threshold, a warning when the inputs lie outside the
+validated conditions, one line per focus (site, SUVbw max, miPSMA with its references, rule-based
+category), the rule-based PROMISE suggestion set apart from the AI result — then a smaller block with the
+definitions (SUVbw peak sphere, isocontour rule and level, references) and the provenance.
 
 Radiologists read this, not admins: no server paths or install instructions appear (the admin gets those
 from `doctor`, the log and the dashboard), and all burned-in content sits inside a safe area clear of the
@@ -35,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from inference.result import AnalysisResult, Finding, Findings, Focus
+from inference.result import AnalysisResult, Finding, Findings, Focus, ReferenceOrgan
 from inference.volume import Volume
 
 Plane = Literal["axial", "coronal", "sagittal"]
@@ -99,6 +101,8 @@ class Rendered:
     overlays: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
     lines: list[TextLine] = field(default_factory=list)
     description: str = ""
+    lead: str = ""
+    """The panel's lead lines as plain text (the SC's Image Comments carry them for text-only viewers)."""
 
     @property
     def pixels(self) -> np.ndarray:
@@ -158,7 +162,7 @@ def focus_point(analysis: AnalysisResult) -> tuple[np.ndarray, str]:
     if quant is not None and quant.suv_max_lps is not None:
         point = np.asarray(quant.suv_max_lps, dtype=float)
         if np.all(point >= low) and np.all(point <= high):
-            return point, "through SUVmax"
+            return point, "through SUVbw max"
     box = _box_bounds(analysis)
     if box is not None:
         return (box[0] + box[1]) / 2.0, "through cube centre"
@@ -356,58 +360,138 @@ def for_radiologists(text: str) -> str:
     return re.sub(r"\s+([,;:.])", r"\1", re.sub(r"\s{2,}", " ", text)).strip()
 
 
-def _focus_line(focus: Focus) -> str:
-    peak = f"SUVpeak {focus.suv_peak:.1f}" if focus.suv_peak is not None else "SUVpeak n/a"
-    score = f"miPSMA {focus.mipsma}" if focus.mipsma is not None else "miPSMA not assessable"
-    bladder = "" if focus.bladder_relation == "separate" else f"; {focus.bladder_relation} to the bladder"
-    volume = f"{focus.volume_ml:.2f}" if focus.volume_ml < 1 else f"{focus.volume_ml:.1f}"
-    return (f"Focus {focus.number}: SUVmax {focus.suv_max:.1f}, {peak}, SUVmean {focus.suv_mean:.1f} g/ml, "
-            f"volume {volume} ml, {score}{bladder}")
+def ai_headline(analysis: AnalysisResult) -> str:
+    """The classifier's answer and probability against its threshold, or why it did not run."""
+    if analysis.classifier_run and analysis.probability is not None:
+        digits = 3 if abs(analysis.probability - analysis.threshold) < 0.01 else 2
+        return (f"AI classifier: local recurrence {_finding_words(analysis)}, probability "
+                f"{analysis.probability:.{digits}f} (threshold {analysis.threshold:.{digits}f})")
+    return f"AI classifier not run ({NOT_INSTALLED}): local recurrence {_finding_words(analysis)}"
 
 
-def findings_lines(findings: Findings) -> list[tuple[str, bool]]:
-    """Per-focus PROMISE V2 findings and the suggested category, labelled as a suggestion."""
-    lines: list[tuple[str, bool]] = []
+def envelope_line(analysis: AnalysisResult) -> str:
+    """Why the inputs lie outside the conditions the model was validated for; empty when inside."""
+    if not analysis.envelope_violations:
+        return ""
+    return ("Outside the conditions the model was validated for: "
+            + "; ".join(for_radiologists(v) for v in analysis.envelope_violations))
+
+
+def category_summary(findings: Findings) -> str:
+    """The rule-based category in one line, labelled so it cannot be read as the classifier's answer."""
+    label = "Rule-based PROMISE V2 suggestion, independent of the AI classifier"
+    if findings.local_category is None:
+        return f"{label}: miT not suggested: prostatectomy status unknown"
+    local = [f for f in findings.foci if f.feeds_local_category]
+    count = f"{len(local)} focus" if len(local) == 1 else f"{len(local)} foci"
+    where = {"miTr": f"{count} in the prostate-bed region after prostatectomy",
+             "miT2u": f"{count} in the prostate", "miT2m": f"{count} in the prostate"}.get(
+                 findings.local_category, "no focus in the prostate / prostate bed")
+    extension = "; extension not assessed" if findings.local_category.startswith("miT2") else ""
+    return f"{label}: {findings.local_category} ({where}{extension})"
+
+
+def reference_summary(organ: ReferenceOrgan) -> str:
+    """A reference region's SUVmean with its VOI size (and per side), or why it is missing."""
+    if organ.suv_mean is None:
+        return f"{organ.name}: not assessable ({organ.note or 'no region'})"
+    sides = ", ".join(f"{p.name.split()[0]} {p.suv_mean:.1f}" for p in organ.parts if p.suv_mean is not None)
+    volume = f"VOI {organ.volume_ml:g} ml" if organ.volume_ml is not None else ""
+    details = "; ".join(part for part in (volume, sides) if part)
+    return f"{organ.name}: SUVbw mean {organ.suv_mean:.2f}" + (f" ({details})" if details else "")
+
+
+def focus_headline(focus: Focus) -> str:
+    """One focus in a line: where, SUVbw max, miPSMA with its references, the rule-based category."""
+    score = focus.mipsma_evidence or (
+        "miPSMA not assessable" if focus.mipsma is None else f"miPSMA {focus.mipsma}")
+    return (f"Focus {focus.number}, {focus.where}: SUVbw max {focus.suv_max:.1f}, {score}; "
+            f"{focus.category_hint or focus.call}")
+
+
+def _volume(value: float) -> str:
+    return f"{value:.2f}" if value < 1 else f"{value:.1f}"
+
+
+def focus_details(focus: Focus) -> str:
+    """The focus's other measures, each with its definition, for the smaller block."""
+    peak = (f"SUVbw peak {focus.suv_peak:.1f} ({focus.suv_peak_ml:.2f} ml sphere)"
+            if focus.suv_peak is not None and focus.suv_peak_ml is not None
+            else "SUVbw peak none (" + for_radiologists(focus.suv_peak_note.removeprefix("none: ")) + ")")
+    adaptive = focus.contour_rule.startswith("adaptive")
+    label = "adaptive isocontour" if adaptive else focus.contour_rule.replace(" of SUVbw max", " isocontour")
+    level = f", level {focus.contour_suv:.1f}" if focus.contour_suv is not None else ""
+    why = f" ({focus.contour_rule})" if adaptive else ""
+    bladder = {"separate": "", "adjacent": "; adjacent to the bladder", "touching": "; touching the bladder"}[
+        focus.bladder_relation]
+    return (f"Focus {focus.number}: {peak}; Volume ({label}) {_volume(focus.volume_ml)} ml, SUVbw mean "
+            f"{focus.suv_mean:.1f}{level}{why}{bladder}")
+
+
+PanelStyle = Literal["headline", "warning", "focus", "body", "small"]
+STYLE_SCALE: dict[str, float] = {"headline": 1.3, "warning": 1.15, "focus": 1.15, "body": 1.0, "small": 0.8}
+"""Text size per line style, relative to the panel's body size (the small block stays >= MIN_BODY_PX)."""
+WARNING_COLOUR = (255, 200, 0)
+
+
+def lead_lines(analysis: AnalysisResult) -> list[tuple[str, PanelStyle]]:
+    """What a reader needs first, in large text: the AI result, a warning when outside the validated
+    conditions, one line per focus, then the rule-based suggestion set apart from the AI result."""
+    lines: list[tuple[str, PanelStyle]] = [(ai_headline(analysis), "headline")]
+    envelope = envelope_line(analysis)
+    if envelope:
+        lines.append((f"Warning: {envelope}", "warning"))
+    findings = analysis.findings
+    if findings is None:
+        return lines
     if not findings.foci:
-        lines.append(("No focal PSMA uptake in the analysed region (bladder excluded)", True))
+        lines.append((findings.no_focus_statement, "focus"))
     for focus in findings.foci[:MAX_FOCI_LISTED]:
-        lines.append((_focus_line(focus), False))
+        lines.append((focus_headline(focus), "focus"))
     if len(findings.foci) > MAX_FOCI_LISTED:
         lines.append((f"… and {len(findings.foci) - MAX_FOCI_LISTED} more foci (all listed in the SR and SEG)",
-                      False))
-    if findings.foci and not findings.mipsma_assessable:
-        lines.append((for_radiologists(f"miPSMA not assessable: {findings.mipsma_note or 'no reference organs'}"),
-                      False))
-    note = f" ({for_radiologists(findings.local_category_note)})" if findings.local_category_note else ""
-    lines.append((f"Suggested PROMISE V2 category (AI suggestion only): {findings.local_category}{note}", False))
+                      "body"))
+    lines.append((category_summary(findings), "body"))
     return lines
 
 
-def panel_lines(analysis: AnalysisResult, facts: PanelFacts) -> list[tuple[str, bool]]:
-    """The text panel as (text, emphasised) lines, most important first."""
-    lines: list[tuple[str, bool]] = [(f"Local recurrence (AI): {_finding_words(analysis)}", True)]
-    if analysis.classifier_run and analysis.probability is not None:
-        digits = 3 if abs(analysis.probability - analysis.threshold) < 0.01 else 2
-        lines.append((f"Probability {analysis.probability:.{digits}f} (threshold {analysis.threshold:.{digits}f})",
-                      True))
-    else:
-        lines.append((f"Classifier not run: {NOT_INSTALLED}; quantitative findings only", True))
+def findings_details(findings: Findings) -> list[tuple[str, PanelStyle]]:
+    """Definitions and provenance of the findings, for the smaller block."""
+    lines: list[tuple[str, PanelStyle]] = [(focus_details(f), "small") for f in findings.foci[:MAX_FOCI_LISTED]]
+    if findings.spill_note:
+        lines.append((findings.spill_note, "small"))
+    if findings.foci:
+        measured = [reference_summary(r) for r in findings.references if r.suv_mean is not None]
+        if measured:
+            lines.append((for_radiologists("miPSMA references: " + "; ".join(measured)), "small"))
+        if not findings.mipsma_assessable:
+            lines.append((for_radiologists(findings.mipsma_note or "miPSMA not assessable"), "small"))
+    lines.append((f"Foci: SUVbw max ≥ {findings.min_suv:g} and ≥ {findings.min_contrast:g} × local background "
+                  f"in the {findings.region_description}; SUVbw peak = highest mean of a 1 cm³ sphere centred in "
+                  "the focus (voxel centres inside, excluded voxels left out)", "small"))
+    return lines
+
+
+def panel_lines(analysis: AnalysisResult, facts: PanelFacts) -> list[tuple[str, PanelStyle]]:
+    """The text panel as (text, style) lines: the lead lines, then the smaller block of definitions and
+    provenance (model, clinical values, region, time, colours, warnings, published performance)."""
+    lines = lead_lines(analysis)
     if analysis.findings is not None:
-        lines.extend(findings_lines(analysis.findings))
+        lines.extend(findings_details(analysis.findings))
     weights = (analysis.weights_sha256 or "")[:12]
     model = f"Model {analysis.model_id}" if analysis.model_id else "No classification model"
     model += f" (weights sha256 {weights}…)" if weights else ""
-    lines.append((f"{model}, Korb et al. Cancers 2025; psma-node {analysis.software_version}", False))
+    lines.append((f"{model}, Korb et al. Cancers 2025; psma-node {analysis.software_version}", "small"))
     lines.append((_clinical("PSA", analysis.psa.value, analysis.psa.source, analysis.psa.detail, " ng/ml")
                   + "; " + _clinical("prostatectomy", analysis.prostatectomy.value, analysis.prostatectomy.source,
-                                     analysis.prostatectomy.detail), False))
+                                     analysis.prostatectomy.detail), "small"))
     loc = analysis.localisation
     lines.append((f"Region: 200 mm cube centred on {loc.organ} ({loc.method}, confidence {loc.confidence:.2f})",
-                  False))
+                  "small"))
     quant = analysis.quantification
     if quant is not None and analysis.findings is None:
-        lines.append((f"SUVmax {quant.suv_max:.1f}, SUVmean {quant.suv_mean:.1f} (g/ml), focal volume "
-                      f"{quant.focal_volume_ml:.1f} ml, bladder excluded", False))
+        lines.append((f"SUVbw max {quant.suv_max:.1f}, SUVbw mean {quant.suv_mean:.1f}, focal volume "
+                      f"{quant.focal_volume_ml:.1f} ml, bladder excluded", "small"))
     when = facts.analysed_at.strftime("%Y-%m-%d %H:%M UTC") if facts.analysed_at else "unknown"
     total = analysis.timings.get("total") or (sum(analysis.timings.values()) if analysis.timings else None)
     took = f" in {total:.1f} s" if total is not None else ""
@@ -415,34 +499,48 @@ def panel_lines(analysis: AnalysisResult, facts: PanelFacts) -> list[tuple[str, 
     if len(study_date) == 8 and study_date.isdigit():
         study_date = f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:]}"
     lines.append((f"Accession {facts.accession_number or '-'}, study date {study_date or '-'}; "
-                  f"analysed {when}{took}", False))
+                  f"analysed {when}{took}", "small"))
     outlines = "; green = focus outline (number)" if analysis.findings is not None and analysis.findings.foci else ""
     has_attention = analysis.images is not None and analysis.images.attention is not None
     attention = "; cyan = model attention" if has_attention else ""
-    lines.append((f"Colours: PET SUV 0–{suv_display_max(analysis):.0f} hot over CT W400/L40"
-                  f"{attention}; yellow = analysed cube{outlines}", False))
+    lines.append((f"Colours: PET SUVbw 0–{suv_display_max(analysis):.0f} hot over CT W400/L40"
+                  f"{attention}; yellow = analysed cube{outlines}", "small"))
     for warning in analysis.warnings:
         if analysis.classifier_note and warning == analysis.classifier_note:
             continue  # said above in the radiologist's words; the admin's version is in the log
-        lines.append((f"Warning: {for_radiologists(warning)}", False))
+        lines.append((f"Warning: {for_radiologists(warning)}", "small"))
     published = analysis.published_performance
     lines.append((f"Published performance (Korb et al., Cancers 2025): {published}" if published
-                  else PUBLISHED_PERFORMANCE, False))
+                  else PUBLISHED_PERFORMANCE, "small"))
     return lines
 
 
 MIN_BODY_PX = 13
+SMALL_MIN_PX = 14
+"""The smaller block never goes below this (the text-size test of the SC checks every line)."""
 
 
-def _layout(analysis: AnalysisResult, facts: PanelFacts, width: int, body_px: int) -> tuple[list, int]:
-    """Wrapped (text, size, bold) pieces and the height they need at this body size."""
-    pieces: list[tuple[str, int, bool]] = []
+def _small(body_px: int) -> int:
+    return max(int(body_px * STYLE_SCALE["small"]), SMALL_MIN_PX)
+
+
+def _layout(analysis: AnalysisResult, facts: PanelFacts, width: int, body_px: int,
+            small_px: int | None = None) -> tuple[list, int]:
+    """Wrapped (text, size, style) pieces and the height they need at these sizes."""
+    pieces: list[tuple[str, int, str]] = []  # (text, size, a PanelStyle or "gap")
     height = 0
-    for text, emphasised in panel_lines(analysis, facts):
-        size = int(body_px * 1.2) if emphasised else body_px
-        for piece in _wrap(text, font(size, bold=emphasised), width):
-            pieces.append((piece, size, emphasised))
+    previous: PanelStyle | None = None
+    small = small_px if small_px is not None else _small(body_px)
+    for text, style in panel_lines(analysis, facts):
+        size = small if style == "small" else int(body_px * STYLE_SCALE[style])
+        if previous is not None and previous != "small" and style == "small":
+            height += body_px // 2  # a gap sets the smaller block apart
+            pieces.append(("", body_px // 2, "gap"))
+        bold = style != "small" and style != "body"
+        for piece in _wrap(text, font(size, bold=bold), width):
+            pieces.append((piece, size, style))
             height += int(size * 1.35)
+        previous = style
     return pieces, height
 
 
@@ -455,7 +553,8 @@ def panel_height(analysis: AnalysisResult, facts: PanelFacts, width: int, body_p
 
 def _draw_panel(canvas: Image.Image, area: tuple[int, int, int, int], analysis: AnalysisResult,
                 facts: PanelFacts, body_px: int, lines_out: list[TextLine]) -> None:
-    """Banner plus wrapped text inside `area`, shrinking the text until every line fits (none is dropped)."""
+    """Banner plus wrapped text inside `area`, shrinking the text until every line fits (none is dropped):
+    the smaller block first (down to SMALL_MIN_PX), the lead lines only after it."""
     draw = ImageDraw.Draw(canvas)
     x0, y0, x1, y1 = area
     draw.rectangle(area, fill=PANEL_BACKGROUND)
@@ -473,18 +572,25 @@ def _draw_panel(canvas: Image.Image, area: tuple[int, int, int, int], analysis: 
     box = cast("tuple[int, int, int, int]", tuple(int(v) for v in bbox))
     lines_out.append(TextLine(BANNER, box, banner_px, TEXT_COLOUR, BANNER_BACKGROUND))
     top = y0 + banner_h + body_px // 2
-    size = body_px
-    pieces, needed = _layout(analysis, facts, width, size)
+    size, small = body_px, _small(body_px)
+    pieces, needed = _layout(analysis, facts, width, size, small)
     while needed > y1 - top and size > MIN_BODY_PX:
-        size -= 1
-        pieces, needed = _layout(analysis, facts, width, size)
+        if small > SMALL_MIN_PX:
+            small -= 1
+        else:
+            size -= 1
+        pieces, needed = _layout(analysis, facts, width, size, min(small, _small(size)))
     y = top
-    for piece, px, bold in pieces:
-        f = font(px, bold=bold)
-        draw.text((x0 + margin, y), piece, font=f, fill=TEXT_COLOUR)
+    for piece, px, style in pieces:
+        if style == "gap":
+            y += px
+            continue
+        f = font(px, bold=style not in ("small", "body"))
+        colour = WARNING_COLOUR if style == "warning" else TEXT_COLOUR
+        draw.text((x0 + margin, y), piece, font=f, fill=colour)
         bbox = draw.textbbox((x0 + margin, y), piece, font=f)
         box = cast("tuple[int, int, int, int]", tuple(int(v) for v in bbox))
-        lines_out.append(TextLine(piece, box, px, TEXT_COLOUR, PANEL_BACKGROUND))
+        lines_out.append(TextLine(piece, box, px, colour, PANEL_BACKGROUND))
         y += int(px * 1.35)
 
 
@@ -511,7 +617,7 @@ def _colour_bar(canvas: Image.Image, area: tuple[int, int, int, int], suv_max: f
     bar = (hot(np.linspace(0, 1, x1 - x0))[None, :, :] * 255).astype(np.uint8).repeat(y1 - y0, axis=0)
     canvas.paste(Image.fromarray(bar, "RGB"), (x0, y0))
     f = font(body_px)
-    draw.text((x0 - 8, (y0 + y1) // 2), "SUV 0", font=f, fill=TEXT_COLOUR, anchor="rm")
+    draw.text((x0 - 8, (y0 + y1) // 2), "SUVbw 0", font=f, fill=TEXT_COLOUR, anchor="rm")
     draw.text((x1 + 8, (y0 + y1) // 2), f"{suv_max:.0f}", font=f, fill=TEXT_COLOUR, anchor="lm")
 
 
@@ -539,6 +645,7 @@ def _framed(rendered: Rendered) -> Rendered:
         lines=[TextLine(line.text, moved(line.box), line.font_px, line.colour, line.background)
                for line in rendered.lines],
         description=rendered.description,
+        lead=rendered.lead,
     )
 
 
@@ -580,6 +687,7 @@ def render_summary(analysis: AnalysisResult, facts: PanelFacts, view_px: int = 4
     panel = (0, header + view_px + bar_h + gap, width - 1, height - 1)
     _draw_panel(canvas, panel, analysis, facts, body_px, rendered.lines)
     rendered.description = "AI summary: fused PET/CT views and result"
+    rendered.lead = " | ".join(text for text, _ in lead_lines(analysis))
     return _framed(rendered)
 
 
@@ -598,6 +706,7 @@ def render_plane(analysis: AnalysisResult, facts: PanelFacts, plane: Plane, view
     _draw_panel(canvas, (view_px, 0, width - 1, height - 1), analysis, facts, body_px, rendered.lines)
     _, how = focus_point(analysis)
     rendered.description = f"AI {plane} fused PET/CT ({how})"
+    rendered.lead = " | ".join(text for text, _ in lead_lines(analysis))
     return _framed(rendered)
 
 

@@ -1,7 +1,8 @@
 """The Secondary Capture series: the rendered pictures as single-frame 8-bit RGB SC images.
 
 Built with highdicom's SCImage from the source PET header (so patient and study attributes are the
-source's), then corrected where highdicom's defaults are wrong for a rendered result: the pictures are a
+source's), then corrected where highdicom's defaults are wrong for a rendered result (the Image Comments
+repeat the picture's lead lines as text, for PACS lists and text-only viewers): the pictures are a
 workstation's output (ConversionType WSD), text is burned in (BurnedInAnnotation YES), and pixels stay
 uncompressed in Explicit VR Little Endian: a lossy codec would blur the text.
 """
@@ -18,6 +19,7 @@ from dicom_node.report.render import Rendered
 from dicom_node.report.sr import MANUFACTURER, MODEL_NAME, mark_node_equipment, node_equipment
 
 SERIES_DESCRIPTION = "AI PSMA recurrence - NOT FOR DIAGNOSTIC USE"
+COMMENT_END = " - NOT FOR DIAGNOSTIC USE"
 
 # (row direction, column direction) of each single-plane picture, as Patient Orientation (0020,0020).
 _ORIENTATION = {"axial": ("L", "P"), "coronal": ("L", "F"), "sagittal": ("P", "F")}
@@ -55,7 +57,8 @@ def build_sc_series(pictures: list[Rendered], pet_header: Dataset, settings: Res
         sc.BurnedInAnnotation = "YES"
         sc.BodyPartExamined = settings.body_part_examined
         sc.SeriesDescription = SERIES_DESCRIPTION
-        sc.ImageComments = f"{picture.description} - NOT FOR DIAGNOSTIC USE"[:10240]
+        text = f"{picture.description}: {picture.lead}" if picture.lead else picture.description
+        sc.ImageComments = f"{text[:10240 - len(COMMENT_END)]}{COMMENT_END}"
         sc.DerivationDescription = "Rendered by psma-node from the analysed PET/CT region"
         sc.ManufacturerModelName = MODEL_NAME
         sc.SoftwareVersions = software_version

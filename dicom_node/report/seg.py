@@ -2,7 +2,8 @@
 
 A binary SEG (highdicom) on the analysed PET's own grid, each frame derived from the PET instance it
 covers, so viewers overlay it without resampling: the analysed prostate / prostate-bed region, the urinary
-bladder that was excluded from it, and one segment per focus (its SUVmax isocontour). Masks come from the
+bladder that was excluded from it, and one segment per focus (its isocontour), labelled and coded with the
+focus's site ("Focus 2: pubic bone, SUVbw max 12.6"; Anatomic Region = Bone). Masks come from the
 analysis's crop grid and are mapped onto the source instances by `geometry.mask_to_frames`; instances no
 segment touches are not referenced and empty frames are omitted.
 """
@@ -22,15 +23,10 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage
 
 from dicom_node.config import ResultSettings
+from dicom_node.report.concepts import PROSTATE_BED, URINARY_BLADDER, identify_local_scheme, site_code
 from dicom_node.report.geometry import mask_to_frames, planes
-from dicom_node.report.sr import (
-    MANUFACTURER,
-    MODEL_NAME,
-    PROSTATE_BED,
-    mark_node_equipment,
-    node_equipment,
-)
-from inference.result import AnalysisResult, Findings
+from dicom_node.report.sr import MANUFACTURER, MODEL_NAME, mark_node_equipment, node_equipment
+from inference.result import AnalysisResult, Findings, Focus
 
 SERIES_DESCRIPTION = "AI PSMA recurrence SEG - NOT FOR DIAGNOSTIC USE"
 CONTENT_LABEL = "NOT FOR DIAG USE"
@@ -38,10 +34,8 @@ CONTENT_LABEL = "NOT FOR DIAG USE"
 CONTENT_DESCRIPTION = "AI result - NOT FOR DIAGNOSTIC USE: region, bladder, foci"
 IMAGE_COMMENTS = (
     "AI RESULT - NOT FOR DIAGNOSTIC USE. Research software; segments are the region the AI analysed, the "
-    "urinary bladder excluded from it and each PSMA-avid focus as its SUVmax isocontour."
+    "urinary bladder excluded from it and each PSMA-avid focus as its SUVbw isocontour."
 )
-
-URINARY_BLADDER = Code("89837001", "SCT", "Urinary bladder")
 
 REGION_COLOUR = CIELabColor.from_rgb(0, 200, 90)
 BLADDER_COLOUR = CIELabColor.from_rgb(240, 210, 0)
@@ -77,12 +71,15 @@ def _segments(analysis: AnalysisResult, findings: Findings) -> list[_Segment]:
         parameters={"organ": analysis.localisation.organ,
                     "region": findings.region_description[:64] or "prostate / prostate bed"},
     )
-    isocontour = AlgorithmIdentificationSequence(
-        name="psma-node SUVmax isocontour",
-        family=codes.cid7162.NeighborhoodAnalysis,
-        version=version,
-        parameters={"isocontour_fraction_of_suvmax": f"{findings.isocontour_fraction:g}"},
-    )
+
+    def isocontour(focus: Focus) -> AlgorithmIdentificationSequence:
+        parameters = {"isocontour": focus.contour_rule[:64]}
+        if focus.contour_suv is not None:
+            parameters["isocontour_level_suvbw"] = f"{focus.contour_suv:.2f}"
+        return AlgorithmIdentificationSequence(name="psma-node SUVbw isocontour",
+                                               family=codes.cid7162.NeighborhoodAnalysis, version=version,
+                                               parameters=parameters)
+
     wanted: list[tuple[str, np.ndarray | None, str, Code, Code, Code, AlgorithmIdentificationSequence, CIELabColor]] = [
         ("region", findings.region_mask, f"Analysed region ({region.meaning.lower()})",
          codes.SCT.AnatomicalStructure, region, region, localiser, REGION_COLOUR),
@@ -90,9 +87,12 @@ def _segments(analysis: AnalysisResult, findings: Findings) -> list[_Segment]:
          codes.SCT.AnatomicalStructure, URINARY_BLADDER, URINARY_BLADDER, localiser, BLADDER_COLOUR),
     ]
     for index, focus in enumerate(findings.foci):
-        wanted.append((f"focus-{focus.number}", focus.mask, f"Focus {focus.number}: SUVmax {focus.suv_max:.1f}",
-                       codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion, region, isocontour,
-                       FOCUS_COLOURS[index % len(FOCUS_COLOURS)]))
+        label = f"Focus {focus.number}: {focus.where}, SUVbw max {focus.suv_max:.1f}"
+        if len(label) > 64:  # Segment Label is an LO
+            label = f"Focus {focus.number}: {focus.site}, SUVbw max {focus.suv_max:.1f}"
+        wanted.append((f"focus-{focus.number}", focus.mask, label,
+                       codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion, site_code(focus),
+                       isocontour(focus), FOCUS_COLOURS[index % len(FOCUS_COLOURS)]))
     segments: list[_Segment] = []
     for key, mask, label, category, kind, site, algorithm, colour in wanted:
         if mask is None or not np.any(mask):
@@ -171,6 +171,7 @@ def build_seg(analysis: AnalysisResult, pet_headers: Sequence[Dataset], settings
     if settings.institution_name:
         seg.InstitutionName = settings.institution_name
     mark_node_equipment(seg, device_uid)
+    identify_local_scheme(seg)
     return seg, {segment.key: number for number, segment in enumerate(segments, start=1)}
 
 

@@ -5,19 +5,22 @@ Every measurement group is a TID 1410 planar-ROI group bound to one image by a 2
 
 - one group per PSMA-avid focus on the exact PET instance through its SUVmax (the focus's isocontour on
   that slice as a closed POLYLINE), and the same focus on the CT image nearest that position, each with its
-  own Tracking Identifier/UID and NUMs whose concept names read as labels ("SUVmax", "SUVpeak", "Volume",
-  "miPSMA", "SUVmean"); a reference to the focus's SEG segment when a SEG was built;
+  own Tracking Identifier/UID and NUMs whose concept names read as labels ("SUVbw max", "SUVbw peak",
+  "Volume", "miPSMA", "SUVbw mean"), the focus's site as Finding Site, what it may mean, how its site,
+  contour and SUVpeak were found, and a reference to the focus's SEG segment when a SEG was built;
 - one group for the analysed region (its outline on a PET slice near its centre that no focus is drawn
   on) that carries the study-level answer: recurrent malignancy Present / Absent / Undetermined, the
-  probability when the classifier ran, the algorithm with every parameter, and the research-use statement.
-  With no focus its label says "no focal uptake", so the report still draws something a reader can see.
+  probability (in %) when the classifier ran, the region's own SUVbw max and mean, the algorithm with every
+  parameter, whether the inputs lie outside the conditions the model was validated for, and the
+  research-use statement. With no focus its label says so, with the detection thresholds.
 
 Tracking Identifiers are written as OHIF writes them (its tool name) with the first NUM INFERRED FROM the
 outline, so OHIF offers to track the findings and lists them in its Measurements panel; the readable name
 of each finding ("Focus 1 (prostate), PET") is the group's first Comment, which OHIF uses as the label.
 
 Document-level Qualitative Evaluations (TID 1500 row 12, ignored by OHIF's measurement parser) repeat the
-answer for text-only viewers, with the suggested PROMISE V2 local category and the miPSMA reference organs.
+answer for text-only viewers: the classifier's result and, as a separate item, the rule-based PROMISE V2
+local category (independent of the classifier), each focus, and the miPSMA reference organs.
 All containers are SEPARATE (PS3.3 C.18.8): the items are distinct observations, not one running sentence,
 so dsr2html lists them instead of gluing them together. The observer is the device (the model), whose Device
 UID changes with the weights, so a reader years later can tell which model produced which result.
@@ -70,7 +73,28 @@ from pydicom.uid import UID, Comprehensive3DSRStorage, ComprehensiveSRStorage, g
 from dicom_node.config import ResultSettings
 from dicom_node.report.geometry import (
     GeometryError, ImagePlane, ImagePoint, mask_to_frames, nearest_instance, planes)
-from dicom_node.report.render import BANNER, NOT_INSTALLED, PUBLISHED_PERFORMANCE, for_radiologists
+from dicom_node.report.concepts import (
+    PEAK_VALUE_WITHIN_ROI,
+    PROSTATE_BED,
+    SUM_OF_SEGMENTED_VOXELS,
+    SUVBW_MAX,
+    SUVBW_MEAN,
+    SUVBW_PEAK,
+    UNIT_PERCENT,
+    UNIT_SUVBW,
+    identify_local_scheme,
+    site_code,
+)
+from dicom_node.report.render import (
+    BANNER,
+    NOT_INSTALLED,
+    PUBLISHED_PERFORMANCE,
+    ai_headline,
+    category_summary,
+    envelope_line,
+    for_radiologists,
+    reference_summary,
+)
 from inference.result import AnalysisResult, ClinicalValue, Finding, Findings, Focus
 
 log = logging.getLogger(__name__)
@@ -80,30 +104,28 @@ COMPREHENSIVE_SR = ComprehensiveSRStorage
 MANUFACTURER = "psma-node (research software)"
 MODEL_NAME = "psma-node PSMA PET/CT local recurrence"
 ALGORITHM_NAME = "Local recurrence DenseNet121 (Korb et al., Cancers 2025)"
-ISOCONTOUR_ALGORITHM = "PSMA focus SUVmax isocontour (PROMISE V2 measures)"
+ISOCONTOUR_ALGORITHM = "PSMA focus SUVbw isocontour (PROMISE V2 measures)"
 SERIES_DESCRIPTION = "AI PSMA recurrence SR - NOT FOR DIAGNOSTIC USE"
 
 OHIF_TRACKING_PREFIX = "Cornerstone3DTools@^0.1.0"
 """How OHIF/cornerstone name the tool of a measurement in its Tracking Identifier (it tracks only those)."""
 PROCEDURE_PET_WHOLE_BODY = Code("44139-4", "LN", "PET whole body")
 LOCAL = "99LOCAL"
-"""Private coding scheme for concepts DICOM has no code for (dciodvfy only warns about it)."""
-PROSTATE_BED = Code("PROSTATE_BED", LOCAL, "Prostate bed")
-SUV_MAX = Code("SUVMAX", LOCAL, "SUVmax")
-SUV_PEAK = Code("SUVPEAK", LOCAL, "SUVpeak")
-SUV_MEAN = Code("SUVMEAN", LOCAL, "SUVmean")
 MIPSMA = Code("MIPSMA", LOCAL, "miPSMA")
 BLADDER_RELATION = Code("BLADDER_RELATION", LOCAL, "Relation to urinary bladder")
-FOCUS_POSITION = Code("FOCUS_POSITION", LOCAL, "SUVmax position (LPS mm)")
-LOCAL_CATEGORY = Code("LOCAL_CATEGORY", LOCAL, "Suggested PROMISE V2 local category")
+FOCUS_POSITION = Code("FOCUS_POSITION", LOCAL, "SUVbw max position (LPS mm)")
+FOCUS_SITE = Code("FOCUS_SITE", LOCAL, "Site determination")
+ISOCONTOUR = Code("ISOCONTOUR", LOCAL, "Isocontour rule and level")
+SUVBW_PEAK_METHOD = Code("SUVBW_PEAK_METHOD", LOCAL, "SUVbw peak method")
+LOCAL_CATEGORY = Code("LOCAL_CATEGORY", LOCAL, "Rule-based PROMISE V2 category, independent of the AI")
+AI_RESULT = Code("AI_RESULT", LOCAL, "AI classifier result")
+OUTSIDE_VALIDATION = Code("OUTSIDE_VALIDATION", LOCAL, "Outside validated conditions")
+SPILL_OVER = Code("SPILL_OVER", LOCAL, "Urine spill-over")
 REFERENCE_ORGAN = Code("REFERENCE_ORGAN", LOCAL, "miPSMA reference organ")
 MIPSMA_ASSESSMENT = Code("MIPSMA_ASSESSMENT", LOCAL, "miPSMA assessment")
 IMAGING_MEASUREMENTS = "126010"
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
-PEAK_VALUE_WITHIN_ROI = Code("126031", "DCM", "Peak Value Within ROI")
-UNIT_NONE = Code("1", "UCUM", "no units")
 UNIT_SCORE = Code("{score}", "UCUM", "score")
-UNIT_G_PER_ML = Code("g/ml", "UCUM", "g/ml")
 UNIT_ML = Code("ml", "UCUM", "ml")
 
 FINDING_CODES = {
@@ -172,7 +194,7 @@ def statement(analysis: AnalysisResult) -> str:
 
 
 def region_code(analysis: AnalysisResult) -> Code:
-    """Prostate bed after prostatectomy (private code; no standard one exists), else the prostate."""
+    """The analysed region: prostate bed after prostatectomy (private code; PS3.16 has none), else prostate."""
     return PROSTATE_BED if analysis.region_is_prostate_bed else codes.SCT.Prostate
 
 
@@ -288,36 +310,46 @@ def _region_on(point: ImagePoint, mask: np.ndarray | None, affine: np.ndarray | 
 # --- groups ----------------------------------------------------------------------------------------------
 
 
-def _focus_measurements(focus: Focus, site: FindingSite) -> list[Measurement]:
-    """At most five NUMs (OHIF prints five label lines), most useful first."""
-    sites = [site]
+def _focus_measurements(focus: Focus) -> list[Measurement]:
+    """At most five NUMs (OHIF prints five label lines), most useful first; each carries the focus's site."""
+    sites = [FindingSite(anatomic_location=site_code(focus))]
     values = [
-        Measurement(name=SUV_MAX, value=round_suv(focus.suv_max), unit=UNIT_G_PER_ML,
+        Measurement(name=SUVBW_MAX, value=round_suv(focus.suv_max), unit=UNIT_SUVBW,
                     derivation=codes.SCT.Maximum, finding_sites=sites),
     ]
     if focus.suv_peak is not None:
-        values.append(Measurement(name=SUV_PEAK, value=round_suv(focus.suv_peak), unit=UNIT_G_PER_ML,
+        values.append(Measurement(name=SUVBW_PEAK, value=round_suv(focus.suv_peak), unit=UNIT_SUVBW,
                                   derivation=PEAK_VALUE_WITHIN_ROI, finding_sites=sites))
     values.append(Measurement(name=codes.SCT.Volume, value=round_volume(focus.volume_ml), unit=UNIT_ML,
-                              finding_sites=sites))
+                              method=SUM_OF_SEGMENTED_VOXELS, finding_sites=sites))
     if focus.mipsma is not None:
         values.append(Measurement(name=MIPSMA, value=float(focus.mipsma), unit=UNIT_SCORE,
                                   finding_sites=sites))
-    values.append(Measurement(name=SUV_MEAN, value=round_suv(focus.suv_mean), unit=UNIT_G_PER_ML,
+    values.append(Measurement(name=SUVBW_MEAN, value=round_suv(focus.suv_mean), unit=UNIT_SUVBW,
                               derivation=codes.SCT.Mean, finding_sites=sites))
     return values
 
 
+def _text(name: Code, value: str) -> TextContentItem:
+    return TextContentItem(name=name, value=value[:1024], relationship_type="CONTAINS")
+
+
 def _focus_texts(focus: Focus) -> list[TextContentItem]:
+    """What the focus may mean, and how its site, contour, SUVpeak and score were found."""
     relation = focus.bladder_relation
     if focus.bladder_distance_mm is not None:
         relation += f" ({focus.bladder_distance_mm:.0f} mm from the bladder)"
+    contour = f"{focus.contour_rule}; level SUVbw {focus.contour_suv:.2f}" if focus.contour_suv is not None \
+        else focus.contour_rule
     items = [
-        TextContentItem(name=FOCUS_POSITION, value=",".join(f"{c:.1f}" for c in focus.suv_max_lps),
-                        relationship_type="CONTAINS"),
-        TextContentItem(name=BLADDER_RELATION, value=relation, relationship_type="CONTAINS"),
-        TextContentItem(name=MIPSMA_ASSESSMENT, value=(focus.mipsma_note or "not assessable")[:1024],
-                        relationship_type="CONTAINS"),
+        _text(codes.DCM.Finding, focus.call or f"PSMA-avid focus ({focus.where})"),
+        _text(FOCUS_SITE, f"{focus.where}: {focus.site_evidence}" if focus.site_evidence else focus.where),
+        _text(ISOCONTOUR, f"{contour} ({focus.contour_note})" if focus.contour_note else contour),
+        _text(SUVBW_PEAK_METHOD, focus.suv_peak_note or "not computed"),
+        _text(FOCUS_POSITION, ",".join(f"{c:.1f}" for c in focus.suv_max_lps)),
+        _text(BLADDER_RELATION, relation),
+        _text(MIPSMA_ASSESSMENT, (f"{focus.mipsma_evidence}: " if focus.mipsma_evidence else "")
+              + (focus.mipsma_note or "not assessable")),
     ]
     return items
 
@@ -374,13 +406,23 @@ def _append(group: PlanarROIMeasurementsAndQualitativeEvaluations, items: Sequen
             group[0].ContentSequence.append(item)
 
 
-def _isocontour_algorithm(analysis: AnalysisResult) -> AlgorithmIdentification:
-    """What delineates and measures the foci: weight-free, so it runs with or without the classifier."""
-    fraction = analysis.findings.isocontour_fraction if analysis.findings is not None else 0.41
+def _isocontour_algorithm(analysis: AnalysisResult, focus: Focus) -> AlgorithmIdentification:
+    """What delineated and measured this focus (weight-free, so it runs with or without the classifier),
+    with the contour rule and level it got."""
+    findings = analysis.findings
+    detection = (f"detection=SUVbw max >= {findings.min_suv:g} and >= {findings.min_contrast:g} x local "
+                 "background" if findings is not None else "detection=unknown")
+    parameters = [detection, f"isocontour={focus.contour_rule}"]
+    if focus.contour_suv is not None:
+        parameters.append(f"isocontour_level_suvbw={focus.contour_suv:.2f}")
+    if focus.background_suv is not None:
+        parameters.append(f"local_background_suvbw={focus.background_suv:.2f}")
+    parameters += ["volume=voxel count x voxel volume (126030, DCM)",
+                   "suvbw_peak=1 cm3 sphere, voxel centres inside, highest mean centred in the focus "
+                   f"(IBSI 0F91), excluded voxels left out; {focus.suv_peak_ml or 0:g} ml averaged",
+                   f"suvbw_factor={analysis.suv_factor:.6g}"]
     return AlgorithmIdentification(
-        name=ISOCONTOUR_ALGORITHM, version=f"psma-node {analysis.software_version}",
-        parameters=[f"isocontour_fraction_of_suvmax={fraction:g}", "suvpeak_sphere_ml=1",
-                    f"suvbw_factor={analysis.suv_factor:.6g}"],
+        name=ISOCONTOUR_ALGORITHM, version=f"psma-node {analysis.software_version}", parameters=parameters,
     )
 
 
@@ -388,8 +430,6 @@ def _focus_groups(analysis: AnalysisResult, focus: Focus, pet_headers: Sequence[
                   ct_headers: Sequence[ImagePlane],
                   segment: ImageContentItem | None) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
     """The focus on the PET slice through its SUVmax, and on the CT image nearest that position."""
-    site = finding_site(analysis)
-    name = region_code(analysis).meaning.lower()
     crop = analysis.images.pet_suv_crop if analysis.images is not None else None
     affine = crop.affine_lps if crop is not None else None
     radius = _sphere_radius_mm(focus.volume_ml)
@@ -403,11 +443,11 @@ def _focus_groups(analysis: AnalysisResult, focus: Focus, pet_headers: Sequence[
             tracking_identifier=_tracking(region),
             referenced_region=region,
             finding_type=codes.SCT.Lesion,
-            algorithm_id=_isocontour_algorithm(analysis),
-            measurements=_focus_measurements(focus, site),
+            algorithm_id=_isocontour_algorithm(analysis, focus),
+            measurements=_focus_measurements(focus),
         )
         _infer_first_num_from(group, where)
-        _label(group, f"Focus {focus.number} ({name}), {modality}")
+        _label(group, f"Focus {focus.number} ({focus.where}), {modality}")
         _append(group, [*_focus_texts(focus), segment])
         groups.append(group)
     return groups
@@ -449,22 +489,23 @@ def _result_group(analysis: AnalysisResult, algorithm: AlgorithmIdentification,
     crop = analysis.images.pet_suv_crop if analysis.images is not None else None
     point = _away_from_foci(pet_headers, _region_centre(analysis, findings), findings)
     no_focus = findings is not None and not findings.foci
-    identifier = (f"Analysed region ({name})" + (": no focal uptake" if no_focus else "")
+    threshold = f": no focus ≥ SUVbw {findings.min_suv:g}" if findings is not None and no_focus else ""
+    identifier = (f"Analysed region ({name}){threshold}"
                   + f"; AI: recurrence {finding.value}")  # the label says the answer, not just the question
     region, where = _region_on(point, findings.region_mask if findings is not None else None,
                                crop.affine_lps if crop is not None else None, DEFAULT_REGION_RADIUS_MM)
     measurements: list[Measurement] = []
     if analysis.classifier_run and analysis.probability is not None:
         measurements.append(Measurement(
-            name=codes.DCM.ProbabilityOfCancer, value=round(float(analysis.probability), 3), unit=UNIT_NONE,
-            algorithm_id=algorithm, finding_sites=[site],
+            name=codes.DCM.ProbabilityOfCancer, value=round(100.0 * float(analysis.probability), 1),
+            unit=UNIT_PERCENT, algorithm_id=algorithm, finding_sites=[site],
         ))
-    quant = analysis.quantification
-    if quant is not None:
-        measurements.append(Measurement(name=SUV_MAX, value=round_suv(quant.suv_max), unit=UNIT_G_PER_ML,
+    if findings is not None and findings.region_suv_max is not None:  # the region's own values, not a focus's
+        measurements.append(Measurement(name=SUVBW_MAX, value=round_suv(findings.region_suv_max), unit=UNIT_SUVBW,
                                         derivation=codes.SCT.Maximum, finding_sites=[site]))
-        measurements.append(Measurement(name=SUV_MEAN, value=round_suv(quant.suv_mean), unit=UNIT_G_PER_ML,
-                                        derivation=codes.SCT.Mean, finding_sites=[site]))
+    if findings is not None and findings.region_suv_mean is not None:
+        measurements.append(Measurement(name=SUVBW_MEAN, value=round_suv(findings.region_suv_mean),
+                                        unit=UNIT_SUVBW, derivation=codes.SCT.Mean, finding_sites=[site]))
     group = PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(region),
         referenced_region=region,
@@ -477,9 +518,13 @@ def _result_group(analysis: AnalysisResult, algorithm: AlgorithmIdentification,
     _infer_first_num_from(group, where)
     _label(group, identifier)
     texts: list[object] = []
-    if no_focus:
-        texts.append(TextContentItem(name=codes.DCM.Finding, value="No focal uptake in the analysed region",
-                                     relationship_type="CONTAINS"))
+    envelope = envelope_line(analysis)
+    if envelope:
+        texts.append(_text(OUTSIDE_VALIDATION, envelope))
+    if findings is not None and no_focus:
+        texts.append(_text(codes.DCM.Finding, findings.no_focus_statement))
+    if findings is not None and findings.spill_note:
+        texts.append(_text(SPILL_OVER, findings.spill_note))
     texts.append(TextContentItem(name=codes.DCM.Comment, value=statement(analysis),
                                  relationship_type="CONTAINS"))
     _append(group, [*texts, segment])
@@ -492,27 +537,27 @@ def _document_evaluations(analysis: AnalysisResult) -> ContainerContentItem:
     container = ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS",
                                      is_content_continuous=False)
     items: list[object] = [CodeContentItem(name=codes.DCM.RecurrentMalignancy, value=FINDING_CODES[finding],
-                                           relationship_type="CONTAINS")]
+                                           relationship_type="CONTAINS"),
+                           _text(AI_RESULT, ai_headline(analysis))]
+    envelope = envelope_line(analysis)
+    if envelope:
+        items.append(_text(OUTSIDE_VALIDATION, envelope))
     findings = analysis.findings
     if findings is not None:
-        items.append(TextContentItem(
-            name=LOCAL_CATEGORY, relationship_type="CONTAINS",
-            value=f"{findings.local_category} (suggestion only, not a diagnosis)"
-                  + (f": {findings.local_category_note}" if findings.local_category_note else "")))
-        foci = ", ".join(f"focus {f.number}: SUVmax {round_suv(f.suv_max):.2f}"
-                         for f in findings.foci) or "none"
-        where = findings.region_description or "region"
-        items.append(TextContentItem(name=codes.DCM.Finding, relationship_type="CONTAINS",
-                                     value=f"PSMA-avid foci in the {where}: {foci}"))
-        items.append(TextContentItem(
-            name=MIPSMA_ASSESSMENT, relationship_type="CONTAINS",
-            value=("assessable" if findings.mipsma_assessable else "not assessable")
-                  + (f": {findings.mipsma_note}" if findings.mipsma_note else "")))
+        items.append(_text(LOCAL_CATEGORY, category_summary(findings) + (
+            f". {findings.local_category_note}" if findings.local_category is not None else "")))
+        for focus in findings.foci:
+            items.append(_text(codes.DCM.Finding, f"Focus {focus.number} ({focus.where}): SUVbw max "
+                                                  f"{round_suv(focus.suv_max):.2f}; {focus.call}"))
+        if not findings.foci:
+            items.append(_text(codes.DCM.Finding,
+                               f"{findings.no_focus_statement} ({findings.region_description})"))
+        if findings.spill_note:
+            items.append(_text(SPILL_OVER, findings.spill_note))
+        items.append(_text(MIPSMA_ASSESSMENT, findings.mipsma_note or (
+            "miPSMA score assessable" if findings.mipsma_assessable else "miPSMA score not assessable")))
         for organ in findings.references:
-            value = f"{organ.name}: " + (f"SUVmean {organ.suv_mean:.2f}" if organ.suv_mean is not None
-                                          else f"not assessable ({organ.note or 'no region'})")
-            items.append(TextContentItem(name=REFERENCE_ORGAN, relationship_type="CONTAINS",
-                                         value=f"{value}; {organ.method}"[:1024]))
+            items.append(_text(REFERENCE_ORGAN, f"{reference_summary(organ)}; {organ.method}"))
     items.append(TextContentItem(name=codes.DCM.Comment, value=statement(analysis),
                                  relationship_type="CONTAINS"))
     container.ContentSequence = items
@@ -612,6 +657,7 @@ def build_sr(analysis: AnalysisResult, evidence: list[Dataset], settings: Result
     sr.ContinuityOfContent = "SEPARATE"
     _separate_containers(sr.ContentSequence)
     mark_node_equipment(sr, uid)
+    identify_local_scheme(sr)
     return sr
 
 

@@ -87,6 +87,23 @@ class StudyHeader:
     acquisition: Acquisition
     transfer_syntax: str
     body_part: str
+    tracer_as_code: bool = False
+    """Name the tracer only by its Radiopharmaceutical Code Sequence (CID 4021), with no text."""
+
+
+TRACER_CODES: dict[str, tuple[str, str, str]] = {
+    "psma1007": ("126758", "DCM", "PSMA-1007 F^18^"),
+    "psma11": ("C118961", "NCIt", "PSMA-11 Ga^68^"),
+    "dcfpyl": ("C116352", "NCIt", "Piflufolastat F^18^"),
+    "fdg": ("35321007", "SCT", "Fluorodeoxyglucose F^18^"),
+}
+"""Codes of DICOM PS3.16 CID 4021 (PET Radiopharmaceutical) for the tracers the generator writes as codes."""
+
+
+def tracer_code(tracer: str) -> tuple[str, str, str] | None:
+    """The CID 4021 code of a tracer name, when the generator knows one."""
+    compact = "".join(c for c in tracer.lower() if c.isalnum())
+    return next((code for key, code in TRACER_CODES.items() if key in compact), None)
 
 
 def _date(moment: datetime) -> str:
@@ -226,7 +243,8 @@ def pet_base(header: StudyHeader, rows: int, columns: int, pixel_mm: float, slic
     ds.EnergyWindowRangeSequence = Sequence([_energy_window()])
     nuclide = acq.nuclide
     radio = Dataset()
-    radio.Radiopharmaceutical = header.tracer
+    if not header.tracer_as_code:
+        radio.Radiopharmaceutical = header.tracer
     radio.RadiopharmaceuticalStartTime = _time(acq.injection)
     radio.RadiopharmaceuticalStartDateTime = acq.injection.strftime("%Y%m%d%H%M%S")
     radio.RadionuclideTotalDose = ds_text(acq.dose_bq)
@@ -234,9 +252,9 @@ def pet_base(header: StudyHeader, rows: int, columns: int, pixel_mm: float, slic
     radio.RadionuclidePositronFraction = "0.9673" if nuclide.name == "F-18" else "0.8891"
     radio.RadionuclideCodeSequence = Sequence([_code(nuclide.code_value, nuclide.code_scheme,
                                                      nuclide.code_meaning)])
-    if "FDG" in header.tracer.upper():
-        fdg = _code("35321007", "SCT", "Fluorodeoxyglucose F^18^")
-        radio.RadiopharmaceuticalCodeSequence = Sequence([fdg])
+    code = tracer_code(header.tracer)
+    if code is not None and (header.tracer_as_code or code[0] == TRACER_CODES["fdg"][0]):
+        radio.RadiopharmaceuticalCodeSequence = Sequence([_code(*code)])
     ds.RadiopharmaceuticalInformationSequence = Sequence([radio])
     orientation = _code("102538003", "SCT", "recumbent")
     orientation.PatientOrientationModifierCodeSequence = Sequence([_code("40199007", "SCT", "supine")])

@@ -7,8 +7,10 @@ z towards head; the prostate sits near z = 0 with seed-dependent jitter.
 
 Uptake of the PROMISE V2 reference organs (blood pool, spleen, liver, parotid glands) follows published
 [18F]PSMA-1007 values (docs/synthetic-studies.md gives the sources and what each range means). Extra
-prostate / prostate-bed foci and a near-bladder focus are drawn from their own random stream, so a seed
-without them gives exactly the study it always gave.
+prostate / prostate-bed foci and a near-bladder focus are drawn from their own random stream, foci at named
+sites (pubic bone, rectal wall, seminal vesicle) from another, so a seed without them gives exactly the
+study it always gave. `organs` also holds ground truth a segmenter would give without being drawn: the
+vertebrae T5-T10 along the spine, which delimit the descending thoracic aorta used as blood pool.
 """
 
 from __future__ import annotations
@@ -24,7 +26,31 @@ SPLEEN_SUV = (8.4, 14.2)
 LIVER_SUV = (9.6, 14.0)
 PAROTID_SUV = (15.2, 22.0)
 NEAR_BLADDER_GAP_MM = 8.0
-"""Gap between a near-bladder focus's surface and the bladder wall."""
+"""Gap between a near-bladder focus's surface and the bladder wall (by default)."""
+SITE_FOCI = ("pubic_bone", "rectal_wall", "seminal_vesicle")
+"""Named sites a focus can be placed at (`Variations.site_foci`)."""
+PUBIC_SHIFT_MM = (0.0, 28.0, -14.0)
+"""With a pubic-bone focus the symphysis lies this much closer to the prostate (posterior, caudal), as in a
+small pelvis, so the focus falls inside the analysed 40 mm sphere."""
+SPINE_LEVELS_MM: dict[str, tuple[float, float]] = {
+    "vertebrae_T10": (399.0, 426.0), "vertebrae_T9": (426.0, 453.0), "vertebrae_T8": (453.0, 480.0),
+    "vertebrae_T7": (480.0, 507.0), "vertebrae_T6": (507.0, 534.0), "vertebrae_T5": (534.0, 561.0),
+}
+"""Height ranges (z before the patient's placement offset) of the thoracic vertebrae the blood pool needs."""
+
+
+@dataclass(frozen=True)
+class Variations:
+    """What a study varies beyond its seed; the defaults give the study the seed always gave."""
+
+    extra_foci: int = 0
+    near_bladder_focus: bool = False
+    near_bladder_gap_mm: float = NEAR_BLADDER_GAP_MM
+    site_foci: tuple[str, ...] = ()
+    bladder_suv: float | None = None
+    """Bladder (urine) SUV instead of the drawn one, e.g. a hot bladder next to a focus."""
+    spleen_suv: float | None = None
+    """Spleen SUV instead of the drawn one, e.g. above the parotid glands (an implausible order)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +166,9 @@ class _Builder:
         self._index[name] = len(self.tissues)
         self.tissues.append(Tissue(name, hu, suv))
 
+    def tissue_index(self, name: str) -> int:
+        return self._index[name]
+
     def ellipsoid(self, tissue: str, center: tuple[float, float, float],
                   radii: tuple[float, float, float], angle: float = 0.0) -> Solid:
         self.solids.append(Solid(self._index[tissue], center, radii, angle))
@@ -151,11 +180,12 @@ class _Builder:
         return self.solids[-1]
 
     def bone(self, center: tuple[float, float, float], radii: tuple[float, float, float],
-             angle: float = 0.0, cortex_mm: float = 4.0) -> None:
-        """Cortical shell with marrow inside."""
-        self.ellipsoid("cortical_bone", center, radii, angle)
+             angle: float = 0.0, cortex_mm: float = 4.0) -> Solid:
+        """Cortical shell with marrow inside; the shell (the whole bone) is returned."""
+        outer = self.ellipsoid("cortical_bone", center, radii, angle)
         inner = tuple(max(r - cortex_mm, r * 0.4) for r in radii)
         self.ellipsoid("marrow", center, inner, angle)  # type: ignore[arg-type]
+        return outer
 
     def long_bone(self, start: tuple[float, float, float], end: tuple[float, float, float],
                   radius: float, cortex_mm: float = 5.0) -> None:
@@ -165,14 +195,16 @@ class _Builder:
 
 def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: bool,
                   nodal_lesions: int, tracer_family: str, extra: np.random.Generator | None = None,
-                  extra_foci: int = 0, near_bladder_focus: bool = False) -> Phantom:
+                  sites: np.random.Generator | None = None, variations: Variations | None = None) -> Phantom:
     """Draw one patient: positions and sizes jitter with the seed, uptake follows the tracer family.
 
     `extra` (its own stream) draws the reference-organ uptakes not drawn from `rng` before, the extra
-    foci and the near-bladder focus.
+    foci and the near-bladder focus; `sites` (another stream) the uptake of foci at named sites.
     """
     psma = tracer_family == "psma"
     extra = extra if extra is not None else np.random.default_rng(0)
+    sites = sites if sites is not None else np.random.default_rng(1)
+    varied = variations or Variations()
     b = _Builder()
     organs: dict[str, list[Solid]] = {}
 
@@ -180,6 +212,7 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
         return float(rng.uniform(-scale, scale))
 
     bladder_suv = float(rng.uniform(2.0, 6.0)) if psma else float(rng.uniform(20.0, 60.0))
+    bladder_suv = varied.bladder_suv if varied.bladder_suv is not None else bladder_suv
     prostate_suv = float(rng.uniform(2.0, 3.0)) if psma else 1.6
     b.tissue("fat", -100.0, 0.3)
     b.tissue("muscle", 50.0, 0.5 if psma else 0.7)
@@ -196,7 +229,8 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
     b.tissue("heart", 40.0, 1.5 if psma else 4.0)
     b.tissue("blood", 45.0, float(extra.uniform(*BLOOD_POOL_SUV)) if psma else 1.5)
     b.tissue("liver", 60.0, float(rng.uniform(*LIVER_SUV)) if psma else 2.5)
-    b.tissue("spleen", 50.0, float(extra.uniform(*SPLEEN_SUV)) if psma else 2.0)
+    spleen_suv = float(extra.uniform(*SPLEEN_SUV)) if psma else 2.0
+    b.tissue("spleen", 50.0, varied.spleen_suv if varied.spleen_suv is not None else spleen_suv)
     b.tissue("kidney", 35.0, float(rng.uniform(20.0, 30.0)) if psma else 4.0)
     b.tissue("bowel", 25.0, 3.0 if psma else 2.0)
     b.tissue("brain", 35.0, 0.1 if psma else 9.0)
@@ -241,8 +275,8 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
     bladder = (prostate[0] + jit(4), prostate[1] - 22 + jit(4), prostate[2] + p_radii[2] + bl_radii[2] - 4)
     rectum_y = prostate[1] + p_radii[1] + 14
     organs["urinary_bladder"] = [b.ellipsoid("bladder", bladder, bl_radii)]
-    b.tube("rectal_wall", (prostate[0], rectum_y, prostate[2] - 55), (prostate[0], rectum_y + 8, oz + 90),
-           (17, 15))
+    organs["colon"] = [b.tube("rectal_wall", (prostate[0], rectum_y, prostate[2] - 55),
+                              (prostate[0], rectum_y + 8, oz + 90), (17, 15))]
     b.tube("rectal_gas", (prostate[0], rectum_y, prostate[2] - 45), (prostate[0], rectum_y + 8, oz + 80),
            (8, 7))
     side: float
@@ -255,23 +289,27 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
                                             prostate[2] + p_radii[2] + 6), (18, 6, 8), angle=side * 0.5)
 
     # Pelvic bones: symphysis, pubic rami, ischia, acetabula, femora, iliac wings, sacrum.
+    pubic = PUBIC_SHIFT_MM if "pubic_bone" in varied.site_foci else (0.0, 0.0, 0.0)
     for side in (-1, 1):
-        b.bone(at(side * 14, -28, 12), (13, 10, 22))
-        b.bone(at(side * 50, -22, 30), (42, 10, 10), angle=side * -0.35)
-        b.bone(at(side * 55, 45, 0), (13, 24, 30))
+        hip = [b.bone(at(side * 14 + pubic[0], -28 + pubic[1], 12 + pubic[2]), (13, 10, 22)),
+               b.bone(at(side * 50, -22, 30), (42, 10, 10), angle=side * -0.35),
+               b.bone(at(side * 55, 45, 0), (13, 24, 30))]
         head = at(side * 88, 20, 42)
-        b.bone((head[0] - side * 6, head[1], head[2] + 6), (32, 32, 32), cortex_mm=6)
+        hip.append(b.bone((head[0] - side * 6, head[1], head[2] + 6), (32, 32, 32), cortex_mm=6))
         b.ellipsoid("cartilage", head, (26, 26, 26))
         b.bone(head, (24, 24, 24), cortex_mm=3)
         b.long_bone(head, at(side * 118, 25, 20), 15)
         b.bone(at(side * 120, 25, 22), (20, 22, 24))
         b.long_bone(at(side * 118, 25, 22), at(side * 110, 30, -1200), 15)
         # Iliac wing: a thin plate from the sacroiliac joint (posterior-medial) to the anterior spine.
-        b.bone(at(side * 88, 25, 130), (62, 8, 75), angle=-side * 0.8, cortex_mm=3)
-    b.bone(at(0, 85, 120), (45, 18, 55))
+        hip.append(b.bone(at(side * 88, 25, 130), (62, 8, 75), angle=-side * 0.8, cortex_mm=3))
+        organs["hip_left" if side > 0 else "hip_right"] = hip
+    organs["sacrum"] = [b.bone(at(0, 85, 120), (45, 18, 55))]
 
     # Abdomen, chest, head: shown when the extent reaches them.
-    b.long_bone(at(0, 75, 170), at(0, 70, 760), 21)
+    spine = (at(0, 75, 170), at(0, 70, 760))
+    b.long_bone(*spine, 21)
+    organs.update(_vertebrae(*spine, tissue=b.tissue_index("cortical_bone")))
     organs["aorta"] = [b.tube("blood", at(15, 45, 150), at(10, 35, 450), (11, 11))]
     for k in range(4):
         b.ellipsoid("bowel", at(jit(60), -30 + jit(20), 190 + 25 * k + jit(8)), (28, 18, 15))
@@ -281,6 +319,9 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
     for side in (-1, 1):
         b.ellipsoid("lung", at(side * 80, 10, 525), (65, 85, 130))
     b.ellipsoid("heart", at(25, -20, 455), (60, 50, 55))
+    # Descending thoracic aorta beside the spine, through the mediastinum (drawn over lung and heart). It
+    # starts 20 mm above the abdominal part, so studies of up to 600 mm (the default extent) stay unchanged.
+    organs["aorta"].append(b.tube("blood", at(10, 36, 470), at(12, 42, 610), (11, 11)))
     organs["liver"] = [b.ellipsoid("liver", at(-75 + jit(5), -5 + jit(5), 330 + jit(10)), (85, 95, 75))]
     b.bone(at(0, 10, 820), (75, 95, 100), cortex_mm=7)
     b.ellipsoid("brain", at(0, 10, 822), (66, 86, 90))
@@ -304,17 +345,20 @@ def build_phantom(rng: np.random.Generator, *, prostatectomy: bool, recurrence: 
             kind = "prostate"
         lesions.append(Lesion(kind, center, radius, float(rng.uniform(4.0, 30.0))))
     local_lesions = list(lesions)
-    for _ in range(extra_foci):
+    for _ in range(varied.extra_foci):
         placed = _extra_focus(extra, prostate, p_radii, local_lesions, prostatectomy)
         if placed is not None:
             if prostatectomy:
                 r = placed.radius
                 b.ellipsoid("soft_tissue_nodule", placed.center, (r, r, r))
             local_lesions.append(placed)
-    if near_bladder_focus:
-        placed = _near_bladder_focus(extra, prostate, bladder, bl_radii, local_lesions)
+    if varied.near_bladder_focus:
+        placed = _near_bladder_focus(extra, prostate, bladder, bl_radii, local_lesions,
+                                     varied.near_bladder_gap_mm)
         b.ellipsoid("soft_tissue_nodule", placed.center, (placed.radius, placed.radius, placed.radius))
         local_lesions.append(placed)
+    for site in varied.site_foci:
+        local_lesions.append(_site_focus(site, sites, prostate, p_radii, rectum_y, oz, at(*pubic)))
     lesions = local_lesions
     for _ in range(nodal_lesions):
         side = float(rng.choice([-1.0, 1.0]))
@@ -364,8 +408,8 @@ def _extra_focus(rng: np.random.Generator, prostate: tuple[float, float, float],
 
 def _near_bladder_focus(rng: np.random.Generator, prostate: tuple[float, float, float],
                         bladder: tuple[float, float, float], bl_radii: tuple[float, float, float],
-                        others: list[Lesion]) -> Lesion:
-    """A focus just outside the lower bladder wall (NEAR_BLADDER_GAP_MM from it), in the analysed region."""
+                        others: list[Lesion], gap_mm: float = NEAR_BLADDER_GAP_MM) -> Lesion:
+    """A focus just outside the lower bladder wall (`gap_mm` from it; 0 touches it), in the analysed region."""
     radius = float(rng.uniform(5.0, 7.0))
     best: tuple[float, np.ndarray] | None = None
     for _ in range(200):
@@ -375,7 +419,7 @@ def _near_bladder_focus(rng: np.random.Generator, prostate: tuple[float, float, 
         surface = np.array(bladder) + direction * scale
         normal = (surface - np.array(bladder)) / np.array(bl_radii) ** 2
         normal /= np.linalg.norm(normal)
-        center = surface + normal * (radius + NEAR_BLADDER_GAP_MM)
+        center = surface + normal * (radius + gap_mm)
         reach = float(np.linalg.norm(center - np.array(prostate)))
         if reach <= 32.0 and _apart(center, radius, others, 10.0):
             return Lesion("near_bladder", _point(center), radius, float(rng.uniform(8.0, 15.0)))
@@ -383,3 +427,42 @@ def _near_bladder_focus(rng: np.random.Generator, prostate: tuple[float, float, 
             best = (reach, center)
     assert best is not None
     return Lesion("near_bladder", _point(best[1]), radius, float(rng.uniform(8.0, 15.0)))
+
+
+def _vertebrae(start: tuple[float, float, float], end: tuple[float, float, float],
+               tissue: int) -> dict[str, list[Solid]]:
+    """Ground-truth masks of T5-T10: slabs of the spine between their heights (not drawn again)."""
+    offset = start[2] - 170.0  # the patient's placement, as the spine starts 170 mm above the origin
+    levels: dict[str, list[Solid]] = {}
+    for name, (low, high) in SPINE_LEVELS_MM.items():
+        points = []
+        for z in (low + offset, high + offset):
+            t = (z - start[2]) / (end[2] - start[2])
+            points.append((start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1]), z))
+        levels[name] = [Solid(tissue, points[0], (21.0, 21.0, 0.0), 0.0, points[1])]
+    return levels
+
+
+def _site_focus(site: str, rng: np.random.Generator, prostate: tuple[float, float, float],
+                p_radii: tuple[float, float, float], rectum_y: float, oz: float,
+                pubic_origin: tuple[float, float, float]) -> Lesion:
+    """A focus at a named site near the prostate, inside the analysed region (PET uptake only; the CT shows
+    the site's own tissue, as with a small lesion)."""
+    px, py, pz = prostate
+    if site == "pubic_bone":
+        # In the marrow of the left half of the (shifted) symphysis, whose centre is 14 mm left, 28 mm
+        # anterior and 12 mm above `pubic_origin`: 5 mm medial, 3 mm posterior, 6 mm cranial of it.
+        centre = (pubic_origin[0] + 9.0, pubic_origin[1] - 25.0, pubic_origin[2] + 18.0)
+        return Lesion("pubic_bone", centre, 4.5, float(rng.uniform(10.0, 14.0)))
+    if site == "rectal_wall":
+        # The anterior-left wall of the rectum, 8 mm below the prostate centre, between lumen and serosa.
+        z = pz - 8.0
+        t = (z - (pz - 55.0)) / ((oz + 90.0) - (pz - 55.0))
+        axis_y = rectum_y + t * 8.0
+        return Lesion("rectal_wall", (px + 8.1, axis_y - 8.1, z), 4.0, float(rng.uniform(6.0, 9.0)))
+    if site == "seminal_vesicle":
+        # In the left vesicle, 6 mm from its centre along its long axis (tilted 0.5 rad), 3 mm lower.
+        centre = (px + 20.0 + 6.0 * math.cos(0.5), py + p_radii[1] * 0.7 + 6.0 * math.sin(0.5),
+                  pz + p_radii[2] + 3.0)
+        return Lesion("seminal_vesicle", centre, 4.5, float(rng.uniform(8.0, 12.0)))
+    raise ValueError(f"unknown focus site {site!r}; choose from {', '.join(SITE_FOCI)}")

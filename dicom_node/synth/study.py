@@ -24,9 +24,10 @@ from dicom_node.synth.dicom_writer import (
     ct_base,
     ds_text,
     pet_base,
+    tracer_code,
 )
 from dicom_node.synth.imaging import Grid, axial_grid, ct_slice, pet_fwhm, pet_suv_volume
-from dicom_node.synth.phantom import Lesion, Phantom, build_phantom
+from dicom_node.synth.phantom import SITE_FOCI, Lesion, Phantom, Variations, build_phantom
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,16 @@ class SynthOptions:
     nodal_lesions: int = 0
     extra_foci: int = 0
     near_bladder_focus: bool = False
+    near_bladder_gap_mm: float = 8.0
+    """Gap between the near-bladder focus and the bladder wall; 0 makes it touch."""
+    site_foci: tuple[str, ...] = ()
+    """Foci at named sites: "pubic_bone", "rectal_wall", "seminal_vesicle" (phantom.SITE_FOCI)."""
+    bladder_suv: float | None = None
+    """Urine SUV instead of the drawn one (e.g. 30 for a hot bladder)."""
+    spleen_suv: float | None = None
+    """Spleen SUV instead of the drawn one (e.g. above the parotid glands)."""
+    tracer_as_code: bool = False
+    """Name the tracer only by its Radiopharmaceutical Code Sequence (CID 4021), not as text."""
     patient_id: str | None = None
     accession: str | None = None
     study_uid: str | None = None
@@ -87,6 +98,18 @@ class SynthOptions:
             raise ValueError("psa must be >= 0 ng/ml")
         if not self.tracer.strip():
             raise ValueError("tracer must not be empty")
+        unknown = [site for site in self.site_foci if site not in SITE_FOCI]
+        if unknown:
+            raise ValueError(f"site_foci {unknown} unknown; choose from {', '.join(SITE_FOCI)}")
+        if self.near_bladder_gap_mm < 0:
+            raise ValueError("near_bladder_gap_mm must be >= 0")
+        for name in ("bladder_suv", "spleen_suv"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.tracer_as_code and tracer_code(self.tracer) is None:
+            raise ValueError(f"tracer {self.tracer!r} has no code the generator knows, so it cannot be written "
+                             "as a code only")
 
 
 @dataclass
@@ -135,7 +158,8 @@ class GroundTruth:
     seed: int
     options: dict[str, Any] = field(default_factory=dict)
     foci: list[dict[str, Any]] = field(default_factory=list)
-    """Every focus of the prostate / prostate bed (the recurrence first, then extra and near-bladder foci)."""
+    """Every focus of the analysed region: the recurrence first, then extra, near-bladder and site foci (their
+    `kind` names the site: prostate, prostate_bed, near_bladder, pubic_bone, rectal_wall, seminal_vesicle)."""
     organs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Segmentable organs by TotalSegmentator name: SUV, whether in the field of view, their solids."""
 
@@ -213,10 +237,13 @@ def generate_study(out_dir: Path, options: SynthOptions) -> GroundTruth:
     seed = int(options.seed)
     rng = np.random.default_rng([seed, 0])
     family = tracer_family(options.tracer)
+    variations = Variations(extra_foci=options.extra_foci, near_bladder_focus=options.near_bladder_focus,
+                            near_bladder_gap_mm=options.near_bladder_gap_mm, site_foci=tuple(options.site_foci),
+                            bladder_suv=options.bladder_suv, spleen_suv=options.spleen_suv)
     phantom = build_phantom(rng, prostatectomy=options.prostatectomy, recurrence=options.recurrence,
                             nodal_lesions=options.nodal_lesions, tracer_family=family,
-                            extra=np.random.default_rng([seed, 4]), extra_foci=options.extra_foci,
-                            near_bladder_focus=options.near_bladder_focus)
+                            extra=np.random.default_rng([seed, 4]), sites=np.random.default_rng([seed, 5]),
+                            variations=variations)
     acquisition = plan_acquisition(rng, seed, options.tracer, options.extent_mm)
     fwhm = pet_fwhm(rng)
     identity = np.random.default_rng([seed, 9])
@@ -241,6 +268,7 @@ def generate_study(out_dir: Path, options: SynthOptions) -> GroundTruth:
         acquisition=acquisition,
         transfer_syntax=options.transfer_syntax,
         body_part="PELVIS" if options.extent_mm <= 300 else "WHOLEBODY",
+        tracer_as_code=options.tracer_as_code,
     )
 
     z_low = -min(150.0, 0.4 * options.extent_mm)
@@ -255,7 +283,7 @@ def generate_study(out_dir: Path, options: SynthOptions) -> GroundTruth:
         n_ct = _write_ct(out_dir / "CT", header, phantom, ct_grid, seed, key, pool)
         written, philips = _write_pet(out_dir / "PT", header, suv.result(), pet_grid, key, rng)
 
-    recurrence = next((les for les in phantom.lesions if les.kind != "nodal"), None)
+    recurrence = next((les for les in phantom.lesions if les.kind not in ("nodal", *SITE_FOCI)), None)
     nodes = [
         {"center_lps": _round3(les.center), "radius_mm": round(les.radius, 3),
          "suv_max": _lesion_peak(written, pet_grid, les), "target_suv_max": round(les.target_suv_max, 3),
@@ -303,7 +331,7 @@ def generate_study(out_dir: Path, options: SynthOptions) -> GroundTruth:
         n_pet_files=pet_grid.zs.size,
         clinical_history=header.history,
         seed=seed,
-        options=asdict(options),
+        options=json.loads(json.dumps(asdict(options))),  # tuples as the JSON file holds them: lists
         foci=[_focus_truth(written, pet_grid, les) for les in phantom.lesions if les.kind != "nodal"],
         organs=_organ_truth(phantom, (z_low, z_low + options.extent_mm)),
     )

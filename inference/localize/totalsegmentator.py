@@ -4,11 +4,19 @@ TotalSegmentator runs in a subprocess because its Python API calls torch.set_num
 process; its weights cannot be downloaded on air-gapped hospital machines, so their absence is reported
 with the way to install them instead of letting it try the network.
 
-The same run supplies the reference organs of the PROMISE V2 miPSMA score (inference/reference_organs.py):
-spleen and liver come from the `total` task through `--roi_subset`, the aorta (blood pool) too when the part
-of `total` that holds it is installed (Dataset293, cardiac; the `--fast` model has it). The parotid glands
-are not part of `total`: TotalSegmentator (2.3 and later) segments them in the separate, openly licensed
-`head_glands_cavities` task (weights Dataset775_head_glands_cavities_492subj; outputs
+The same run supplies the reference organs of the PROMISE V2 miPSMA score (inference/reference_organs.py)
+and the masks that name where a focus lies (inference/focus_site.py). `total` is five models; structures
+of a part are asked for only when its weights are installed (the `--fast` model holds every class), so a
+site with the published run's weights alone keeps working offline:
+
+- part 1, organs (Dataset291, always): prostate, urinary bladder, colon (site: rectum/bowel), spleen, liver;
+- part 3, cardiac (Dataset293): the aorta, for the blood pool;
+- part 2, vertebrae (Dataset292): T5-T10, which delimit the descending thoracic aorta used as blood pool
+  (the abdominal aorta picks up spill-over from the kidneys and para-aortic nodes), and the sacrum (site);
+- part 4, muscles and bones (Dataset294): the hip bones (site).
+
+The parotid glands are not part of `total`: TotalSegmentator (2.3 and later) segments them in the separate,
+openly licensed `head_glands_cavities` task (weights Dataset775_head_glands_cavities_492subj; outputs
 parotid_gland_left/right.nii.gz; `--roi_subset` and `--fast` do not apply to it). That second run happens
 only when its weights are installed; otherwise the parotid glands are reported as not assessable.
 """
@@ -25,6 +33,7 @@ from typing import cast
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from inference.localize import LocalisationError
 from inference.result import Localisation, OrganMask, ReferenceOrganName
@@ -32,11 +41,18 @@ from inference.volume import Series, VolumeError
 
 log = logging.getLogger(__name__)
 
-ROIS = ("prostate", "urinary_bladder", "spleen", "liver")
-"""`total` task structures of its organs part (Dataset291): the published centre and two reference organs."""
+ROIS = ("prostate", "urinary_bladder", "colon", "spleen", "liver")
+"""`total` structures of its organs part (Dataset291): centre, site and two reference organs."""
 AORTA_WEIGHTS = "Dataset293_TotalSegmentator_part3_cardiac_1559subj"
-"""The aorta is in part 3 of `total` (1.5 mm run): asked for only when installed, so a site with the
-published run's weights alone keeps working offline; the 3 mm `--fast` model holds every class."""
+"""The aorta is in part 3 of `total` (1.5 mm run)."""
+VERTEBRAE_WEIGHTS = "Dataset292_TotalSegmentator_part2_vertebrae_1532subj"
+BLOOD_POOL_LEVELS = ("vertebrae_T5", "vertebrae_T6", "vertebrae_T7", "vertebrae_T8", "vertebrae_T9",
+                     "vertebrae_T10")
+"""The descending thoracic aorta between the top of T5 and the bottom of T10 is the blood-pool VOI: below the
+arch, above the diaphragm, away from the kidneys."""
+BONES_WEIGHTS = "Dataset294_TotalSegmentator_part4_muscles_1559subj"
+SITE_STRUCTURES = ("prostate", "colon", "sacrum", "hip_left", "hip_right")
+"""Masks that name where a focus lies (inference/focus_site.py), as far as they were asked for."""
 HEAD_TASK = "head_glands_cavities"
 HEAD_WEIGHTS = "Dataset775_head_glands_cavities_492subj"
 REFERENCE_FILES: dict[ReferenceOrganName, tuple[str, ...]] = {
@@ -90,20 +106,13 @@ def _flip_lps() -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def organ_mask(organ: ReferenceOrganName, folder: Path, names: tuple[str, ...], task: str) -> OrganMask:
-    """Union of the named masks, cut to its bounding box, with an LPS affine; or why there is none."""
-    source = f"TotalSegmentator task {task}, " + " + ".join(f"{n}.nii.gz" for n in names)
-    union: np.ndarray | None = None
-    affine: np.ndarray | None = None
-    for name in names:
-        path = folder / f"{name}.nii.gz"
-        if not path.exists():
-            return OrganMask(organ, None, None, source, note=f"TotalSegmentator wrote no {path.name}")
-        image = cast(nib.Nifti1Image, nib.load(str(path)))
-        data = np.asanyarray(image.dataobj) > 0
-        union = data if union is None else union | data
-        affine = image.affine
-    assert union is not None and affine is not None
+def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image = cast(nib.Nifti1Image, nib.load(str(path)))
+    return np.asanyarray(image.dataobj) > 0, image.affine
+
+
+def _boxed(organ: str, union: np.ndarray, affine_ras: np.ndarray, source: str) -> OrganMask:
+    """The mask cut to its bounding box, with an LPS affine; or an empty-mask note."""
     if not union.any():
         return OrganMask(organ, None, None, source,
                          note="empty mask: the organ is outside the CT field of view or was not found")
@@ -112,7 +121,74 @@ def organ_mask(organ: ReferenceOrganName, folder: Path, names: tuple[str, ...], 
     shift = np.eye(4)
     shift[:3, 3] = low
     box = union[low[0]:high[0], low[1]:high[1], low[2]:high[2]].copy()
-    return OrganMask(organ, box, _flip_lps() @ affine @ shift, f"{source} ({int(box.sum())} voxels)")
+    return OrganMask(organ, box, _flip_lps() @ affine_ras @ shift, f"{source} ({int(box.sum())} voxels)")
+
+
+def organ_mask(organ: str, folder: Path, names: tuple[str, ...], task: str) -> OrganMask:
+    """Union of the named masks, cut to its bounding box, with an LPS affine; or why there is none.
+
+    With more than one file (the parotid glands), each file is also kept as a part of its own.
+    """
+    source = f"TotalSegmentator task {task}, " + " + ".join(f"{n}.nii.gz" for n in names)
+    masks: list[tuple[str, np.ndarray]] = []
+    affine: np.ndarray | None = None
+    for name in names:
+        path = folder / f"{name}.nii.gz"
+        if not path.exists():
+            return OrganMask(organ, None, None, source, note=f"TotalSegmentator wrote no {path.name}")
+        data, affine = _read_mask(path)
+        masks.append((name, data))
+    assert affine is not None
+    found = _boxed(organ, np.any([m for _, m in masks], axis=0), affine, source)
+    if len(masks) > 1:
+        found.parts = [_boxed(name, data, affine, f"TotalSegmentator task {task}, {name}.nii.gz")
+                       for name, data in masks]
+    return found
+
+
+def descending_thoracic_aorta(folder: Path) -> OrganMask:
+    """The blood-pool VOI: the aorta between the top of T5 and the bottom of T10 (same run), in each axial
+    slice only the cross-section closest to the spine, so the ascending aorta and the arch stay out."""
+    source = "TotalSegmentator task total, aorta.nii.gz"
+    aorta_path = folder / "aorta.nii.gz"
+    if not aorta_path.exists():
+        return OrganMask("blood pool", None, None, source, note="TotalSegmentator wrote no aorta.nii.gz")
+    aorta, affine = _read_mask(aorta_path)
+    levels = np.zeros(aorta.shape, dtype=bool)
+    for name in BLOOD_POOL_LEVELS:
+        path = folder / f"{name}.nii.gz"
+        if not path.exists():
+            return OrganMask("blood pool", None, None, source,
+                             note=f"TotalSegmentator wrote no {path.name}: T5-T10 cannot be delimited")
+        levels |= _read_mask(path)[0]
+    if not levels.any():
+        return OrganMask("blood pool", None, None, source,
+                         note="vertebrae T5-T10 not found: the thoracic aorta is outside the CT field of view")
+    slice_axis = int(np.argmax(np.abs(affine[2, :3])))
+    others = tuple(axis for axis in range(3) if axis != slice_axis)
+    covered = np.flatnonzero(levels.any(axis=others))
+    segment = np.zeros(aorta.shape, dtype=bool)
+    for k in range(int(covered.min()), int(covered.max()) + 1):
+        plane = np.take(aorta, k, axis=slice_axis)
+        labels, count = ndimage.label(plane)
+        if count == 0:
+            continue
+        index = np.arange(1, count + 1)
+        centres = np.array(ndimage.center_of_mass(plane, labels, index)).reshape(-1, 2)
+        voxel = np.zeros((count, 3))
+        voxel[:, others[0]], voxel[:, others[1]], voxel[:, slice_axis] = centres[:, 0], centres[:, 1], k
+        posterior = -(voxel @ affine[1, :3].T + affine[1, 3])  # LPS y = -RAS y: larger is more posterior
+        chosen = labels == index[int(np.argmax(posterior))]
+        target = [slice(None)] * 3
+        target[slice_axis] = slice(k, k + 1)
+        segment[tuple(target)] = np.expand_dims(chosen, slice_axis)
+    z = [float((affine @ np.array([0.0, 0.0, 0.0, 1.0]) + affine[:, slice_axis] * k)[2])
+         for k in (int(covered.min()), int(covered.max()))]
+    how = (f"{source}: descending thoracic aorta from the top of T5 to the bottom of T10 (vertebra masks of "
+           f"the same run, z {min(z):.0f} to {max(z):.0f} mm), per slice the cross-section nearest the spine")
+    if not segment.any():
+        return OrganMask("blood pool", None, None, how, note="no aorta between T5 and T10")
+    return _boxed("blood pool", segment, affine, how)
 
 
 class TotalSegmentatorLocalizer:
@@ -152,14 +228,20 @@ class TotalSegmentatorLocalizer:
             return f"TotalSegmentator failed (exit {done.returncode}): {' | '.join(tail)}"
         return None
 
+    def _installed(self, weights: str) -> bool:
+        return self.fast or (self.home / "nnunet" / "results" / weights).is_dir()
+
     def locate(self, ct: Series, pet: Series | None = None) -> Localisation:
         executable = self._executable()
         with tempfile.TemporaryDirectory(prefix="totalseg-") as work:
             nifti = Path(work) / "ct.nii.gz"
             _write_nifti(ct, nifti)
             out_dir = Path(work) / "masks"
-            with_aorta = self.fast or (self.home / "nnunet" / "results" / AORTA_WEIGHTS).is_dir()
-            rois = [*ROIS, "aorta"] if with_aorta else list(ROIS)
+            with_aorta, with_vertebrae = self._installed(AORTA_WEIGHTS), self._installed(VERTEBRAE_WEIGHTS)
+            with_bones = self._installed(BONES_WEIGHTS)
+            rois = [*ROIS, *(["aorta"] if with_aorta else []),
+                    *([*BLOOD_POOL_LEVELS, "sacrum"] if with_vertebrae else []),
+                    *(["hip_left", "hip_right"] if with_bones else [])]
             argv = [executable, "-i", str(nifti), "-o", str(out_dir), "--roi_subset", *rois]
             if self.fast:
                 argv.append("--fast")
@@ -167,20 +249,29 @@ class TotalSegmentatorLocalizer:
             if failure is not None:
                 raise LocalisationError(failure)
             localisation = centre_from_masks(out_dir)
-            if with_aorta:
-                blood = organ_mask("blood pool", out_dir, REFERENCE_FILES["blood pool"], "total")
-            else:
-                blood = OrganMask("blood pool", None, None, "TotalSegmentator task total, aorta.nii.gz", note=(
-                    f"the part of the TotalSegmentator total task that segments the aorta (weights "
-                    f"{AORTA_WEIGHTS}) is not installed"
-                ))
             localisation.reference_masks = [
-                blood,
+                self._blood_pool(out_dir, with_aorta, with_vertebrae),
                 organ_mask("spleen", out_dir, REFERENCE_FILES["spleen"], "total"),
                 organ_mask("liver", out_dir, REFERENCE_FILES["liver"], "total"),
                 self._parotids(executable, nifti, Path(work) / "head"),
             ]
+            localisation.site_masks = [organ_mask(name, out_dir, (name,), "total")
+                                       for name in SITE_STRUCTURES if name in rois]
             return localisation
+
+    def _blood_pool(self, out_dir: Path, with_aorta: bool, with_vertebrae: bool) -> OrganMask:
+        source = "TotalSegmentator task total, aorta.nii.gz"
+        if not with_aorta:
+            return OrganMask("blood pool", None, None, source, note=(
+                f"the part of the TotalSegmentator total task that segments the aorta (weights "
+                f"{AORTA_WEIGHTS}) is not installed"
+            ))
+        if not with_vertebrae:
+            return OrganMask("blood pool", None, None, source, note=(
+                f"the descending thoracic aorta (T5-T10) cannot be delimited: the vertebra part of the "
+                f"TotalSegmentator total task (weights {VERTEBRAE_WEIGHTS}) is not installed"
+            ))
+        return descending_thoracic_aorta(out_dir)
 
     def _parotids(self, executable: str, nifti: Path, out_dir: Path) -> OrganMask:
         """Parotid glands from the `head_glands_cavities` task, when its weights are installed."""

@@ -61,7 +61,7 @@ def test_finished_job_audit_holds_reference_suvmeans_and_scores(tmp_path: Path, 
     assert "head_glands_cavities" in references["parotid glands"]["note"]
     assert len(findings["foci"]) == len(truth.foci)
     assert all("mipsma" in f and f["mipsma_note"] for f in findings["foci"])
-    assert findings["local_category"] == "miT2"
+    assert findings["local_category"] == "miT2m"  # two foci in the (tagged) intact prostate
 
     engine = create_engine(url)
     with Session(engine) as session:

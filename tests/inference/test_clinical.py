@@ -124,3 +124,39 @@ def test_analyze_cli_imputes_unknown_prostatectomy_as_configured(
     assert summary["prostatectomy"]["value"] is expected
     assert summary["prostatectomy"]["source"] == "imputed"
     assert (summary["psa"]["value"], summary["psa"]["source"]) == (30.1, "imputed")
+
+
+def _pet(text: str | None = None, code: tuple[str, str, str] | None = None) -> Dataset:
+    item = Dataset()
+    if text is not None:
+        item.Radiopharmaceutical = text
+    if code is not None:
+        entry = Dataset()
+        entry.CodeValue, entry.CodingSchemeDesignator, entry.CodeMeaning = code
+        item.RadiopharmaceuticalCodeSequence = [entry]
+    header = Dataset()
+    header.RadiopharmaceuticalInformationSequence = [item]
+    return header
+
+
+@pytest.mark.parametrize(
+    ("header", "site", "is_1007", "source", "says"),
+    [
+        (_pet(code=("126758", "DCM", "PSMA-1007 F^18^")), "PSMA-1007", True, "code",
+         "Radiopharmaceutical Code Sequence 126758, DCM"),
+        (_pet("PSMA", ("C116352", "NCIt", "Piflufolastat F^18^")), "PSMA-1007", False, "code",
+         "the text 'PSMA' is not used"),
+        (_pet("18F-PSMA-1007"), "DCFPyL", True, "text", "'18F-PSMA-1007'"),
+        (_pet("Ga-68 PSMA-11"), "PSMA-1007", False, "text", "'Ga-68 PSMA-11'"),
+        (_pet("PSMA"), "PSMA-1007", True, "site", "read as the site's tracer PSMA-1007"),
+        (_pet("PSMA"), "DCFPyL", False, "site", "read as the site's tracer DCFPyL"),
+        (_pet(), "PSMA-1007", True, "site", "tracer not named in the PET header"),
+    ],
+)
+def test_tracer_is_recognised_from_the_code_then_the_text_then_the_site(
+        header: Dataset, site: str, is_1007: bool, source: str, says: str) -> None:
+    from inference.clinical import resolve_tracer
+
+    tracer = resolve_tracer(header, site)
+    assert (tracer.is_psma_1007, tracer.source) == (is_1007, source)
+    assert says in tracer.note

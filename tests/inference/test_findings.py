@@ -16,7 +16,8 @@ import pytest
 from dicom_node.infer import summarise
 from dicom_node.jobs import ClaimedJob
 from inference.analysis import AnalysisOptions, analyse
-from inference.findings import PEAK_SPHERE_RADIUS_MM, suggest_local_category, suv_peak
+from inference.findings import PEAK_SPHERE_RADIUS_MM, focus_words, suggest_local_category, suv_peak
+from inference.focus_site import SiteCall
 from inference.localize import LocalizerOptions
 from inference.result import AnalysisResult, Focus
 from tests.inference.studies import Study, make_study
@@ -126,8 +127,53 @@ def test_suvpeak_is_the_best_1cc_sphere_and_none_on_coarse_voxels() -> None:
     focus = suv >= 5.0
     sphere_voxels = (np.indices((15, 15, 15)) - 7).reshape(3, -1)
     count = int(np.sum(np.linalg.norm(sphere_voxels * 2.0, axis=0) <= PEAK_SPHERE_RADIUS_MM))
-    assert suv_peak(suv, focus, (2.0, 2.0, 2.0)) == pytest.approx((5.0 * (count - 1) + 50.0) / count)
-    assert suv_peak(suv, focus, (9.4, 9.4, 4.0)) is None
+    peak = suv_peak(suv, focus, (2.0, 2.0, 2.0))
+    assert peak.value == pytest.approx((5.0 * (count - 1) + 50.0) / count)
+    assert peak.volume_ml == pytest.approx(count * 0.008, abs=0.005) and "IBSI global intensity peak" in peak.note
+    coarse = suv_peak(suv, focus, (9.4, 9.4, 4.0))
+    assert coarse.value is None and coarse.note.startswith("none: PET voxels too coarse")
+
+
+@pytest.mark.parametrize(("spacing", "voxels", "ml"), [((4.0, 4.0, 4.0), 19, 1.22), ((5.47, 5.47, 3.27), 7, 0.68)])
+def test_suvpeak_records_the_true_volume_of_its_centre_in_sphere(
+        spacing: tuple[float, float, float], voxels: int, ml: float) -> None:
+    suv = np.full((21, 21, 21), 6.0, dtype=np.float32)
+    focus = np.zeros(suv.shape, dtype=bool)
+    focus[10, 10, 10] = True
+    peak = suv_peak(suv, focus, spacing)
+    assert peak.value == pytest.approx(6.0) and peak.volume_ml == pytest.approx(ml, abs=0.01)
+    assert f"{voxels} voxels = {ml:.2f} ml" in peak.note
+
+
+def test_suvpeak_next_to_a_hotter_bladder_leaves_the_bladder_out_and_stays_below_suvmax() -> None:
+    """The issue's case: a 3x4x4-voxel focus of SUV 8.0 touching a SUV-30 bladder block, 4 mm voxels."""
+    suv = np.full((30, 30, 30), 1.0, dtype=np.float32)
+    bladder = np.zeros(suv.shape, dtype=bool)
+    bladder[5:25, 5:25, 16:26] = True  # the bladder mask (urine plus its margin)
+    suv[bladder] = 30.0
+    focus = np.zeros(suv.shape, dtype=bool)
+    focus[12:16, 12:16, 13:16] = True  # three slices thick, touching the bladder's lower face
+    suv[focus] = 8.0
+    spacing = (4.0, 4.0, 4.0)
+    unexcluded = suv_peak(suv, focus, spacing)  # averaging urine in, the best sphere would read 13.8
+    assert unexcluded.value is None and "(13.79 > 8.00)" in unexcluded.note
+    peak = suv_peak(suv, focus, spacing, excluded=bladder)
+    assert peak.value is not None and peak.value <= 8.0
+    assert peak.volume_ml is not None and peak.volume_ml <= 1.22
+    swamped = np.zeros(suv.shape, dtype=bool)
+    swamped[12:16, 12:16, 15] = True  # one slice against the bladder: every sphere is > 25 % urine
+    none = suv_peak(suv, swamped, spacing, excluded=bladder)
+    assert none.value is None and "more than 25 % of the 1 cm³ sphere" in none.note
+
+
+def test_suvpeak_is_none_when_a_hotter_neighbour_would_raise_it_above_suvmax() -> None:
+    suv = np.full((30, 30, 30), 1.0, dtype=np.float32)
+    suv[14, 14, 14] = 6.0
+    suv[13:16, 15:17, 13:16] = 40.0  # hotter tissue right beside the focus's only voxel, not excluded
+    focus = np.zeros(suv.shape, dtype=bool)
+    focus[14, 14, 14] = True
+    peak = suv_peak(suv, focus, (4.0, 4.0, 4.0))
+    assert peak.value is None and "holds uptake above the focus's SUVbw max" in peak.note
 
 
 def test_near_bladder_focus_is_adjacent_and_the_others_separate(
@@ -156,6 +202,13 @@ def test_mipsma_scores_follow_the_reference_organs_of_the_stand_in_masks(
         assert measured[name].suv_mean == pytest.approx(value, rel=0.1), name
         assert "TotalSegmentator" in measured[name].method and "PET voxels" in measured[name].method
     assert "spleen instead of liver" in findings.mipsma_note
+    blood = measured["blood pool"]
+    assert "descending thoracic aorta from the top of T5 to the bottom of T10" in blood.method
+    assert blood.volume_ml is not None and blood.volume_ml > 5.0 and "VOI" in blood.method
+    parotid = measured["parotid glands"]
+    assert [p.name for p in parotid.parts] == ["left parotid gland", "right parotid gland"]
+    for side in parotid.parts:
+        assert side.suv_mean == pytest.approx(truth_refs["parotid glands"], rel=0.1) and side.volume_ml
     checked = 0
     for focus in findings.foci:
         expected, margin = _expected_score(focus.suv_max, truth_refs)
@@ -164,7 +217,9 @@ def test_mipsma_scores_follow_the_reference_organs_of_the_stand_in_masks(
             checked += 1
     assert checked >= 2
     calls = [c["argv"] for c in fake.recorded()]
-    assert calls[0][4:10] == ["--roi_subset", "prostate", "urinary_bladder", "spleen", "liver", "aorta"]
+    assert calls[0][4:11] == ["--roi_subset", "prostate", "urinary_bladder", "colon", "spleen", "liver", "aorta"]
+    assert calls[0][11:] == ["vertebrae_T5", "vertebrae_T6", "vertebrae_T7", "vertebrae_T8", "vertebrae_T9",
+                             "vertebrae_T10", "sacrum", "hip_left", "hip_right"]
     assert calls[1][-2:] == ["-ta", "head_glands_cavities"] and "--roi_subset" not in calls[1]
 
 
@@ -186,14 +241,14 @@ def test_parotid_glands_outside_the_scan_make_scores_above_the_spleen_not_assess
             assert "not assessable" in focus.mipsma_note
         else:
             assert focus.mipsma in (0, 1)
-    assert findings.local_category == "miTr" and "Suggestion" in findings.local_category_note
+    assert findings.local_category == "miTr" and "independent of the classifier" in findings.local_category_note
 
 
 def test_reference_organs_whose_weights_are_missing_are_reported_not_requested(
     whole_body: Study, tmp_path: Path
 ) -> None:
     from inference.localize import make_localizer
-    from inference.localize.totalsegmentator import AORTA_WEIGHTS
+    from inference.localize.totalsegmentator import AORTA_WEIGHTS, VERTEBRAE_WEIGHTS
     from inference.volume import Series
 
     fake = install_fake_totalsegmentator(tmp_path, whole_body.root / "ground_truth.json", head_task=False)
@@ -206,6 +261,12 @@ def test_reference_organs_whose_weights_are_missing_are_reported_not_requested(
     assert masks["spleen"].mask is not None and masks["spleen"].affine_lps is not None
     calls = fake.recorded()
     assert len(calls) == 1 and "aorta" not in calls[0]["argv"]
+    (fake.home / "nnunet" / "results" / AORTA_WEIGHTS).mkdir()
+    (fake.home / "nnunet" / "results" / VERTEBRAE_WEIGHTS).rmdir()
+    localisation = make_localizer(_totalseg(fake)).locate(Series.scan(whole_body.ct_paths))
+    blood = next(m for m in localisation.reference_masks if m.organ == "blood pool")
+    assert blood.mask is None and VERTEBRAE_WEIGHTS in blood.note and "T5-T10" in blood.note
+    assert "vertebrae_T5" not in fake.recorded()[-1]["argv"]
     assert localisation.organ == "prostate"
 
 
@@ -223,28 +284,59 @@ def test_anatomical_localiser_leaves_every_score_not_assessable_and_says_why(
 
 
 def test_no_focus_gives_the_negative_category_and_still_a_quantification(tmp_path: Path) -> None:
-    study = make_study(tmp_path / "negative", seed=7, recurrence=False, write_clinical_history=False)
+    study = make_study(tmp_path / "negative", seed=7, recurrence=False)
     result = analyse(study.pet_paths, study.ct_paths, _options(tmp_path))
     assert result.findings is not None and result.findings.foci == []
     assert result.findings.local_category == "miT0"
+    assert result.findings.region_suv_max == pytest.approx(float(np.max(
+        result.images.pet_suv_crop.array[result.findings.region_mask])), abs=0.01)  # type: ignore[union-attr]
     assert result.quantification is not None and result.quantification.suv_max < 4.0
     assert result.findings.region_mask is not None and result.findings.region_mask.any()
 
 
+def _focus(site: str = "prostate", number: int = 1) -> Focus:
+    return Focus(number, 9.0, 7.0, 6.0, 1.2, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), "separate", 30.0, None, "",
+                 site=site, site_name=site)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
-    ("prostatectomy", "with_focus", "category"),
-    [(True, True, "miTr"), (True, False, "miT0"), (False, True, "miT2"), (False, False, "miT0"),
-     (None, True, "miT2")],
+    ("status", "sites", "category"),
+    [(True, ["prostate bed"], "miTr"), (True, [], "miT0"), (False, ["prostate"], "miT2u"),
+     (False, ["prostate", "prostate"], "miT2m"), (False, [], "miT0"), (None, ["prostate"], None),
+     (None, ["prostate bed"], None), (True, ["bone"], "miT0"), (False, ["prostate", "seminal vesicle"], "miT2u"),
+     (False, ["rectum/bowel", "lymph-node region", "bladder wall"], "miT0")],
 )
-def test_local_category_suggestion(prostatectomy: bool | None, with_focus: bool, category: str) -> None:
-    focus = Focus(1, 9.0, 7.0, 6.0, 1.2, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), "separate", 30.0, None, "")
-    suggested, note = suggest_local_category(prostatectomy, [focus] if with_focus else [])
+def test_local_category_rests_on_a_known_status_and_prostate_or_bed_foci_only(
+        status: bool | None, sites: list[str], category: str | None) -> None:
+    foci = [_focus(site, n) for n, site in enumerate(sites, start=1)]
+    suggested, note = suggest_local_category(status, foci)
     assert suggested == category
-    assert note.startswith("Suggestion only")
-    if category == "miT2":
+    if category is None:
+        assert note.startswith("miT not suggested: prostatectomy status unknown")
+    else:
+        assert note.startswith("Rule-based PROMISE V2 suggestion, independent of the classifier")
+    if category in ("miT2u", "miT2m"):
         assert "not assessed" in note
-    if prostatectomy is None:
-        assert "unknown" in note
+    for focus in foci:
+        if focus.site not in ("prostate", "prostate bed"):
+            assert f"focus {focus.number} ({focus.site})" in note and "not used" in note
+
+
+@pytest.mark.parametrize(
+    ("site", "name", "status", "call"),
+    [("prostate bed", "prostate bed", True,
+      "PSMA-avid focus in the prostate-bed region; miTr if judged local recurrence"),
+     ("prostate bed", "prostate bed", None,
+      "PSMA-avid focus in the prostate-bed region; no miT category: prostatectomy status unknown"),
+     ("bone", "pubic bone", False,
+      "pubic bone: bone uptake (miM1b if metastasis; unspecific bone uptake is a known [18F]PSMA-1007 pitfall)"),
+     ("lymph-node region", "left pelvic lymph-node region", False,
+      "PSMA-avid focus in the left pelvic lymph-node region; miN candidate")],
+)
+def test_a_focus_call_is_never_an_unqualified_diagnosis(site: str, name: str, status: bool | None, call: str) -> None:
+    words, _ = focus_words(SiteCall(site, name, ""), status)  # type: ignore[arg-type]
+    assert words == call
+    assert "local recurrence" not in words or "if judged local recurrence" in words
 
 
 def test_summaries_carry_findings_without_arrays(

@@ -14,6 +14,10 @@ Use in a test::
     options = LocalizerOptions(kind="totalsegmentator", totalsegmentator_command=str(fake.executable),
                                totalsegmentator_home=fake.home)
 
+One stand-in can serve several studies (a node receiving a table of them): pass a list of ground-truth
+files; each call then picks the study whose CT it was given, recognised by the CT's voxel count and the sum
+of its Hounsfield units (read from the study's CT files at install time).
+
 `head_task=False` leaves out the `head_glands_cavities` weights, so the localiser reports the parotid
 glands as not installed. Every call is appended to `fake.calls` (JSON lines: argv and TOTALSEG_HOME_DIR).
 """
@@ -24,16 +28,20 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pydicom
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOTAL_WEIGHTS = ("Dataset291_TotalSegmentator_part1_organs_1559subj",
+                 "Dataset292_TotalSegmentator_part2_vertebrae_1532subj",
                  "Dataset293_TotalSegmentator_part3_cardiac_1559subj",
+                 "Dataset294_TotalSegmentator_part4_muscles_1559subj",
                  "Dataset298_TotalSegmentator_total_6mm_1559subj")
 HEAD_WEIGHTS = "Dataset775_head_glands_cavities_492subj"
 HEAD_STRUCTURES = ("parotid_gland_left", "parotid_gland_right")
@@ -59,15 +67,35 @@ class FakeTotalSegmentator:
         return [json.loads(line) for line in self.calls.read_text().splitlines() if line]
 
 
+def ct_fingerprint(ct_folder: Path) -> list[int]:
+    """Voxel count and sum of Hounsfield units of a CT series: what tells the stand-in's studies apart."""
+    voxels = total = 0
+    for path in sorted(ct_folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        voxels += hu.size
+        total += int(np.rint(hu).astype(np.int64).sum())
+    return [voxels, total]
+
+
 def install_fake_totalsegmentator(
-    folder: Path, truth: Path, *, head_task: bool = True
+    folder: Path, truth: Path | Sequence[Path], *, head_task: bool = True
 ) -> FakeTotalSegmentator:
-    """Write the executable wrapper and a TotalSegmentator home whose weights folders look installed."""
+    """Write the executable wrapper and a TotalSegmentator home whose weights folders look installed.
+
+    `truth` is one study's ground_truth.json, or several (the CT folder beside each identifies its calls).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     executable = folder / "bin" / "TotalSegmentator"
     executable.parent.mkdir(exist_ok=True)
     calls = folder / "calls.jsonl"
-    executable.write_text(WRAPPER.format(python=sys.executable, root=str(REPO_ROOT), truth=str(truth),
+    truths = [Path(truth)] if isinstance(truth, (str, Path)) else [Path(t) for t in truth]
+    index = folder / "studies.json"
+    index.write_text(json.dumps([
+        {"truth": str(t), "fingerprint": ct_fingerprint(t.parent / "CT") if len(truths) > 1 else None}
+        for t in truths
+    ]))
+    executable.write_text(WRAPPER.format(python=sys.executable, root=str(REPO_ROOT), truth=str(index),
                                          calls=str(calls)))
     executable.chmod(executable.stat().st_mode | stat.S_IXUSR)
     home = folder / "home"
@@ -138,6 +166,19 @@ def rasterise(
     return mask
 
 
+def _study_truth(index_path: Path, image: Any) -> Path:
+    """The ground truth of the study whose CT this is (the only one, or the one with its fingerprint)."""
+    studies = json.loads(index_path.read_text())
+    if len(studies) == 1:
+        return Path(studies[0]["truth"])
+    data = np.rint(image.get_fdata()).astype(np.int64)
+    fingerprint = [int(data.size), int(data.sum())]
+    for study in studies:
+        if study["fingerprint"] == fingerprint:
+            return Path(study["truth"])
+    raise SystemExit(f"stand-in TotalSegmentator: no study with CT fingerprint {fingerprint}")
+
+
 def main(argv: list[str], truth_path: str, calls_path: str) -> int:
     """Behave like `TotalSegmentator -i CT.nii.gz -o OUT [--roi_subset ...] [-ta TASK] [--fast]`."""
     with open(calls_path, "a") as calls:
@@ -158,7 +199,7 @@ def main(argv: list[str], truth_path: str, calls_path: str) -> int:
         print(f"stand-in TotalSegmentator: give --roi_subset or -ta head_glands_cavities (got task {task})",
               file=sys.stderr)
         return 2
-    organs = json.loads(Path(truth_path).read_text()).get("organs", {})
+    organs = json.loads(_study_truth(Path(truth_path), image).read_text()).get("organs", {})
     out.mkdir(parents=True, exist_ok=True)
     shape = tuple(int(n) for n in image.shape[:3])
     for name in names:

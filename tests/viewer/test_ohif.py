@@ -3,8 +3,11 @@
 Real nodes analyse small synthetic studies and deliver SR + SEG + SC to Orthanc exactly as in production;
 the same Orthanc holds the studies' PET and CT. One viewer serves every case; each test opens one study,
 double-clicks the SR and checks what a radiologist sees: the focus drawn on the PET image through its
-SUVmax with its label, no error, the Measurements panel listing the finding, and the SEG overlaid.
-Screenshots go to $PSMA_VIEWER_ARTIFACTS (default: a temporary folder) for a human look.
+SUVbw max with its labels ("SUVbw max: 12.30 g/ml{SUVbw}", distinct from "SUVbw peak" and "SUVbw mean"),
+the probability as a percentage, no error, the Measurements panel listing the finding by its site, the SEG
+overlaid, and the Secondary Capture shown at 1:1 (at least one screen pixel per picture pixel).
+Screenshots go to $PSMA_VIEWER_ARTIFACTS (default: a temporary folder) for a human look; docs/images/ holds
+the ones docs/results.md shows.
 """
 
 from __future__ import annotations
@@ -49,9 +52,10 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     "prostatectomy": ({"seed": 5, "recurrence": True, "prostatectomy": True}, "model"),
     "no-focus": ({"seed": 7, "recurrence": False, "prostatectomy": False}, "model"),
     "no-classifier": ({"seed": 11, "recurrence": True, "prostatectomy": False}, "bare"),
+    "bone": ({"seed": 12, "recurrence": False, "prostatectomy": False, "site_foci": ("pubic_bone",)}, "model"),
 }
 """Case name: synthetic study options, and which node analyses it (with a classifier model or without)."""
-RESULT_SERIES = {"SR": 9900, "SEG": 9902}
+RESULT_SERIES = {"SR": 9900, "SC": 9901, "SEG": 9902}
 SR_CONSOLE = re.compile(r"SCOORD|ReferencedSOPSequence|TID ?1500|Structured Report|DICOM SR|dicom-sr|SRDisplay|"
                         r"hydrat|tool state|measurement", re.IGNORECASE)
 """What an SR-extension problem prints (the crash the issue describes printed SCOORD/ReferencedSOPSequence)."""
@@ -101,7 +105,8 @@ def _node(root: Path, orthanc: OrthancServer, with_model: bool) -> NodeProcess:
 def _results_in(orthanc: OrthancServer, study_uid: str) -> list[dict[str, Any]] | None:
     tags = orthanc.study_instances(study_uid)
     numbers = {int(t.get("SeriesNumber", 0) or 0) for t in tags}
-    return tags if set(RESULT_SERIES.values()) <= numbers else None
+    sc_instances = sum(int(t.get("SeriesNumber", 0) or 0) == RESULT_SERIES["SC"] for t in tags)
+    return tags if set(RESULT_SERIES.values()) <= numbers and sc_instances == 4 else None
 
 
 def _sr_file(orthanc: OrthancServer, sop_instance_uid: str) -> Dataset:
@@ -175,7 +180,8 @@ def artefacts() -> Path:
 class Session:
     """One browser page on one study, collecting console errors and page errors."""
 
-    tour_dismissed = False
+    tour_dismissed: set[int] = set()
+    """Browser contexts in which OHIF's first-visit tour was dismissed (it stays dismissed in a context)."""
 
     def __init__(self, context: BrowserContext, base: str, study_uid: str) -> None:
         self.page = context.new_page()
@@ -191,7 +197,7 @@ class Session:
         self.page.on("requestfailed", self._request_failed)
         self.page.goto(f"{base}/viewer?StudyInstanceUIDs={study_uid}")
         self.page.locator('[data-cy^="study-browser-thumbnail"]').first.wait_for(timeout=60_000)
-        self._dismiss_tour()
+        self._dismiss_tour(id(context))
 
     def _console(self, message: ConsoleMessage) -> None:
         if message.type in ("error", "warning"):
@@ -223,14 +229,14 @@ class Session:
                 return
             self.page.wait_for_timeout(50)
 
-    def _dismiss_tour(self) -> None:
-        if Session.tour_dismissed:
+    def _dismiss_tour(self, context: int) -> None:
+        if context in Session.tour_dismissed:
             return
         try:
             self.page.get_by_text("Skip all").first.click(timeout=10_000)
         except PlaywrightTimeout:
             pass  # no tour shown
-        Session.tour_dismissed = True
+        Session.tour_dismissed.add(context)
 
     def open_series(self, series_number: int) -> None:
         self.settle()
@@ -264,13 +270,13 @@ class Session:
         self.page.close()
 
 
-def _focus_roi(case: Delivered, modality: str = "PET") -> tuple[str, float]:
-    """The PET instance the SR draws focus 1 on, and its SUVmax as written."""
+def _focus_roi(case: Delivered, modality: str = "PET") -> tuple[str, dict[str, float]]:
+    """The PET instance the SR draws focus 1 on, and its NUMs as written (by concept name)."""
     group = next(g for name, g in case.groups().items() if name.startswith("Focus 1") and name.endswith(modality))
     scoord = next(i for i in group.ContentSequence if i.ValueType == "SCOORD")
-    suv_max = next(float(i.MeasuredValueSequence[0].NumericValue) for i in group.ContentSequence
-                   if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeMeaning == "SUVmax")
-    return str(scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID), suv_max
+    values = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
+              for i in group.ContentSequence if i.ValueType == "NUM"}
+    return str(scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID), values
 
 
 def _wait_for_text(session: Session, wanted: str, timeout: float = 30.0) -> str:
@@ -287,13 +293,16 @@ def _wait_for_text(session: Session, wanted: str, timeout: float = 30.0) -> str:
 def _check_sr_draws_focus(viewer: tuple[BrowserContext, str], case: Delivered, shots: Path, name: str) -> Session:
     context, base = viewer
     session = Session(context, base, case.study_uid)
-    sop_uid, suv_max = _focus_roi(case)
+    sop_uid, values = _focus_roi(case)
     session.open_series(RESULT_SERIES["SR"])
-    label = f"SUVmax: {suv_max:.2f} g/ml"
+    label = f"SUVbw max: {values['SUVbw max']:.2f} g/ml{{SUVbw}}"
     text = _wait_for_text(session, label)
     session.save(shots, f"{name}-sr")
-    assert label in text, text
-    assert "Volume:" in text
+    assert label in text, text  # distinct, readable labels: each SUV says which it is, the unit says SUVbw
+    assert f"SUVbw mean: {values['SUVbw mean']:.2f} g/ml{{SUVbw}}" in text
+    if "SUVbw peak" in values:
+        assert f"SUVbw peak: {values['SUVbw peak']:.2f} g/ml{{SUVbw}}" in text
+    assert "Volume:" in text and "SUVmax" not in text
     assert f"I:{case.instance_number(sop_uid)} " in session.overlay("bottom-right").replace("\n", " ") + " "
     assert "Something went wrong" not in session.page.inner_text("body")
     return session
@@ -351,13 +360,14 @@ def test_recurrence_after_prostatectomy_is_drawn_in_the_prostate_bed(viewer, pac
 def test_no_focus_draws_the_analysed_region_with_no_focal_uptake(viewer, pacs: Pacs, artefacts: Path) -> None:
     case = pacs.cases["no-focus"]
     names = list(case.groups())
-    assert names == ["Analysed region (prostate): no focal uptake; AI: recurrence absent"]
+    assert names == ["Analysed region (prostate): no focus ≥ SUVbw 4; AI: recurrence absent"]
     context, base = viewer
     session = Session(context, base, case.study_uid)
     session.open_series(RESULT_SERIES["SR"])
-    text = _wait_for_text(session, "SUVmax:")
+    text = _wait_for_text(session, "SUVbw max:")
     session.save(artefacts, "no-focus-sr")
-    assert "Probability of cancer:" in text and "SUVmax:" in text
+    assert re.search(r"Probability of cancer: \d+\.\d\d %", text), text  # a percentage, not "0.83 1"
+    assert "SUVbw max:" in text and "SUVbw mean:" in text
     assert "Something went wrong" not in session.page.inner_text("body")
     _check_measurements_panel(session, artefacts, "no-focus", names[0])
     _check_seg_overlays(session, artefacts, "no-focus", "Analysed region")
@@ -372,3 +382,35 @@ def test_without_classifier_the_focus_is_still_drawn_without_a_probability(
     assert "Probability" not in session.annotation_text()
     session.assert_no_error(artefacts, "no-classifier")
     session.close()
+
+
+def test_a_bone_focus_is_named_by_its_site_and_the_sc_reads_at_full_size(
+        viewer, pacs: Pacs, artefacts: Path) -> None:
+    """The pubic-bone vignette: the SR's focus is the bone focus, named so in the Measurements panel and the
+    SEG; the Secondary Capture's summary, opened in a window large enough, is shown at 1:1 or larger."""
+    case = pacs.cases["bone"]
+    assert "Focus 1 (pubic bone), PET" in case.groups()
+    session = _check_sr_draws_focus(viewer, case, artefacts, "bone")
+    _check_measurements_panel(session, artefacts, "bone", "Focus 1 (pubic bone), PET")
+    _check_seg_overlays(session, artefacts, "bone", "Focus 1: pubic bone")
+    session.assert_no_error(artefacts, "bone")
+    session.close()
+
+    context, base = viewer
+    large = context.browser.new_context(viewport={"width": 2400, "height": 1900})  # type: ignore[union-attr]
+    try:
+        sc = Session(large, base, case.study_uid)
+        sc.open_series(RESULT_SERIES["SC"])
+        sc.settle()
+        canvas = sc.page.locator('[data-cy="viewport-pane"] canvas').first
+        canvas.wait_for(timeout=30_000)
+        box = canvas.bounding_box()
+        summary = next(t for t in case.instances if int(t.get("SeriesNumber", 0) or 0) == RESULT_SERIES["SC"]
+                       and int(t["InstanceNumber"]) == 1)
+        rows, columns = int(summary["Rows"]), int(summary["Columns"])
+        assert box is not None and min(box["width"] / columns, box["height"] / rows) >= 1.0, (box, rows, columns)
+        sc.page.screenshot(path=str(artefacts / "bone-sc-1to1.png"), clip=box)
+        sc.assert_no_error(artefacts, "bone-sc")
+        sc.close()
+    finally:
+        large.close()

@@ -109,19 +109,36 @@ def make_findings(images: AnalysisImages) -> Findings:
         Focus(number=1, suv_max=float(pet[focus_mask].max()), suv_peak=11.8, suv_mean=float(pet[focus_mask].mean()),
               volume_ml=float(focus_mask.sum()) * voxel_ml, suv_max_lps=first, centroid_lps=first,
               bladder_relation="separate", bladder_distance_mm=27.0, mipsma=2,
-              mipsma_note="SUVmax 14.6 >= spleen SUVmean 9.1, < parotid SUVmean 18.0", mask=focus_mask),
+              mipsma_note="SUVmax 14.6 >= spleen SUVmean 9.1, < parotid SUVmean 18.0", mask=focus_mask,
+              contour_suv=round(0.41 * float(pet[focus_mask].max()), 2), contour_rule="41 % of SUVbw max",
+              contour_note="41 % of SUVbw max", background_suv=0.6, suv_peak_ml=1.22,
+              suv_peak_note="highest mean of a 1 cm³ sphere (19 voxels = 1.22 ml): 1.22 ml averaged",
+              site="prostate", site_name="prostate", site_evidence="within the usual prostate extent",
+              call="PSMA-avid focus in the prostate; miT2 if judged tumour (extension not assessed)",
+              category_hint="miT2 if judged tumour", mipsma_evidence="miPSMA 2 (≥ spleen 9.1, < parotid 18.0)"),
         Focus(number=2, suv_max=3.1, suv_peak=None, suv_mean=2.4, volume_ml=float(second_mask.sum()) * voxel_ml,
               suv_max_lps=second, centroid_lps=second,  # type: ignore[arg-type]
               bladder_relation="separate", bladder_distance_mm=60.0, mipsma=None,
-              mipsma_note="not assessable: no parotid gland mask", mask=second_mask),
+              mipsma_note="not assessable: no parotid gland mask", mask=second_mask, contour_suv=1.8,
+              contour_rule="adaptive: background + 50 % of (SUVbw max - background)",
+              contour_note="low contrast: 41 % of SUVbw max (1.27) is below 1.5 x local background 1.0",
+              background_suv=1.0, suv_peak_note="none: PET voxels too coarse", site="bone",
+              site_name="pubic bone", site_evidence="CT median 300 HU within 4 mm of the SUVmax: bone",
+              call=("pubic bone: bone uptake (miM1b if metastasis; unspecific bone uptake is a known "
+                    "[18F]PSMA-1007 pitfall)"),
+              category_hint="miM1b if metastasis", mipsma_evidence="miPSMA ≥ 2 (≥ spleen 9.1; no parotid)"),
     ]
     return Findings(
         foci=foci,
-        references=[ReferenceOrgan("blood pool", 1.6, "TotalSegmentator aorta mask, eroded 2 voxels"),
-                    ReferenceOrgan("spleen", 9.1, "TotalSegmentator spleen mask"),
+        references=[ReferenceOrgan("blood pool", 1.6, "TotalSegmentator aorta mask, eroded 2 voxels", volume_ml=14.2),
+                    ReferenceOrgan("spleen", 9.1, "TotalSegmentator spleen mask", volume_ml=180.0),
                     ReferenceOrgan("parotid glands", None, "not found", note="no parotid mask")],
-        mipsma_assessable=True, mipsma_note="", local_category="miT2", local_category_note="prostate in situ",
-        region_description="prostate", isocontour_fraction=0.41, region_mask=region, bladder_mask=bladder,
+        mipsma_assessable=True, mipsma_note="", local_category="miT2u",
+        local_category_note="Rule-based PROMISE V2 suggestion, independent of the classifier: prostate in situ",
+        region_description="sphere of 40 mm around the prostate centre; bladder excluded (80 ml incl. margin)",
+        isocontour_fraction=0.41, region_mask=region, bladder_mask=bladder,
+        region_suv_max=round(float(pet[region].max()), 2), region_suv_mean=round(float(pet[region].mean()), 2),
+        region_volume_ml=round(float(region.sum()) * voxel_ml, 1),
     )
 
 

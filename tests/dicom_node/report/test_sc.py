@@ -16,12 +16,15 @@ from dicom_node.config import ResultSettings
 from dicom_node.report.render import (
     BANNER,
     FOCUS_COLOUR,
+    PANEL_BACKGROUND,
     PUBLISHED_PERFORMANCE,
     SAFE_TOP_BOTTOM,
+    WARNING_COLOUR,
     PanelFacts,
     Rendered,
     display_bounds,
     focus_point,
+    lead_lines,
     panel_lines,
     plane_grid,
     render_all,
@@ -91,7 +94,7 @@ def test_text_panel_is_complete_large_and_high_contrast() -> None:
     for text, _ in panel_lines(analysis, FACTS):  # every line made it onto the picture, none cut off
         assert " ".join(text.split()) in drawn
     assert PUBLISHED_PERFORMANCE.split(".")[0] in drawn
-    assert "Accession ACC12345" in drawn and "Probability 0.83 (threshold 0.50)" in drawn
+    assert "Accession ACC12345" in drawn and "probability 0.83 (threshold 0.50)" in drawn
     assert "PSA 4.2 ng/ml (tag: AdditionalPatientHistory)" in drawn
     pixels = picture.pixels
     for line in picture.lines:
@@ -137,7 +140,7 @@ def test_views_follow_radiological_convention() -> None:
     picture = render_summary(analysis, FACTS)
     low, high = display_bounds(analysis)
     focus, how = focus_point(analysis)
-    assert how == "through SUVmax" and np.allclose(focus, CENTRE + LESION_OFFSET)
+    assert how == "through SUVbw max" and np.allclose(focus, CENTRE + LESION_OFFSET)
     for plane, right_of_centre, above_centre in (("axial", True, True), ("coronal", True, True),
                                                  ("sagittal", False, True)):
         x, y = _lesion_pixel(picture, plane)
@@ -154,7 +157,7 @@ def test_result_without_images_still_renders_a_readable_panel(tmp_path: Path) ->
     pictures = render_all(analysis, FACTS)
     assert len(pictures) == 1 and pictures[0].views == {}
     drawn = " ".join(line.text for line in pictures[0].lines)
-    assert "UNDETERMINED" in drawn and "Classifier not run" in drawn
+    assert "UNDETERMINED" in drawn and "AI classifier not run" in drawn
     datasets = build_sc_series(pictures, make_pet_header(), ResultSettings(), generate_uid(), "0.1.0", "2.25.1")
     path = tmp_path / "sc.dcm"
     datasets[0].save_as(path, enforce_file_format=True)
@@ -203,7 +206,7 @@ def test_classifier_not_installed_reads_as_such_without_paths_or_instructions() 
     analysis = _not_installed()
     drawn = " ".join(line.text for picture in render_all(analysis, FACTS) for line in picture.lines)
 
-    assert "Classifier not run: classifier not installed at this site" in drawn
+    assert "AI classifier not run (classifier not installed at this site)" in drawn
     assert "UNDETERMINED" in drawn and BANNER in drawn
     for admin in ("/srv", "/var", "var/models", "psma-node models", "install them", "download", ".dcm"):
         assert admin not in drawn, admin
@@ -214,14 +217,45 @@ def test_findings_per_focus_and_the_suggested_category_are_listed() -> None:
     analysis = make_analysis_with_findings()
     assert analysis.findings is not None
     first, second = analysis.findings.foci
-    drawn = " ".join(" ".join(line.text for line in render_summary(analysis, FACTS).lines).split())
+    picture = render_summary(analysis, FACTS)
+    drawn = " ".join(" ".join(line.text for line in picture.lines).split())
 
-    assert (f"Focus 1: SUVmax {first.suv_max:.1f}, SUVpeak 11.8, SUVmean {first.suv_mean:.1f} g/ml, "
-            f"volume {first.volume_ml:.1f} ml, miPSMA 2") in drawn
-    assert f"Focus 2: SUVmax 3.1, SUVpeak n/a, SUVmean 2.4 g/ml, volume {second.volume_ml:.2f} ml, " \
-           "miPSMA not assessable" in drawn
-    assert "Suggested PROMISE V2 category (AI suggestion only): miT2 (prostate in situ)" in drawn
-    assert "green = focus outline" in drawn
+    assert (f"Focus 1, prostate: SUVbw max {first.suv_max:.1f}, miPSMA 2 (≥ spleen 9.1, < parotid 18.0); miT2 if "
+            "judged tumour") in drawn
+    assert ("Focus 2, pubic bone: SUVbw max 3.1, miPSMA ≥ 2 (≥ spleen 9.1; no parotid); miM1b if metastasis"
+            in drawn)
+    assert ("Rule-based PROMISE V2 suggestion, independent of the AI classifier: miT2u (1 focus in the prostate; "
+            "extension not assessed)") in drawn
+    assert (f"Focus 1: SUVbw peak 11.8 (1.22 ml sphere); Volume (41 % isocontour) {first.volume_ml:.1f} ml, "
+            f"SUVbw mean {first.suv_mean:.1f}, level {first.contour_suv:.1f}") in drawn
+    assert (f"Focus 2: SUVbw peak none (PET voxels too coarse); Volume (adaptive isocontour) {second.volume_ml:.2f} "
+            "ml, SUVbw mean 2.4, level 1.8 (adaptive: background + 50 % of (SUVbw max - background))") in drawn
+    assert "blood pool: SUVbw mean 1.60 (VOI 14.2 ml)" in drawn
+    assert "green = focus outline" in drawn and "SUVmax" not in drawn and " g/ml" not in drawn
+
+
+def test_the_result_leads_in_large_lines_and_provenance_follows_smaller() -> None:
+    analysis = make_analysis_with_findings()
+    analysis.envelope_violations = ["uptake time 240 min > 150 min"]
+    analysis.warnings = ["CT lossy-compressed (JPEG baseline): HU approximate"]
+    picture = render_summary(analysis, FACTS)
+    panel = [line for line in picture.lines if line.background == PANEL_BACKGROUND]
+    texts = [" ".join(line.text.split()) for line in panel]
+    assert texts[0] == "AI classifier: local recurrence PRESENT, probability 0.83 (threshold 0.50)"
+    assert texts[1].startswith("Warning: Outside the conditions the model was validated for: uptake time 240 min")
+    assert panel[1].colour == WARNING_COLOUR and panel[1].font_px >= panel[2].font_px
+    lead = [text for text, _ in lead_lines(analysis)]
+    assert len(lead) == 5 and lead[-1].startswith("Rule-based PROMISE V2 suggestion, independent of the AI")
+    large = min(line.font_px for line in panel[:4])
+    provenance = [line for line in panel if "Published" in line.text or line.text.startswith("Model D")]
+    assert large >= 20 and all(line.font_px < large for line in provenance) and provenance[0].font_px >= 14
+    details = next(i for i, text in enumerate(texts) if text.startswith("Focus 1: SUVbw peak"))
+    category = next(i for i, text in enumerate(texts) if text.startswith("Rule-based"))
+    assert texts.index("Warning: CT lossy-compressed (JPEG baseline): HU approximate") > details > category
+    datasets = build_sc_series([picture], make_pet_header(), ResultSettings(), generate_uid(), "0.1.0", "2.25.1")
+    comments = datasets[0].ImageComments
+    assert comments.startswith("AI summary: fused PET/CT views and result: AI classifier: local recurrence PRESENT")
+    assert " | Focus 2, pubic bone: SUVbw max 3.1" in comments and comments.endswith("NOT FOR DIAGNOSTIC USE")
 
 
 def test_no_focus_and_many_foci_are_said_plainly() -> None:
@@ -230,13 +264,18 @@ def test_no_focus_and_many_foci_are_said_plainly() -> None:
     template = analysis.findings.foci[1]
     analysis.findings.foci = [Focus(**{**template.__dict__, "number": n}) for n in range(1, 7)]
     drawn = " ".join(text for text, _ in panel_lines(analysis, FACTS))
-    assert "Focus 4:" in drawn and "Focus 5:" not in drawn
+    assert "Focus 4, pubic bone:" in drawn and "Focus 5, pubic bone" not in drawn
     assert "… and 2 more foci (all listed in the SR and SEG)" in drawn
 
     analysis.findings.foci, analysis.findings.local_category = [], "miT0"
     drawn = " ".join(text for text, _ in panel_lines(analysis, FACTS))
-    assert "No focal PSMA uptake in the analysed region (bladder excluded)" in drawn
-    assert "Suggested PROMISE V2 category (AI suggestion only): miT0" in drawn
+    assert "No focus with SUVbw max ≥ 4 and ≥ 1.5 × local background in the analysed region" in drawn
+    assert ("Rule-based PROMISE V2 suggestion, independent of the AI classifier: miT0 (no focus in the prostate / "
+            "prostate bed)") in drawn
+
+    analysis.findings.local_category = None
+    drawn = " ".join(text for text, _ in panel_lines(analysis, FACTS))
+    assert "independent of the AI classifier: miT not suggested: prostatectomy status unknown" in drawn
 
 
 def test_focus_outline_surrounds_the_lesion_in_every_view() -> None:
@@ -261,8 +300,10 @@ def test_many_foci_and_long_notes_grow_the_panel_instead_of_shrinking_the_text()
 
     for picture in render_all(analysis, FACTS):
         drawn = " ".join(" ".join(line.text for line in picture.lines).split())
-        assert "Focus 4: SUVmax" in drawn and "Published" in drawn
-        assert min(line.font_px for line in picture.lines) >= 16, picture.description
+        assert "Focus 4, prostate: SUVbw max" in drawn and "Published" in drawn
+        lead = [line for line in picture.lines if line.font_px > 16]
+        assert sum("SUVbw max" in line.text for line in lead) >= 4, picture.description
+        assert min(line.font_px for line in picture.lines) >= 14, picture.description
 
 
 def test_views_along_the_voxel_axes_sample_the_same_values_as_trilinear_interpolation() -> None:

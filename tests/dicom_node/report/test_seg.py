@@ -68,7 +68,8 @@ def test_seg_passes_dciodvfy_and_carries_the_research_statement(tmp_path: Path) 
 
 
 def test_every_segment_reads_back_with_its_codes_algorithm_and_colour(tmp_path: Path) -> None:
-    path, numbers, _ = _build(tmp_path, make_analysis_with_findings())
+    analysis = make_analysis_with_findings()
+    path, numbers, _ = _build(tmp_path, analysis)
 
     assert numbers == {"region": 1, "bladder": 2, "focus-1": 3, "focus-2": 4}
     seg = hd.seg.segread(path)
@@ -76,7 +77,7 @@ def test_every_segment_reads_back_with_its_codes_algorithm_and_colour(tmp_path: 
         "region": (("91723000", "SCT"), ("41216001", "SCT"), ("41216001", "SCT")),
         "bladder": (("91723000", "SCT"), ("89837001", "SCT"), ("89837001", "SCT")),
         "focus-1": (("49755003", "SCT"), ("52988006", "SCT"), ("41216001", "SCT")),
-        "focus-2": (("49755003", "SCT"), ("52988006", "SCT"), ("41216001", "SCT")),
+        "focus-2": (("49755003", "SCT"), ("52988006", "SCT"), ("272673000", "SCT")),  # its site: bone
     }
     colours = set()
     for key, (category, kind, region) in expected.items():
@@ -93,8 +94,16 @@ def test_every_segment_reads_back_with_its_codes_algorithm_and_colour(tmp_path: 
         assert description.segment_label
         colours.add(tuple(description.RecommendedDisplayCIELabValue))
     assert len(colours) == 4
-    assert seg.get_segment_description(numbers["focus-1"]).segment_label.startswith("Focus 1: SUVmax")
-    assert "isocontour" in seg.get_segment_description(numbers["focus-1"]).algorithm_identification[0].AlgorithmName
+    first = seg.get_segment_description(numbers["focus-1"])
+    assert first.segment_label == "Focus 1: prostate, SUVbw max 13.8"
+    assert seg.get_segment_description(numbers["focus-2"]).segment_label == "Focus 2: pubic bone, SUVbw max 3.1"
+    algorithm = first.algorithm_identification[0]
+    assert "isocontour" in algorithm.AlgorithmName
+    parameters = {p.split("=")[0]: p.split("=", 1)[1] for p in algorithm.AlgorithmParameters.split(",")}
+    assert parameters["isocontour"] == "41 % of SUVbw max" and parameters["isocontour_level_suvbw"] == (
+        f"{analysis.findings.foci[0].contour_suv:.2f}")
+    schemes = {item.CodingSchemeDesignator for item in seg.CodingSchemeIdentificationSequence}
+    assert "99LOCAL" in schemes
 
 
 def test_frames_reference_the_pet_instances_and_pixels_land_where_the_crop_mask_was(tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ def test_every_measurement_group_is_drawn_on_an_image_by_a_2d_scoord(tmp_path: P
     assert report.content.get_volumetric_roi_measurement_groups() == []
     groups = report.content.get_planar_roi_measurement_groups()
     assert [_label(g) for g in groups] == [
-        "Focus 1 (prostate), PET", "Focus 1 (prostate), CT", "Focus 2 (prostate), PET", "Focus 2 (prostate), CT",
+        "Focus 1 (prostate), PET", "Focus 1 (prostate), CT", "Focus 2 (pubic bone), PET", "Focus 2 (pubic bone), CT",
         "Analysed region (prostate); AI: recurrence present"]
     assert len({g.tracking_uid for g in groups}) == len(groups)
     assert {g.tracking_identifier for g in groups} == {"Cornerstone3DTools@^0.1.0:PlanarFreehandROI"}
@@ -181,24 +181,55 @@ def test_focus_numbers_read_as_labels_rounded_with_site_and_text(tmp_path: Path)
     assert group.finding_type == codes.SCT.Lesion
     found = [(m.name.meaning, m.value, m.unit.value) for m in group.get_measurements()]
     assert found == [
-        ("SUVmax", pytest.approx(round(focus.suv_max, 2)), "g/ml"),
-        ("SUVpeak", pytest.approx(11.8), "g/ml"),
+        ("SUVbw max", pytest.approx(round(focus.suv_max, 2)), "g/ml{SUVbw}"),
+        ("SUVbw peak", pytest.approx(11.8), "g/ml{SUVbw}"),
         ("Volume", pytest.approx(round(focus.volume_ml, 1)), "ml"),
         ("miPSMA", pytest.approx(2.0), "{score}"),
-        ("SUVmean", pytest.approx(round(focus.suv_mean, 2)), "g/ml"),
+        ("SUVbw mean", pytest.approx(round(focus.suv_mean, 2)), "g/ml{SUVbw}"),
     ]
     assert len(found) <= 5  # OHIF prints five label lines
     for measurement in group.get_measurements():
         assert [s.value for s in measurement.finding_sites] == [codes.SCT.Prostate]
-    suvmax = group.get_measurements(name=hd.sr.CodedConcept("SUVMAX", "99LOCAL", "SUVmax"))[0]
+    suvmax = group.get_measurements(name=hd.sr.CodedConcept("SUVBW_MAX", "99LOCAL", "SUVbw max"))[0]
     assert suvmax.derivation == codes.SCT.Maximum
+    assert suvmax.unit == hd.sr.CodedConcept("g/ml{SUVbw}", "UCUM", "Standardized Uptake Value body weight")
+    peak = group.get_measurements(name=hd.sr.CodedConcept("SUVBW_PEAK", "99LOCAL", "SUVbw peak"))[0]
+    assert peak.derivation == codes.DCM.PeakValueWithinROI
+    volume = group.get_measurements(name=codes.SCT.Volume)[0]
+    assert volume.method == codes.DCM.SumOfSegmentedVoxelMethodForVolume
     assert [i.value for i in _items(group, "Relation to urinary bladder")] == ["separate (27 mm from the bladder)"]
-    assert _items(group, "miPSMA assessment")[0].value.startswith("SUVmax 14.6 >= spleen")
+    assert _items(group, "miPSMA assessment")[0].value.startswith(
+        "miPSMA 2 (≥ spleen 9.1, < parotid 18.0): SUVmax 14.6 >= spleen")
+    assert _items(group, "Finding")[-1].value == (
+        "PSMA-avid focus in the prostate; miT2 if judged tumour (extension not assessed)")
+    assert _items(group, "Isocontour rule and level")[0].value.startswith(
+        f"41 % of SUVbw max; level SUVbw {focus.contour_suv:.2f}")
+    assert "1.22 ml averaged" in _items(group, "SUVbw peak method")[0].value
+    assert _items(group, "Site determination")[0].value.startswith("prostate: within the usual prostate extent")
     algorithm = _items(group, "Algorithm Name")[0].value
     assert "isocontour" in algorithm
-    second = _by_identifier(path)["Focus 2 (prostate), PET"]
+    params = [i.value for i in _items(group, "Algorithm Parameters")]
+    assert "isocontour=41 % of SUVbw max" in params
+    assert f"isocontour_level_suvbw={focus.contour_suv:.2f}" in params
+    second = _by_identifier(path)["Focus 2 (pubic bone), PET"]
     assert "miPSMA" not in [m.name.meaning for m in second.get_measurements()]  # not assessable: no number
-    assert "SUVpeak" not in [m.name.meaning for m in second.get_measurements()]
+    assert "SUVbw peak" not in [m.name.meaning for m in second.get_measurements()]
+    for measurement in second.get_measurements():
+        assert [s.value for s in measurement.finding_sites] == [hd.sr.CodedConcept("272673000", "SCT", "Bone")]
+    assert _items(second, "Finding")[-1].value.startswith("pubic bone: bone uptake (miM1b if metastasis; "
+                                                          "unspecific bone uptake is a known [18F]PSMA-1007 pitfall")
+    assert _items(second, "Isocontour rule and level")[0].value.startswith(
+        "adaptive: background + 50 % of (SUVbw max - background); level SUVbw 1.80 (low contrast")
+    assert _items(second, "SUVbw peak method")[0].value == "none: PET voxels too coarse"
+
+
+def test_private_codes_are_identified_and_the_standard_suvbw_unit_is_used(tmp_path: Path) -> None:
+    path, sr, _, _ = _build(tmp_path, make_analysis_with_findings())
+    schemes = {item.CodingSchemeDesignator: item for item in sr.CodingSchemeIdentificationSequence}
+    assert schemes["99LOCAL"].CodingSchemeName == "psma-node local concepts"
+    assert schemes["99LOCAL"].CodingSchemeResponsibleOrganization.startswith("psma-node")
+    text = _assert_valid(path)
+    assert '"SUVbw max")="13.84" (g/ml{SUVbw},UCUM,' in text and '"SUVmax"' not in text
 
 
 def test_study_level_answer_is_drawn_with_the_analysed_region(tmp_path: Path) -> None:
@@ -216,11 +247,14 @@ def test_study_level_answer_is_drawn_with_the_analysed_region(tmp_path: Path) ->
     assert [e.value for e in group.get_qualitative_evaluations(name=codes.DCM.RecurrentMalignancy)] == [
         codes.SCT.Present]
     probability = group.get_measurements(name=codes.DCM.ProbabilityOfCancer)
-    assert len(probability) == 1 and probability[0].value == pytest.approx(0.83)
-    assert probability[0].unit == hd.sr.CodedConcept("1", "UCUM", "no units")
+    assert len(probability) == 1 and probability[0].value == pytest.approx(83.0)
+    assert probability[0].unit == hd.sr.CodedConcept("%", "UCUM", "percent")  # OHIF prints "83.00 %"
     assert [s.value for s in probability[0].finding_sites] == [codes.SCT.Prostate]
     suv = {m.name.meaning: m.value for m in group.get_measurements()}
-    assert suv["SUVmax"] == pytest.approx(14.6) and suv["SUVmean"] == pytest.approx(6.2)
+    findings = analysis.findings
+    assert suv["SUVbw max"] == pytest.approx(findings.region_suv_max)  # the region's own, not focus 1's
+    assert suv["SUVbw mean"] == pytest.approx(findings.region_suv_mean)
+    assert findings.region_suv_mean != pytest.approx(findings.foci[0].suv_mean)
     params = [i.value for i in _items(group, "Algorithm Parameters")]
     assert any(p.startswith("psa_ng_ml=4.2 (tag") for p in params)
     assert any(p.startswith("prostatectomy=no (given") for p in params)
@@ -244,11 +278,50 @@ def test_document_level_evaluations_carry_answer_category_and_reference_organs(t
     values = {i.name.meaning: i.value for i in container.ContentSequence if i.value_type.value == "CODE"}
     assert values == {"Recurrent malignancy": codes.SCT.Present}
     texts = [(i.name.meaning, i.value) for i in container.ContentSequence if i.value_type.value == "TEXT"]
-    assert ("Suggested PROMISE V2 local category", "miT2 (suggestion only, not a diagnosis): prostate in situ") in texts
+    named = dict(texts)
+    assert named["AI classifier result"] == (
+        "AI classifier: local recurrence PRESENT, probability 0.83 (threshold 0.50)")
+    category = named["Rule-based PROMISE V2 category, independent of the AI"]
+    assert category.startswith("Rule-based PROMISE V2 suggestion, independent of the AI classifier: miT2u "
+                               "(1 focus in the prostate; extension not assessed)")
+    assert ("Finding", "Focus 2 (pubic bone): SUVbw max 3.10; pubic bone: bone uptake (miM1b if metastasis; "
+            "unspecific bone uptake is a known [18F]PSMA-1007 pitfall)") in texts
     organs = [v for n, v in texts if n == "miPSMA reference organ"]
-    assert organs[1].startswith("spleen: SUVmean 9.10; TotalSegmentator spleen mask")
+    assert organs[1].startswith("spleen: SUVbw mean 9.10 (VOI 180 ml); TotalSegmentator spleen mask")
     assert organs[2].startswith("parotid glands: not assessable (no parotid mask)")
     assert any(n == "Comment" and "NOT FOR DIAGNOSTIC USE" in v for n, v in texts)
+    assert "Outside validated conditions" not in named
+
+
+def test_inputs_outside_the_validated_conditions_are_stated_in_the_region_group_and_at_document_level(
+        tmp_path: Path) -> None:
+    analysis = make_analysis_with_findings()
+    analysis.envelope_violations = ["uptake time 240 min > 150 min", "PET reconstructed with /opt/recon/x"]
+    path, _, _, _ = _build(tmp_path, analysis)
+    _assert_valid(path)
+    expected = ("Outside the conditions the model was validated for: uptake time 240 min > 150 min; "
+                "PET reconstructed with …")
+    group = _by_identifier(path)["Analysed region (prostate); AI: recurrence present"]
+    assert [i.value for i in _items(group, "Outside validated conditions")] == [expected]
+    container = next(i for i in hd.sr.srread(path).content[0].ContentSequence
+                     if i.name.meaning == "Qualitative Evaluations")
+    assert [i.value for i in container.ContentSequence if i.name.meaning == "Outside validated conditions"] == [
+        expected]
+
+
+def test_unknown_status_suggests_no_category_and_says_why(tmp_path: Path) -> None:
+    analysis = make_analysis_with_findings()
+    analysis.findings.local_category = None
+    analysis.findings.local_category_note = "miT not suggested: prostatectomy status unknown"
+    path, _, _, _ = _build(tmp_path, analysis)
+    text = _assert_valid(path)
+    container = next(i for i in hd.sr.srread(path).content[0].ContentSequence
+                     if i.name.meaning == "Qualitative Evaluations")
+    category = next(i.value for i in container.ContentSequence
+                    if i.name.meaning == "Rule-based PROMISE V2 category, independent of the AI")
+    assert category == ("Rule-based PROMISE V2 suggestion, independent of the AI classifier: miT not suggested: "
+                        "prostatectomy status unknown")
+    assert "miTr" not in text and "miT2" not in text.replace("miT2 if judged", "")
 
 
 def test_image_library_lists_exactly_the_images_drawn_on(tmp_path: Path) -> None:
@@ -270,7 +343,7 @@ def test_no_focus_still_draws_the_region_with_no_focal_uptake(tmp_path: Path) ->
     path, _, pet_headers, _ = _build(tmp_path, analysis)
     text = _assert_valid(path)
     groups = hd.sr.srread(path).content.get_planar_roi_measurement_groups()
-    assert [_label(g) for g in groups] == ["Analysed region (prostate): no focal uptake; AI: recurrence absent"]
+    assert [_label(g) for g in groups] == ["Analysed region (prostate): no focus ≥ SUVbw 4; AI: recurrence absent"]
     group = groups[0]
     assert group.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
     region = analysis.findings.region_mask
@@ -281,15 +354,18 @@ def test_no_focus_still_draws_the_region_with_no_focal_uptake(tmp_path: Path) ->
     assert _inside(group.roi.value, _pixel(expected, tuple(centre)))
     assert [e.value for e in group.get_qualitative_evaluations()] == [codes.SCT.Absent]
     assert [i.value for i in _items(group, "Finding") if i.value_type.value == "TEXT"] == [
-        "No focal uptake in the analysed region"]
-    assert "miT0 (suggestion only" in text
+        "No focus with SUVbw max ≥ 4 and ≥ 1.5 × local background in the analysed region"]
+    container = next(i for i in hd.sr.srread(path).content[0].ContentSequence
+                     if i.name.meaning == "Qualitative Evaluations")
+    assert any("miT0 (no focus in the prostate / prostate bed)" in str(i.value) for i in container.ContentSequence)
+    assert "Analysed region" in text
 
 
 def test_sr_without_classifier_is_undetermined_with_quantitative_findings(tmp_path: Path) -> None:
     path, _, _, _ = _build(tmp_path, make_analysis_with_findings(classifier_run=False))
     text = _assert_valid(path)
     assert "Undetermined" in text and "Probability of cancer" not in text
-    assert "SUVmax" in text
+    assert "SUVbw max" in text
     group = _by_identifier(path)["Analysed region (prostate); AI: recurrence undetermined"]
     assert [e.value for e in group.get_qualitative_evaluations()] == [codes.SCT.Undetermined]
     assert group.get_measurements(name=codes.DCM.ProbabilityOfCancer) == []
@@ -299,10 +375,15 @@ def test_sr_without_classifier_is_undetermined_with_quantitative_findings(tmp_pa
 
 
 def test_sr_after_prostatectomy_names_the_prostate_bed_with_a_private_code(tmp_path: Path) -> None:
-    path, _, _, _ = _build(tmp_path, make_analysis_with_findings(prostatectomy=True))
+    analysis = make_analysis_with_findings(prostatectomy=True)
+    analysis.findings.foci[0].site = analysis.findings.foci[0].site_name = "prostate bed"
+    path, _, _, _ = _build(tmp_path, analysis)
     text = _assert_valid(path)
     assert f"({PROSTATE_BED.value},{PROSTATE_BED.scheme_designator},\"Prostate bed\")" in text
-    assert "Focus 1 (prostate bed), PET" in _by_identifier(path)
+    groups = _by_identifier(path)
+    assert "Analysed region (prostate bed); AI: recurrence present" in groups
+    for measurement in groups["Focus 1 (prostate bed), PET"].get_measurements():
+        assert [s.value for s in measurement.finding_sites] == [PROSTATE_BED]
 
 
 def test_segments_are_referenced_from_their_groups(tmp_path: Path) -> None:
@@ -323,8 +404,8 @@ def test_segments_are_referenced_from_their_groups(tmp_path: Path) -> None:
         images = [i for i in group[0].ContentSequence if i.ValueType == "IMAGE"]
         assert len(images) == 1 and images[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
         numbers[name] = int(images[0].ReferencedSOPSequence[0].ReferencedSegmentNumber)
-    assert numbers == {"Focus 1 (prostate), PET": 3, "Focus 1 (prostate), CT": 3, "Focus 2 (prostate), PET": 4,
-                       "Focus 2 (prostate), CT": 4, "Analysed region (prostate); AI: recurrence present": 1}
+    assert numbers == {"Focus 1 (prostate), PET": 3, "Focus 1 (prostate), CT": 3, "Focus 2 (pubic bone), PET": 4,
+                       "Focus 2 (pubic bone), CT": 4, "Analysed region (prostate); AI: recurrence present": 1}
     evidence = [s.ReferencedSOPInstanceUID for series in sr.CurrentRequestedProcedureEvidenceSequence[0]
                 .ReferencedSeriesSequence for s in series.ReferencedSOPSequence]
     assert seg.SOPInstanceUID in evidence
@@ -348,7 +429,7 @@ def test_dsr2html_lists_items_separately_under_their_labels(tmp_path: Path) -> N
     text = re.sub(r"<[^>]+>", "\n", html_path.read_text())
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     pairs = list(pairwise(lines))
-    assert ("SUVmax:", "13.84 g/ml") in pairs and ("Volume:", "2.8 ml") in pairs
+    assert ("SUVbw max:", "13.84 g/ml{SUVbw}") in pairs and ("Volume:", "2.8 ml") in pairs
     assert ("Comment:", "Focus 1 (prostate), PET") in pairs
     assert ("Recurrent malignancy:", "Present (52101004, SCT)") in pairs
 
