@@ -8,9 +8,10 @@ the others (over 500 lines): splitting the sections across files would scatter w
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -87,10 +88,30 @@ class NodeSettings(_Section):
         default=False, description="Accept any calling AE title (testing only); otherwise use allowed_calling_aes."
     )
     allowed_calling_aes: list[CallingAE] = Field(
-        default_factory=lambda: [CallingAE(ae_title="STORESCU"), CallingAE(ae_title="PSMA_SYNTH"), CallingAE(ae_title="PACS")],
-        description="Calling AE titles allowed to associate (and where results go back to).",
+        default_factory=lambda: [CallingAE(ae_title="PACS")],
+        description="Calling AE titles allowed to associate (and where results go back to). Bind each to the "
+                    "addresses it sends from (hosts): AE titles are not secret, and an entry without hosts lets "
+                    "any host that reaches the port use it.",
+    )
+    demo_calling_aes: list[str] = Field(
+        default_factory=lambda: ["STORESCU", "PSMA_SYNTH"],
+        description="Calling AE titles of the demo tools (dcmtk storescu's default, `psma-node synth --send`), "
+                    "accepted from loopback addresses only; an AE title also listed under allowed_calling_aes "
+                    "follows that entry instead. [] refuses them.",
     )
     max_associations: int = Field(default=8, ge=1, description="Concurrent associations before refusing.")
+    max_associations_per_ae: int = Field(
+        default=4, ge=1,
+        description="Associations one calling AE title may hold at once (more are rejected): no title, forged "
+                    "or not, takes every slot.",
+    )
+    reserved_for_bound_aes: int = Field(
+        default=2, ge=0,
+        description="Association slots only callers matched by an allowed_calling_aes entry with hosts may take: "
+                    "callers bound to no host (entries without hosts, demo entries, allow_any_calling_ae) share "
+                    "the other max_associations minus this, so a PACS bound to its address always gets in. "
+                    "Applies when some entry has hosts, and must then be below max_associations.",
+    )
     max_pdu_bytes: int = Field(default=262144, ge=0, description="Maximum PDU size offered (0 = unlimited).")
     max_instance_bytes: int = Field(
         default=2 * 1024**3, ge=1024, description="Largest instance accepted; larger ones are refused."
@@ -139,6 +160,20 @@ class NodeSettings(_Section):
                     "tls.enabled the associations run in serve (a TLS session cannot move to another process).",
     )
     tls: TLSSettings = Field(default_factory=TLSSettings, description="DICOM TLS.")
+
+    @model_validator(mode="after")
+    def _room_for_unbound_callers(self) -> NodeSettings:
+        if self.reserves_for_bound_aes() and self.reserved_for_bound_aes >= self.max_associations:
+            raise ValueError(
+                f"reserved_for_bound_aes ({self.reserved_for_bound_aes}) must be below max_associations "
+                f"({self.max_associations}), or callers bound to no host could never associate"
+            )
+        return self
+
+    def reserves_for_bound_aes(self) -> bool:
+        """Whether some slots are kept for host-bound callers: only when there are such callers."""
+        return (self.reserved_for_bound_aes > 0 and not self.allow_any_calling_ae
+                and any(entry.hosts for entry in self.allowed_calling_aes))
 
     @field_validator("receiving_processes", mode="before")
     @classmethod
@@ -344,6 +379,13 @@ class ClinicalSettings(_Section):
             "(prostate found = not operated, bladder only = operated) before imputing."
         ),
     )
+    site_tracer: str = Field(
+        default="PSMA-1007", min_length=1,
+        description=(
+            "The PSMA tracer this site uses: a PET naming no tracer, or only 'PSMA', is read as this one "
+            "(it picks the miPSMA score's references: spleen for PSMA-1007, else liver)."
+        ),
+    )
 
     @field_validator("psa_pattern", "prostatectomy_pattern", "no_prostatectomy_pattern")
     @classmethod
@@ -376,8 +418,11 @@ class Destination(_Section):
     password: SecretStr | None = Field(default=None, description="HTTP basic-auth password (stow).")
     confirm_with_cfind: bool = Field(
         default=False, description="After storing, C-FIND (DICOMweb: QIDO-RS) the objects back; an object the "
-                                   "peer acknowledged but cannot find stays 'delivered' with a warning (C-FIND "
-                                   "asks again for 1.7 s first).")
+                                   "peer acknowledged but cannot find stays 'delivered' with a warning (both "
+                                   "ask again for 1.7 s first).")
+    evaluation: bool = Field(
+        default=False, description="An evaluation destination (e.g. a research PACS): the only kind that gets "
+                                   "results when results.mode is shadow.")
 
     @model_validator(mode="after")
     def _addressable(self) -> Destination:
@@ -404,6 +449,12 @@ class ResultSettings(_Section):
     fallback_to_comprehensive: bool = Field(
         default=True, description="If a PACS refuses 88.34, send the SR as 88.33."
     )
+    mode: Literal["live", "shadow"] = Field(
+        default="live",
+        description="live: results go to every destination. shadow (local validation before going live): results "
+                    "are made, stored, audited and shown on the dashboard, but sent only to destinations marked "
+                    "evaluation: true, never to clinical ones nor back to the sender.",
+    )
     return_to_sender: bool = Field(
         default=False, description="Also send results to the calling AE (needs its port in allowed_calling_aes)."
     )
@@ -428,6 +479,11 @@ class ResultSettings(_Section):
     )
     max_items_per_association: int = Field(
         default=100, ge=1, description="Objects sent to one destination per association and tick."
+    )
+    assessment_intake_seconds: float = Field(
+        default=5.0, gt=0,
+        description="How often `serve` reads received SRs for readers' assessments of the node's results "
+                    "(docs/assessments.md).",
     )
 
 
@@ -489,24 +545,115 @@ class DashboardSettings(_Section):
         return value
 
 
+MIN_RECORDS_DAYS = 183.0
+"""Six months: the least the records of a high-risk AI system are kept (EU AI Act Art. 26(6))."""
+
+
 class RetentionSettings(_Section):
     enabled: bool = Field(default=False, description="Purge stored images of delivered studies.")
     keep_days: float = Field(default=30.0, gt=0, description="Days after delivery before purging.")
     tick_seconds: float = Field(
         default=3600.0, gt=0, description="How often `serve` looks for studies to purge."
     )
+    keep_records_days: float = Field(
+        default=MIN_RECORDS_DAYS,
+        description="Results, reader assessments, reference standards and the audit trail are kept at least this "
+                    "long (the node itself never deletes them; retention purges images only). At least 183 days: "
+                    "EU AI Act Art. 26(6) asks deployers to keep the logs at least six months.",
+    )
+
+    @field_validator("keep_records_days")
+    @classmethod
+    def _six_months(cls, value: float) -> float:
+        if value < MIN_RECORDS_DAYS:
+            raise ValueError(
+                f"must be at least {MIN_RECORDS_DAYS:g} days: EU AI Act Art. 26(6) asks deployers to keep the logs "
+                "of a high-risk AI system at least six months"
+            )
+        return value
 
 
 class EnvelopeSettings(_Section):
     """The conditions the model was validated for; a result outside them is flagged and counted."""
 
     enabled: bool = Field(default=True, description="Check every result against the validated envelope.")
+    tracers: list[str] = Field(
+        default_factory=lambda: ["PSMA-1007"],
+        description="Radiopharmaceutical names (case-insensitive parts) the model was validated for. Source: the "
+                    "paper (Korb et al. 2025: 1404 [18F]PSMA-1007 PET/CTs).",
+    )
+    pet_voxel_mm: tuple[float, float] = Field(
+        default=(1.5, 6.0),
+        description="Range of the PET voxel size (row, column and slice spacing, mm). Site-set: the paper does not "
+                    "state its reconstruction; the authors' 200 mm crops are ~50 PET voxels wide (~4 mm).",
+    )
+    pet_slice_thickness_mm: tuple[float, float] = Field(
+        default=(1.5, 6.0), description="Range of the PET Slice Thickness (mm). Site-set: not stated in the paper."
+    )
+    uptake_time_min: tuple[float, float] = Field(
+        default=(45.0, 150.0),
+        description="Range of the time from injection to the PET scan (min). Site-set: not stated in the paper; "
+                    "covers the 60-120 min protocols in use for [18F]PSMA-1007.",
+    )
+    injected_activity_mbq: tuple[float, float] = Field(
+        default=(100.0, 500.0),
+        description="Range of the injected activity (MBq). Site-set: not stated in the paper; covers ~3-4 MBq/kg.",
+    )
+    scanners: list[str] = Field(
+        default_factory=list,
+        description="Scanners validated here (case-insensitive parts of 'Manufacturer ModelName', e.g. "
+                    "'Biograph mCT'); empty = any. Site-set: the paper does not name its scanners.",
+    )
+
+    @field_validator("pet_voxel_mm", "pet_slice_thickness_mm", "uptake_time_min", "injected_activity_mbq")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 <= low <= high:
+            raise ValueError(f"must be [low, high] with 0 <= low <= high, got [{low:g}, {high:g}]")
+        return value
+
+
+MonitoredStatistic = Literal[
+    "positive_rate", "mean_probability", "disagreement_rate", "envelope_violation_rate", "uptake_time_min",
+    "injected_activity_mbq", "weight_kg", "pet_pixel_spacing_mm", "pet_slice_spacing_mm",
+    "pet_slice_thickness_mm",
+]
+"""What drift monitoring can watch per scanner and day (docs/monitoring.md defines each)."""
 
 
 class MonitoringSettings(_Section):
     """Watching the AI's inputs and outputs over time, per scanner: drift and novelty alarms."""
 
     enabled: bool = Field(default=True, description="Compute daily monitoring statistics and raise alarms.")
+    tick_seconds: float = Field(
+        default=3600.0, gt=0, description="How often `serve` evaluates monitoring (alarms are judged per day)."
+    )
+    baseline_days: int = Field(
+        default=30, ge=1,
+        description="Days, from a scanner's first result (or baseline_start), whose results form its baseline.",
+    )
+    baseline_min_results: int = Field(
+        default=30, ge=2,
+        description="A baseline extends past baseline_days until it holds at least this many results.",
+    )
+    baseline_start: dt.date | None = Field(
+        default=None,
+        description="First day of every baseline (YYYY-MM-DD; empty = each scanner's first result): set it "
+                    "after a deliberate change to start a new baseline. Earlier results are not judged.",
+    )
+    consecutive_days: int = Field(
+        default=7, ge=1,
+        description="Days in a row a statistic must lie outside its baseline's 95 % interval before an alarm "
+                    "(7, as in Sorin et al., JACR 2025). Days with too few results neither count nor break the run.",
+    )
+    min_daily_results: int = Field(
+        default=3, ge=1, description="Observations a day needs before its statistic is judged."
+    )
+    statistics: list[MonitoredStatistic] = Field(
+        default_factory=lambda: list(get_args(MonitoredStatistic)),
+        description="Statistics watched per scanner (default: all).",
+    )
 
 
 class LoggingSettings(_Section):

@@ -25,9 +25,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import audit
 from db.clinical import lookup_clinical
 from db.clock import utcnow
-from db.models import Instance, JobState, Result, Study, StudyState
+from db.models import Instance, JobState, Result, ResultDescriptors, Study, StudyState
 from db.session import transaction
 from dicom_node.config import Settings
+from dicom_node.evaluation.descriptors import describe
+from dicom_node.evaluation.envelope import check as check_envelope
 from dicom_node.inference_options import analysis_options, registered_clinical
 from dicom_node.jobs import ClaimedJob, finish_job
 from dicom_node.report import publish_result
@@ -133,7 +135,7 @@ def _audit_findings(analysis: AnalysisResult) -> dict[str, Any] | None:
     if analysis.findings is None:
         return None
     summary = analysis.findings.to_summary()
-    keys = ("number", "suv_max", "suv_peak", "volume_ml", "bladder_relation", "mipsma", "mipsma_note")
+    keys = ("number", "site", "suv_max", "suv_peak", "volume_ml", "bladder_relation", "mipsma", "mipsma_note")
     return {
         "foci": [{k: focus[k] for k in keys} for focus in summary["foci"]],  # type: ignore[attr-defined]
         "references": summary["references"],
@@ -141,6 +143,17 @@ def _audit_findings(analysis: AnalysisResult) -> dict[str, Any] | None:
         "local_category": summary["local_category"],
         "local_category_note": summary["local_category_note"],
     }
+
+
+def _audit_envelope(session: Session, study: Study, result: Result, violations: list[str]) -> None:
+    """A result outside the validated envelope is an audited warning (it is also kept in its descriptors)."""
+    if not violations:
+        return
+    reason = "outside the conditions the model was validated for: " + "; ".join(violations)
+    audit.record(session, "result", "outside-envelope", outcome="warning", reason=reason,
+                 study_uid=study.study_uid, result_id=result.id, violations=violations)
+    log.warning("result outside the validated envelope",
+                extra={"study_uid": study.study_uid, "result_id": result.id, "reason": reason})
 
 
 def _describe(exc: BaseException) -> str:
@@ -228,6 +241,9 @@ def run_job(
         )
     if job.flags.get("incomplete"):
         analysis.warnings.append("analysed although incomplete: " + "; ".join(job.flags["incomplete"]))
+    if job.flags.get("ct_lossy"):
+        analysis.warnings.append(f"CT is lossy-compressed ({job.flags['ct_lossy']}): it only places the "
+                                 "analysed region and the organs, the PET's SUV are unaffected")
     timings = {**analysis.timings, "total": round(time.monotonic() - clock, 4)}
     try:
         outcome = _store(settings, sessions, job, worker_id, analysis, timings, pet_paths[0], started)
@@ -258,6 +274,11 @@ def _store(
 ) -> str:
     pet_headers = analysis.series_headers.get(analysis.pet_series_uid)
     pet_header = pet_headers[0] if pet_headers else pydicom.dcmread(pet_file, stop_before_pixels=True)
+    mode = settings.results.mode
+    descriptors = describe(analysis, pet_headers or [pet_header], mode)
+    # Before the report is built: the SR and the SC say when a result lies outside the validated envelope.
+    analysis.envelope_violations = check_envelope(descriptors, settings.envelope)
+    descriptors = dataclasses.replace(descriptors, envelope_violations=list(analysis.envelope_violations))
     with transaction(sessions) as session:
         if not finish_job(session, job.id, worker_id, JobState.DONE, timings=timings):
             audit.record(
@@ -288,10 +309,12 @@ def _store(
             software_version=analysis.software_version,
             probability=analysis.probability,
             finding=analysis.finding.value,
-            summary=summarise(analysis, job),
+            summary={**summarise(analysis, job), "results_mode": mode},
         )
         session.add(result)
         session.flush()
+        session.add(ResultDescriptors(result_id=result.id, study_id=study.id, **descriptors.columns()))
+        _audit_envelope(session, study, result, analysis.envelope_violations)
         publish_result(session, settings, study, result, analysis, pet_header, superseded=previous)
         audit.record(
             session,
@@ -310,6 +333,8 @@ def _store(
             finding=analysis.finding.value,
             probability=analysis.probability,
             findings=_audit_findings(analysis),
+            results_mode=mode,
+            envelope_violations=analysis.envelope_violations,
         )
         probability = "n/a" if analysis.probability is None else f"{analysis.probability:.3f}"
         transition(

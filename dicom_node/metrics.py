@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.clock import utcnow
 from db.models import AuditEvent, Instance, Job, JobState, OutboxItem, Study
+from db.monitoring import ALARM_KINDS, open_alarms
 from db.queries import FAILED_OUTCOMES, count_by, studies_by_state, workers
 from dicom_node.config import Settings
 
@@ -97,6 +98,7 @@ class NodeCollector(Collector):
         yield from self._jobs(session)
         yield from self._outbox(session)
         yield from self._workers(session)
+        yield from self._monitoring(session)
 
     def _received(self, session: Session) -> Iterator[Metric]:
         instances = CounterMetricFamily(
@@ -251,6 +253,23 @@ class NodeCollector(Collector):
         for w in rows:
             age.add_metric([w.id], max((now - w.heartbeat_at).total_seconds(), 0.0))
         yield age
+
+    def _monitoring(self, session: Session) -> Iterator[Metric]:
+        alarms = open_alarms(session)
+        each = GaugeMetricFamily(
+            f"{PREFIX}_monitoring_alarm",
+            "1 for each open drift or novelty alarm (docs/monitoring.md); cleared alarms disappear.",
+            labels=["kind", "scanner", "subject"],
+        )
+        for alarm in alarms:
+            each.add_metric([alarm.kind, alarm.scanner, alarm.subject], 1.0)
+        yield each
+        total = GaugeMetricFamily(
+            f"{PREFIX}_monitoring_alarms_open", "Open drift and novelty alarms by kind.", labels=["kind"]
+        )
+        for kind in ALARM_KINDS:
+            total.add_metric([kind], float(sum(1 for alarm in alarms if alarm.kind == kind)))
+        yield total
 
 
 def _numeric(timings: Any) -> Iterator[tuple[str, float]]:

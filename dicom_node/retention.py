@@ -4,6 +4,11 @@ Only instance files go; every row stays (the study is marked purged_at, its inst
 audit trail keeps the whole story. A study qualifies when it is done, every outbox item of it is delivered
 or confirmed, and the last delivery is older than retention.keep_days. Studies that failed, were rejected
 or were reopened by new data are never purged automatically: an admin may still need their images.
+
+Records are never deleted, here or anywhere else in the node: results, their descriptors, reader
+assessments, reference standards and the audit trail outlive the images (`retention.keep_records_days`,
+at least six months, EU AI Act Art. 26(6), is what a site's own archiving must honour). Retention only
+deletes files, and the only rows it changes are a study's purged_at and its instances' missing_file flags.
 """
 
 from __future__ import annotations
@@ -153,6 +158,7 @@ def run_retention(
                 files_deleted=deleted,
                 bytes_freed=size,
                 keep_days=days,
+                records_kept_days=settings.retention.keep_records_days,
             )
             report.files_deleted += deleted
             report.bytes_freed += size

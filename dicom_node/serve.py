@@ -11,15 +11,22 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_session_factory
+from dicom_node import readiness
+from dicom_node.admission import unbound_exposure
 from dicom_node.assemble import Assembler
 from dicom_node.config import Settings
+from dicom_node.evaluation.monitoring import monitoring_tick
+from dicom_node.evaluation.sr_intake import AssessmentIntake
 from dicom_node.jobs import requeue_expired_jobs
 from dicom_node.log import configure_logging
 from dicom_node.preflight import StartupError, check_before_start, create_folders, open_database
@@ -59,13 +66,29 @@ def _association_ended(assembler: Assembler, end: AssociationEnd) -> None:
         assembler.association_closed(set(end.study_ids), end.released)
 
 
+def _announce_ready(settings: Settings, sessions: sessionmaker[Session], started: float) -> bool:
+    """Log once that the node is ready (`readiness`): until then a study sent waits for a worker."""
+    try:
+        found = readiness.problems(settings, sessions)
+    except SQLAlchemyError:  # the database is down for a moment: ask again next second
+        return False
+    if found:
+        return False
+    log.info("node ready", extra={"seconds_after_start": round(time.monotonic() - started, 1)})
+    return True
+
+
 def serve(settings: Settings, stop: threading.Event | None = None, config_file: Path | None = None) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set), then shut every part down in order."""
+    started = time.monotonic()
     check_before_start(settings)
     engine = open_database(settings)
     create_folders(settings)
     configure_logging(settings.logging)
     log.info("configuration read", extra={"file": str(config_file) if config_file else "(given in code)"})
+    exposure = unbound_exposure(settings.node)
+    if exposure is not None:
+        log.warning("calling AE titles open to any host", extra={"reason": exposure})
     stop = stop or threading.Event()
     sessions = make_session_factory(engine)
 
@@ -105,6 +128,11 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
     _periodic(scheduler, requeue_expired_jobs, max(1.0, settings.workers.lease_seconds / 3), settings, sessions)
     if settings.retention.enabled:
         _periodic(scheduler, retention_tick, settings.retention.tick_seconds, settings, sessions)
+    if settings.monitoring.enabled:
+        _periodic(scheduler, monitoring_tick, settings.monitoring.tick_seconds, settings, sessions)
+    # Readers' assessment SRs are read here, not where they are received: receiving stays fast.
+    _periodic(scheduler, AssessmentIntake().read_new_srs, settings.results.assessment_intake_seconds, settings,
+              sessions)
     scheduler.start()
     # The sender runs every send tick, and at once when a worker publishes a result (wake.OUTBOX).
     sender = Sender(settings, sessions)
@@ -120,8 +148,10 @@ def serve(settings: Settings, stop: threading.Event | None = None, config_file: 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
     log.info("node started", extra={"ae_title": settings.node.ae_title, "port": receiver.port})
+    ready = False
     try:
         while not stop.wait(1.0):
+            ready = ready or _announce_ready(settings, sessions, started)
             workers.supervise()
             if processes is not None:
                 processes.supervise()

@@ -33,7 +33,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 # Modules of a minute or more. Under xdist they are handed out first, so both workers finish together
 # instead of one running a long module alone at the end.
 LONG_MODULES = ("tests/deploy/", "tests/test_readme.py",
-                "tests/dicom_node/assemble/test_node_assembly.py")
+                "tests/dicom_node/assemble/test_node_assembly.py",
+                "tests/dicom_node/report/test_vignettes.py",
+                "tests/dicom_node/evaluation/test_whole_loop.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

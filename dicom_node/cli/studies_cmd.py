@@ -81,10 +81,14 @@ def list_command(ctx: CliContext, state: str | None, since: str | None, limit: i
 @pass_cli
 def show_command(ctx: CliContext, key: str) -> None:
     """The story of one study (by accession number or Study Instance UID)."""
+    from db.outcomes import list_assessments, list_reference_standards
     from db.queries import study_timeline  # the ORM: only for `show` and `reprocess`, `list` stays quick
 
     with ctx.sessions()() as session:
         story = study_timeline(session, key)
+        uid = story.study.study_uid if story is not None else None
+        assessments = list_assessments(session, study_instance_uid=uid) if uid else []
+        references = list_reference_standards(session, study_instance_uid=uid) if uid else []
     if story is None:
         click.echo(f"error: no study with accession number or UID {key!r}", err=True)
         sys.exit(NOT_FOUND_EXIT)
@@ -124,6 +128,25 @@ def show_command(ctx: CliContext, key: str) -> None:
         click.echo(
             f"  result {result.id} (job {result.job_id}) {result.finding} p={probability} "
             f"model {result.model_id or '-'}  SR {result.sr_sop_instance_uid or '-'}{superseded}"
+        )
+        summary = result.summary or {}
+        if summary.get("results_mode") == "shadow":
+            click.echo("    shadow mode: sent to evaluation destinations only, never to the clinical PACS or sender")
+        for violation in summary.get("envelope_violations") or []:
+            click.echo(f"    outside the conditions the model was validated for: {violation}")
+    click.echo("\nreader assessments:")
+    for row in reversed(assessments):
+        click.echo(
+            f"  {_when(row.assessed_at)} result {row.result_id} {row.reader} ({row.source}): {row.verdict}, "
+            f"reader finding {row.reader_finding}" + (f", reason {row.reason}" if row.reason else "")
+            + ("" if row.latest else "  [replaced by a newer one of this reader]")
+        )
+    click.echo("\nreference standard:")
+    for ref in reversed(references):
+        click.echo(
+            f"  {_when(ref.created_at)} recurrence {'yes' if ref.recurrence else 'no'} by {ref.method} "
+            f"({ref.reference_date or 'no date'}; {ref.source or 'no source'}; via {ref.channel})"
+            + ("" if ref.latest else "  [superseded]")
         )
     click.echo("\ntimeline:")
     for event in story.events:

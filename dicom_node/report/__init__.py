@@ -105,7 +105,19 @@ def _predecessor(session: Session, superseded: Result | None, study_uid: str) ->
 
 
 def destinations_for(session: Session, settings: Settings, study: Study) -> list[str]:
-    """Configured destinations, plus the sender when return_to_sender is on and its port is known."""
+    """Configured destinations, plus the sender when return_to_sender is on and its port is known.
+
+    In shadow mode only the evaluation destinations: a result made while a site validates the model never
+    reaches a clinical PACS, nor the sender (which is usually one)."""
+    if settings.results.mode == "shadow":
+        names = [d.name for d in settings.results.destinations if d.evaluation]
+        withheld = [d.name for d in settings.results.destinations if not d.evaluation]
+        if settings.results.return_to_sender:
+            withheld.append(f"the sender {study.calling_ae or '(unknown)'}")
+        audit.record(session, "result", "shadow-mode", reason="results.mode shadow: sent only to evaluation "
+                     f"destinations ({', '.join(names) or 'none'}); withheld from {', '.join(withheld) or 'none'}",
+                     study_uid=study.study_uid, destinations=names, withheld=withheld)
+        return names
     names = [d.name for d in settings.results.destinations]
     if settings.results.return_to_sender:
         sender = sender_destination(settings, study.calling_ae)

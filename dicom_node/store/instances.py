@@ -23,13 +23,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, Update, bindparam, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import audit
 from db.clock import utcnow
-from db.models import Instance, Study
+from db.models import Instance, Study, StudyState
 from dicom_node.config import Settings
 from dicom_node.store.durable import Staged, StorageFolder, intact
 from dicom_node.store.file_meta import received_file
@@ -302,18 +302,22 @@ class InstanceStore:
             study_id = self._study_id(parsed, caller)
             now = utcnow()
             values = instance_values(parsed, study_id, path, size, sha256, revision, caller.ae_title, now)
-            touch = {
-                "study_id": study_id, "accession_number": parsed.accession_number,
-                "patient_id": parsed.patient_id, "patient_name": parsed.patient_name,
-                "study_date": parsed.study_date, "calling_ae": caller.ae_title[:16],
-                "calling_host": caller.host[:64], "now": now, "added": 1 if previous_id is None else 0,
-            }
+            added = 1 if previous_id is None else 0
+            if parsed.analysable:
+                touch_study, touch = _TOUCH_STUDY, {
+                    "study_id": study_id, "accession_number": parsed.accession_number,
+                    "patient_id": parsed.patient_id, "patient_name": parsed.patient_name,
+                    "study_date": parsed.study_date, "calling_ae": caller.ae_title[:16],
+                    "calling_host": caller.host[:64], "now": now, "added": added,
+                }
+            else:
+                touch_study, touch = COUNT_OTHER_OBJECT, {"study_id": study_id, "added": added}
 
-            write = partial(_write_rows, touch=touch, values=values, previous_id=previous_id,
-                            audit_fields={"study_uid": parsed.study_uid, "series_uid": parsed.series_uid,
-                                          "sop_instance_uid": parsed.sop_instance_uid,
-                                          "actor": caller.ae_title, "peer": caller.host,
-                                          "revision": revision, "sha256": sha256})
+            audit_fields = {"study_uid": parsed.study_uid, "series_uid": parsed.series_uid,
+                            "sop_instance_uid": parsed.sop_instance_uid, "actor": caller.ae_title,
+                            "peer": caller.host, "revision": revision, "sha256": sha256}
+            write = partial(_write_rows, touch_study=touch_study, touch=touch, values=values,
+                            previous_id=previous_id, audit_fields=audit_fields)
             try:
                 self._commits.run(write)
                 return
@@ -323,10 +327,10 @@ class InstanceStore:
                     raise RuntimeError(f"study row for {parsed.study_uid} vanished while storing") from None
 
 
-def _write_rows(connection: Connection, touch: dict[str, Any], values: dict[str, Any], previous_id: int | None,
-                audit_fields: dict[str, Any]) -> None:
+def _write_rows(connection: Connection, touch_study: Update, touch: dict[str, Any], values: dict[str, Any],
+                previous_id: int | None, audit_fields: dict[str, Any]) -> None:
     """One instance's statements: touch the study, retire the previous revision (audited), insert."""
-    if connection.execute(_TOUCH_STUDY, touch).rowcount == 0:
+    if connection.execute(touch_study, touch).rowcount == 0:
         raise _StudyVanished(audit_fields["study_uid"])
     if previous_id is not None:
         connection.execute(update(Instance).where(Instance.id == previous_id).values(current=False))
@@ -419,6 +423,17 @@ _TOUCH_STUDY = update(Study).where(Study.id == bindparam("study_id")).values(
     calling_ae=bindparam("calling_ae"), calling_host=bindparam("calling_host"),
     last_received_at=bindparam("now"), instance_count=Study.instance_count + bindparam("added"),
 )
+COUNT_OTHER_OBJECT = update(Study).where(Study.id == bindparam("study_id")).values(
+    instance_count=Study.instance_count + bindparam("added"),
+    assessed_instance_count=case(
+        (Study.state == StudyState.RECEIVING.value, Study.assessed_instance_count),
+        else_=Study.assessed_instance_count + bindparam("added"),
+    ),
+)
+"""An object the analysis does not read (a reader's SR, a presentation state, the node's own results coming
+back): counted, but it neither reopens a settled study nor stretches a receiving one's quiet period, and the
+study's patient, accession and sender stay those of its images. A settled study's assessed count moves with
+it, so `study_state.reopen_candidates` sees no change; a receiving study's is set when assembly decides."""
 _INSERT_INSTANCE = insert(Instance)
 
 

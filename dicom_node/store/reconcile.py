@@ -23,7 +23,7 @@ from dicom_node.config import Settings
 from dicom_node.store.durable import TEMP_SUFFIX, intact
 from dicom_node.store.file_meta import content_digest
 from dicom_node.store.headers import parse_instance
-from dicom_node.store.instances import ensure_study, instance_values
+from dicom_node.store.instances import COUNT_OTHER_OBJECT, ensure_study, instance_values
 from dicom_node.store.status import InstanceRefused
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,12 @@ def _adopt(path: Path, sessions: sessionmaker[Session]) -> int:
     study_id = ensure_study(sessions, parsed, None)
     now = utcnow()
     with sessions.begin() as session:
-        session.execute(update(Study).where(Study.id == study_id).values(
-            last_received_at=now, instance_count=Study.instance_count + (1 if latest is None else 0)))
+        added = 1 if latest is None else 0
+        if parsed.analysable:
+            session.execute(update(Study).where(Study.id == study_id).values(
+                last_received_at=now, instance_count=Study.instance_count + added))
+        else:
+            session.execute(COUNT_OTHER_OBJECT, {"study_id": study_id, "added": added})
         session.execute(update(Instance).where(Instance.sop_instance_uid == parsed.sop_instance_uid)
                         .values(current=False))
         session.execute(insert(Instance).values(**instance_values(

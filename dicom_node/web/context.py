@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.audit import record
+from db.monitoring import open_alarms
 from db.session import transaction
 from dicom_node.config import Settings
 from dicom_node.metrics import make_registry, worker_stale_seconds
@@ -72,10 +73,13 @@ class WebContext:
         write_audit(self.sessions, category, action, **fields)
 
     def render(self, request: Request, name: str, user: Principal, **values: Any) -> HTMLResponse:
-        """A page for `user`, with the CSRF token its forms must echo back."""
+        """A page for `user`, with the CSRF token its forms must echo back and the open monitoring alarms
+        (every page shows them in a banner)."""
         cookie = request.cookies.get(COOKIE_NAME) or "anonymous"
+        with self.sessions() as session:
+            alarms = open_alarms(session)
         return self.templates.TemplateResponse(
-            request, name, {"user": user, "csrf": self.auth.csrf_token(cookie), **values}
+            request, name, {"user": user, "csrf": self.auth.csrf_token(cookie), "alarms": alarms, **values}
         )
 
     def problems(self) -> list[str]:

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from db import listings, queries
 from db.models import OutboxState, StudyState
-from dicom_node.web import clinical
+from dicom_node.web import clinical, outcomes
 from dicom_node.web.dependencies import Context, Db, PageUser, refuse_write
 from dicom_node.web.images import render_png, result_images
 
@@ -55,7 +55,8 @@ def study_page(request: Request, key: str, context: Context, user: PageUser, ses
         return context.render(request, "not_found.html", user, what=f"study {key}")
     study_uid = timeline.study.study_uid
     images = {r.id: result_images(session, r, study_uid, context.results_dir) for r in timeline.results}
-    return context.render(request, "study.html", user, t=timeline, images=images)
+    return context.render(request, "study.html", user, t=timeline, images=images,
+                          **outcomes.page_values(session, study_uid))
 
 
 @router.post("/studies/{key}/clinical")

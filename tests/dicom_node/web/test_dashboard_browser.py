@@ -8,20 +8,11 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from db.session import make_engine, make_session_factory
-from tests.support.db import migrate
 from tests.db.seed import seed
-from tests.support.settings import FAST_HASH, PASSWORD, make_settings
+from tests.support.browser import CHROMIUM_ARGS
+from tests.support.db import migrate
 from tests.support.node import wait_for_port
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.support.settings import FAST_HASH, PASSWORD, make_settings
 
 
 @pytest.mark.slow
