@@ -110,7 +110,7 @@ def suv_peak(suv: np.ndarray, focus: np.ndarray, spacing: tuple[float, float, fl
              excluded: np.ndarray | None = None) -> Peak:
     """The highest mean of a 1 cm³ sphere centred on a focus voxel, wholly inside the image.
 
-    Voxels count when their centre lies in the sphere (IBSI local intensity, not partial-volume weighted),
+    Voxels count when their centre lies in the sphere (as IBSI defines the peak: not partial-volume weighted),
     so the sphere's true volume is its voxel count times the voxel volume (1.22 ml at 4 mm voxels). Excluded
     voxels never enter the mean; a position where more than PEAK_MAX_EXCLUDED of the sphere is excluded
     does not count. None, with the reason, when no position counts, when the voxels are too coarse, or

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,41 @@ LONG_MODULES = ("tests/deploy/", "tests/test_readme.py",
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if hasattr(config, "workerinput"):  # an xdist worker: its collection order is the schedule's
         items.sort(key=lambda item: not item.nodeid.startswith(LONG_MODULES))
+
+
+def _processes_naming(text: str) -> dict[int, str]:
+    """Processes (other than this one) whose command line contains `text`, with that command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in command:
+            found[int(entry.name)] = command.strip()
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every process a test starts is stopped by it: servers the tests start (nodes, Orthanc, storescp) name
+    a file under this session's temporary folder on their command line, so one still running at the end
+    leaked. It is killed, and the session fails, naming it."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    deadline = time.monotonic() + 10.0  # a server a last fixture stopped may still be exiting
+    while (leaked := _processes_naming(base)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in leaked:
+        with contextlib.suppress(ProcessLookupError):
+            group = os.getpgid(pid)  # a node's workers share its group; ours must survive
+            if group != os.getpgrp():
+                os.killpg(group, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+    assert not leaked, "processes started by tests outlived them:\n" + "\n".join(leaked.values())
 
 
 @pytest.fixture(scope="session")

@@ -108,6 +108,9 @@ class NodeProcess:
         self.stderr_path = config_path.parent / "serve.stderr"
 
     def start(self, timeout: float = 60.0) -> "NodeProcess":
+        if self.proc is not None and self.proc.poll() is None:
+            # `with node.start():` would start a second serve and stop only that one, leaking the first.
+            raise RuntimeError("node already running: use `with node:` or call start() once")
         self._stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dicom_node.cli.main", "--config", str(self.config_path), "serve"],

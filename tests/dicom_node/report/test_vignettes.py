@@ -127,7 +127,7 @@ def delivered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, De
     })
     node = NodeProcess(config)
     migrate(node.config["database"]["url"])
-    with node.start():
+    with node:
         for name in VIGNETTES:
             files = sorted(str(p) for p in (root / "studies" / name).glob("*/*.dcm"))
             sent = subprocess.run([require_tool("storescu"), "-aec", "PSMA_NODE", "127.0.0.1", str(node.port), *files],
