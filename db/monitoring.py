@@ -196,11 +196,11 @@ def sync_alarms(
         if c.kind == STATISTIC_KIND and c.cleared_on is None
     }
     for alarm in stored:
-        if alarm.kind == STATISTIC_KIND and alarm.cleared_at is None and alarm not in raised:
-            if (alarm.kind, alarm.scanner, alarm.subject) not in still_open:
-                alarm.cleared_at = now
-                _audit_alarm(session, alarm, "alarm-cleared", actor)
-                cleared.append(alarm)
+        if (alarm.kind == STATISTIC_KIND and alarm.cleared_at is None and alarm not in raised
+                and (alarm.kind, alarm.scanner, alarm.subject) not in still_open):
+            alarm.cleared_at = now
+            _audit_alarm(session, alarm, "alarm-cleared", actor)
+            cleared.append(alarm)
     return raised, cleared
 
 

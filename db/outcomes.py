@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
@@ -281,11 +282,11 @@ def record_reference_standard(
     return row
 
 
-def _latest_assessment_ids() -> Select[tuple[int]]:
+def _latest_assessment_ids() -> Select[Any]:
     return select(func.max(ReaderAssessment.id)).group_by(ReaderAssessment.result_id, ReaderAssessment.reader)
 
 
-def _latest_reference_ids() -> Select[tuple[int]]:
+def _latest_reference_ids() -> Select[Any]:
     return select(func.max(ReferenceStandard.id)).group_by(ReferenceStandard.study_id)
 
 

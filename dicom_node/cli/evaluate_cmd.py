@@ -11,11 +11,15 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dicom_node.cli.context import CliContext, pass_cli
 from dicom_node.cli.times import parse_time
+
+if TYPE_CHECKING:
+    from db.cohort import ProstatectomyFilter  # the command imports db lazily, so that --help stays quick
 
 
 def _time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dt.datetime | None:
@@ -71,7 +75,7 @@ def evaluate_command(
     until: dt.datetime | None,
     model: str | None,
     scanner: str | None,
-    prostatectomy: str | None,
+    prostatectomy: ProstatectomyFilter | None,
     threshold: float | None,
     as_json: bool,
     html_file: Path | None,

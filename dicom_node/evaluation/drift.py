@@ -19,6 +19,7 @@ import datetime as dt
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Literal
 
 from scipy.stats import binom
@@ -316,9 +317,10 @@ def _novelties(
     known_until: dt.date | None,
     subject: Callable[[MonitoredResult], str | None],
     describe: Callable[[str, dt.date], str],
-    scanner: Callable[[str], str],
+    scanner: str | None,
 ) -> list[Condition]:
-    """Subjects first seen on or after `known_until` (those seen before it are the baseline's)."""
+    """Subjects first seen on or after `known_until` (those seen before it are the baseline's). The
+    conditions name `scanner`, or, when it is None, the subject itself (a new scanner)."""
     first_seen: dict[str, dt.date] = {}
     for row in rows:
         value = subject(row)
@@ -328,11 +330,16 @@ def _novelties(
         return []
     return [
         Condition(
-            kind, scanner(value), value, day, describe(value, day), detail={"first_seen": day.isoformat()}
+            kind, value if scanner is None else scanner, value, day, describe(value, day),
+            detail={"first_seen": day.isoformat()},
         )
         for value, day in sorted(first_seen.items(), key=lambda item: (item[1], item[0]))
         if day >= known_until
     ]
+
+
+def _new_software(scanner: str, version: str, day: dt.date) -> str:
+    return f"new software version {version!r} on {scanner}: first result {day.isoformat()}"
 
 
 def _short_weights(weights: str) -> str:
@@ -357,7 +364,7 @@ def assess(rows: Sequence[MonitoredResult], settings: MonitoringSettings, today:
             f"new scanner {s}: first result {day.isoformat()}; its statistics are judged once its own "
             "baseline is complete, and the model's validation does not cover it until a local one does"
         ),
-        scanner=lambda s: s,
+        scanner=None,
     )
     conditions += _novelties(
         "new-weights",
@@ -368,7 +375,7 @@ def assess(rows: Sequence[MonitoredResult], settings: MonitoringSettings, today:
             f"new model weights {_short_weights(w)}: first result {day.isoformat()}; earlier local "
             "performance figures do not apply to them"
         ),
-        scanner=lambda _: "",
+        scanner="",
     )
     scanners: list[ScannerMonitoring] = []
     by_scanner: dict[str, list[MonitoredResult]] = {}
@@ -383,8 +390,8 @@ def assess(rows: Sequence[MonitoredResult], settings: MonitoringSettings, today:
             scanner_rows,
             state.baseline_end,
             lambda r: r.software_versions,
-            lambda v, day, s=scanner: f"new software version {v!r} on {s}: first result {day.isoformat()}",
-            scanner=lambda _, s=scanner: s,
+            partial(_new_software, scanner),
+            scanner=scanner,
         )
     conditions.sort(key=lambda c: (c.raised_on, c.kind, c.scanner, c.subject))
     return MonitoringState(today, conditions, scanners)

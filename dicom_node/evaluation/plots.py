@@ -12,6 +12,8 @@ import datetime as dt
 import io
 from collections.abc import Sequence
 
+from matplotlib.axes import Axes
+from matplotlib.dates import date2num
 from matplotlib.figure import Figure
 
 from dicom_node.evaluation.drift import SeriesPoint
@@ -32,18 +34,9 @@ def data_uri(image: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(image).decode("ascii")
 
 
-def _note_empty(axes: object, text: str) -> None:
-    axes.text(
-        0.5,
-        0.5,
-        text,
-        ha="center",
-        va="center",
-        fontsize=9,
-        color="#666",  # type: ignore[attr-defined]
-        transform=axes.transAxes,
-        wrap=True,
-    )  # type: ignore[attr-defined]
+def _note_empty(axes: Axes, text: str) -> None:
+    axes.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="#666", transform=axes.transAxes,
+              wrap=True)
 
 
 def roc_plot(points: Sequence[RocPoint], confusion: Confusion, threshold: float) -> bytes:
@@ -93,14 +86,16 @@ def calibration_plot(bins: Sequence[CalibrationBin]) -> bytes:
     figure = Figure(figsize=(4.2, 4.0))
     axes = figure.add_subplot()
     axes.plot([0, 1], [0, 1], linestyle=":", color="#999", linewidth=1, label="perfect calibration")
-    filled = [b for b in bins if b.count]
+    filled = [(b.mean_probability, b.observed_rate, b.count) for b in bins
+              if b.count and b.mean_probability is not None and b.observed_rate is not None]
     if filled:
-        largest = max(b.count for b in filled)
-        axes.plot([b.mean_probability for b in filled], [b.observed_rate for b in filled], color=LOCAL_COLOUR)
+        largest = max(count for _, _, count in filled)
+        predicted, observed = [p for p, _, _ in filled], [o for _, o, _ in filled]
+        axes.plot(predicted, observed, color=LOCAL_COLOUR)
         axes.scatter(
-            [b.mean_probability for b in filled],
-            [b.observed_rate for b in filled],
-            s=[20 + 180 * b.count / largest for b in filled],
+            predicted,
+            observed,
+            s=[20 + 180 * count / largest for _, _, count in filled],
             color=LOCAL_COLOUR,
             zorder=3,
             label="local (area ~ studies)",
@@ -125,13 +120,14 @@ def timeseries_plot(
     figure = Figure(figsize=(7.0, 2.2))
     axes = figure.add_subplot()
     if points:
-        days = [p.day for p in points]
-        banded = [p for p in points if p.low is not None and p.high is not None]
+        axes.xaxis_date()  # days go in as matplotlib's date numbers, shown as dates
+        days = date2num([p.day for p in points])
+        banded = [(p.day, p.low, p.high) for p in points if p.low is not None and p.high is not None]
         if banded:
             axes.fill_between(
-                [p.day for p in banded],
-                [p.low for p in banded],
-                [p.high for p in banded],
+                date2num([day for day, _, _ in banded]),
+                [low for _, low, _ in banded],
+                [high for _, _, high in banded],
                 step="mid",
                 color=BAND_COLOUR,
                 alpha=0.6,
@@ -141,7 +137,7 @@ def timeseries_plot(
         outside = [p for p in points if p.outside]
         if outside:
             axes.plot(
-                [p.day for p in outside],
+                date2num([p.day for p in outside]),
                 [p.value for p in outside],
                 "o",
                 color=ALARM_COLOUR,
@@ -149,9 +145,9 @@ def timeseries_plot(
                 label="outside",
             )
         if baseline_end is not None:
-            axes.axvline(baseline_end, color="#555", linestyle="--", linewidth=1, label="baseline ends")
+            axes.axvline(float(date2num(baseline_end)), color="#555", linestyle="--", linewidth=1, label="baseline ends")
         for day in alarm_days:
-            axes.axvline(day, color=ALARM_COLOUR, linewidth=1.5)
+            axes.axvline(float(date2num(day)), color=ALARM_COLOUR, linewidth=1.5)
         axes.legend(loc="upper left", fontsize=7, ncol=4)
         figure.autofmt_xdate()
     else:

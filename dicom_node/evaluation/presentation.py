@@ -130,8 +130,8 @@ def view(evaluation: Evaluation, *, with_plots: bool = True) -> PerformanceView:
                 [
                     "Days from result to reference standard",
                     f"{timing['median_days']:g}",
-                    f"median; quartiles {timing['quartiles_days'][0]:g} to {timing['quartiles_days'][1]:g}, "
-                    f"range {timing['min_days']} to {timing['max_days']} ({timing['studies']} dated)",
+                    (f"median; quartiles {timing['quartiles_days'][0]:g} to {timing['quartiles_days'][1]:g}, "
+                     f"range {timing['min_days']} to {timing['max_days']} ({timing['studies']} dated)"),
                 ]
             )
         )

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from enum import Enum
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -139,6 +139,9 @@ def store_reference_standard(context: WebContext, user: Principal, channel: str,
     return _stored(context, user, "reference-standard", write, body.ref())
 
 
+Word = TypeVar("Word", bound=Enum)
+
+
 def page_values(session: Session, study_uid: str) -> dict[str, Any]:
     """What the study page shows and offers: the recorded history and the forms' choices with their labels."""
     return {
@@ -151,6 +154,6 @@ def page_values(session: Session, study_uid: str) -> dict[str, Any]:
     }
 
 
-def _by_value(labels: Mapping[Enum, str]) -> dict[str, str]:
+def _by_value(labels: Mapping[Word, str]) -> dict[str, str]:
     """Labels keyed by the stored words, as templates look them up."""
     return {member.value: label for member, label in labels.items()}
