@@ -584,25 +584,25 @@ class EnvelopeSettings(_Section):
     )
     pet_voxel_mm: tuple[float, float] = Field(
         default=(1.5, 6.0),
-        description="Range of the PET voxel size (row, column and slice spacing, mm). Site-set: the paper does not "
-                    "state its reconstruction; the authors' 200 mm crops are ~50 PET voxels wide (~4 mm).",
+        description="Range of the PET voxel size (row, column and slice spacing, mm). Site-set: the paper's "
+                    "reconstruction could not be confirmed here; the authors' 200 mm crops are ~50 PET voxels wide (~4 mm).",
     )
     pet_slice_thickness_mm: tuple[float, float] = Field(
-        default=(1.5, 6.0), description="Range of the PET Slice Thickness (mm). Site-set: not stated in the paper."
+        default=(1.5, 6.0), description="Range of the PET Slice Thickness (mm). Site-set: not confirmed from the paper."
     )
     uptake_time_min: tuple[float, float] = Field(
         default=(45.0, 150.0),
-        description="Range of the time from injection to the PET scan (min). Site-set: not stated in the paper; "
+        description="Range of the time from injection to the PET scan (min). Site-set: not confirmed from the paper; "
                     "covers the 60-120 min protocols in use for [18F]PSMA-1007.",
     )
     injected_activity_mbq: tuple[float, float] = Field(
         default=(100.0, 500.0),
-        description="Range of the injected activity (MBq). Site-set: not stated in the paper; covers ~3-4 MBq/kg.",
+        description="Range of the injected activity (MBq). Site-set: not confirmed from the paper; covers ~3-4 MBq/kg.",
     )
     scanners: list[str] = Field(
         default_factory=list,
         description="Scanners validated here (case-insensitive parts of 'Manufacturer ModelName', e.g. "
-                    "'Biograph mCT'); empty = any. Site-set: the paper does not name its scanners.",
+                    "'Biograph mCT'); empty = any. Site-set: the paper's scanners could not be confirmed here.",
     )
 
     @field_validator("pet_voxel_mm", "pet_slice_thickness_mm", "uptake_time_min", "injected_activity_mbq")
