@@ -2,9 +2,10 @@
 the current result with its descriptors, the newest reference standard and each reader's latest assessment.
 
 Read-side only, and free of statistics: `psma-node evaluate`, the dashboard's performance page and the HTML
-report all start from `load_cohort`, so they count the same studies. Which rows count is decided here once:
-the latest non-superseded result per study, the newest reference standard per study, and per reader the
-latest assessment of that result (an assessment of a superseded result belongs to a result no longer shown).
+report all start from `load_cohort`, so they count the same studies: the latest non-superseded result per
+study, and, by the rules the listings and the study page show as "latest" (`db.outcomes`), the newest
+reference standard per study and per reader the latest assessment of that result (an assessment of a
+superseded result belongs to a result no longer shown).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import ReaderAssessment, ReferenceStandard, Result, ResultDescriptors, Study, StudyState
+from db.models import ReferenceStandard, Result, ResultDescriptors, Study, StudyState
+from db.outcomes import chunks, latest_assessments, latest_reference_standards
 
 ProstatectomyFilter = Literal["yes", "no", "unknown"]
 UNKNOWN_PROVENANCE = ("imputed", "inferred")
@@ -173,7 +175,7 @@ def current_results(
 ) -> dict[int, tuple[Result, ResultDescriptors | None]]:
     """The latest non-superseded result of each study, with its descriptors when they were recorded."""
     found: dict[int, tuple[Result, ResultDescriptors | None]] = {}
-    for chunk in _chunks(study_ids):
+    for chunk in chunks(study_ids):
         rows = session.execute(
             select(Result, ResultDescriptors)
             .outerjoin(ResultDescriptors, ResultDescriptors.result_id == Result.id)
@@ -183,37 +185,6 @@ def current_results(
         for result, descriptors in rows:
             found[result.study_id] = (result, descriptors)  # ordered: the latest stays
     return found
-
-
-def newest_references(session: Session, study_ids: list[int]) -> dict[int, ReferenceStandard]:
-    """The newest reference standard of each study (its history stays in the table)."""
-    found: dict[int, ReferenceStandard] = {}
-    for chunk in _chunks(study_ids):
-        for row in session.scalars(
-            select(ReferenceStandard)
-            .where(ReferenceStandard.study_id.in_(chunk))
-            .order_by(ReferenceStandard.created_at, ReferenceStandard.id)
-        ):
-            found[row.study_id] = row
-    return found
-
-
-def latest_assessments(session: Session, result_ids: list[int]) -> list[ReaderAssessment]:
-    """Per result and reader, the latest assessment entered (a correction is a newer row)."""
-    found: dict[tuple[int, str], ReaderAssessment] = {}
-    for chunk in _chunks(result_ids):
-        for row in session.scalars(
-            select(ReaderAssessment)
-            .where(ReaderAssessment.result_id.in_(chunk))
-            .order_by(ReaderAssessment.created_at, ReaderAssessment.id)
-        ):
-            found[(row.result_id, row.reader)] = row
-    return sorted(found.values(), key=lambda row: (row.result_id, row.reader))
-
-
-def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:
-    """IN lists of a size every database accepts."""
-    return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 def _case(
@@ -252,7 +223,7 @@ def load_cohort(session: Session, filters: CohortFilter | None = None) -> Cohort
     filters = filters or CohortFilter()
     studies = _received(session, filters)
     results = current_results(session, [s.id for s in studies])
-    references = newest_references(session, list(results))
+    references = latest_reference_standards(session, list(results))
     flow = Flow(received=len(studies))
     rejected: Counter[str] = Counter()
     failed: Counter[str] = Counter()
@@ -286,7 +257,8 @@ def load_cohort(session: Session, filters: CohortFilter | None = None) -> Cohort
             seen_ai_before_report=row.seen_ai_before_report,
             assessed_at=row.assessed_at,
         )
-        for row in latest_assessments(session, [case.result_id for case in cases])
+        for rows in latest_assessments(session, [case.result_id for case in cases]).values()
+        for row in rows
     ]
     return Cohort(filters, flow, cases, assessments)
 

@@ -17,8 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.audit import record
-from db.cohort import latest_assessments, scanner_label
+from db.cohort import scanner_label
 from db.models import MonitoringAlarm, Result, ResultDescriptors
+from db.outcomes import latest_assessments
 
 NOVELTY_KINDS = ("new-scanner", "new-software", "new-weights")
 STATISTIC_KIND = "statistic"
@@ -71,8 +72,8 @@ def monitored_results(session: Session, *, until: dt.datetime | None = None) -> 
         query = query.where(Result.created_at < until)
     pairs = list(session.execute(query).tuples())
     verdicts: dict[int, list[str]] = {}
-    for row in latest_assessments(session, [result.id for result, _ in pairs]):
-        verdicts.setdefault(row.result_id, []).append(row.verdict)
+    for result_id, rows in latest_assessments(session, [result.id for result, _ in pairs]).items():
+        verdicts[result_id] = [row.verdict for row in rows]
     return [
         MonitoredResult(
             result_id=result.id,

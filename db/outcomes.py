@@ -360,20 +360,27 @@ def list_reference_standards(
     ]
 
 
+def chunks(ids: list[int], size: int = 500) -> list[list[int]]:
+    """IN lists of a size every database accepts."""
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
+
+
 def latest_assessments(session: Session, result_ids: list[int] | None = None) -> dict[int, list[ReaderAssessment]]:
     """Per result, the newest assessment of each reader (the ones that count), oldest reader first."""
     statement = select(ReaderAssessment).where(ReaderAssessment.id.in_(_latest_assessment_ids()))
-    if result_ids is not None:
-        statement = statement.where(ReaderAssessment.result_id.in_(result_ids))
     found: dict[int, list[ReaderAssessment]] = {}
-    for row in session.scalars(statement.order_by(ReaderAssessment.id)):
-        found.setdefault(row.result_id, []).append(row)
+    for chunk in [None] if result_ids is None else chunks(result_ids):
+        chosen = statement if chunk is None else statement.where(ReaderAssessment.result_id.in_(chunk))
+        for row in session.scalars(chosen.order_by(ReaderAssessment.id)):
+            found.setdefault(row.result_id, []).append(row)
     return found
 
 
 def latest_reference_standards(session: Session, study_ids: list[int] | None = None) -> dict[int, ReferenceStandard]:
     """Per study, its newest reference standard (the one that counts)."""
     statement = select(ReferenceStandard).where(ReferenceStandard.id.in_(_latest_reference_ids()))
-    if study_ids is not None:
-        statement = statement.where(ReferenceStandard.study_id.in_(study_ids))
-    return {row.study_id: row for row in session.scalars(statement)}
+    found: dict[int, ReferenceStandard] = {}
+    for chunk in [None] if study_ids is None else chunks(study_ids):
+        chosen = statement if chunk is None else statement.where(ReferenceStandard.study_id.in_(chunk))
+        found.update((row.study_id, row) for row in session.scalars(chosen))
+    return found

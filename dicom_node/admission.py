@@ -21,6 +21,7 @@ receiving process is about to reject, and does not count them against anyone's s
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,6 +53,15 @@ class Held:
     with_ae: int
     unbound: int
     in_all: int
+
+    @classmethod
+    def among(cls, holders: Iterable[tuple[str, str, bool]], peer: str, calling: str) -> Held:
+        """The counts for a new association from `peer` as `calling`, over the open ones given as (source,
+        calling AE title, bound to its host)."""
+        held = list(holders)
+        return cls(from_peer=sum(1 for source, _, _ in held if source == peer),
+                   with_ae=sum(1 for _, title, _ in held if title == calling),
+                   unbound=sum(1 for _, _, bound in held if not bound), in_all=len(held))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import ColumnElement, distinct, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,14 +36,19 @@ from dicom_node.wake import JOBS, ring_on_commit
 log = logging.getLogger(__name__)
 
 
-def load_series(session: Session, study_id: int) -> list[SeriesSummary]:
-    """Summaries of the study's series from its current, analysable, present instances."""
-    usable = (
+def usable_instances(study_id: int) -> tuple[ColumnElement[bool], ...]:
+    """The study's instances assembly looks at: current, analysable, with their file present."""
+    return (
         Instance.study_id == study_id,
         Instance.current.is_(True),
         Instance.analysable.is_(True),
         Instance.missing_file.is_(False),
     )
+
+
+def load_series(session: Session, study_id: int) -> list[SeriesSummary]:
+    """Summaries of the study's series from its current, analysable, present instances."""
+    usable = usable_instances(study_id)
     rows = session.execute(
         select(
             Instance.series_uid,
@@ -120,12 +125,7 @@ def load_layouts(session: Session, study_id: int) -> dict[str, dict[str, tuple[i
     values = [Instance.header[keyword].as_integer() for keyword in LAYOUT_KEYWORDS]
     rows = session.execute(
         select(Instance.series_uid, *(f(v) for v in values for f in (func.min, func.max)))
-        .where(
-            Instance.study_id == study_id,
-            Instance.current.is_(True),
-            Instance.analysable.is_(True),
-            Instance.missing_file.is_(False),
-        )
+        .where(*usable_instances(study_id))
         .group_by(Instance.series_uid)
     ).all()
     return {
@@ -140,12 +140,7 @@ def load_lossy(session: Session, study_id: int) -> dict[str, dict[str, int]]:
     flag = Instance.header[LOSSY_KEYWORD].as_string()
     rows = session.execute(
         select(Instance.series_uid, Instance.transfer_syntax_uid, flag, func.count())
-        .where(
-            Instance.study_id == study_id,
-            Instance.current.is_(True),
-            Instance.analysable.is_(True),
-            Instance.missing_file.is_(False),
-        )
+        .where(*usable_instances(study_id))
         .group_by(Instance.series_uid, Instance.transfer_syntax_uid, flag)
     ).all()
     lossy: dict[str, dict[str, int]] = {}

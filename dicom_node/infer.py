@@ -26,6 +26,7 @@ from db import audit
 from db.clinical import lookup_clinical
 from db.clock import utcnow
 from db.models import Instance, JobState, Result, ResultDescriptors, Study, StudyState
+from db.outcomes import current_result
 from db.session import transaction
 from dicom_node.config import Settings
 from dicom_node.evaluation.descriptors import describe
@@ -296,11 +297,7 @@ def _store(
             return "discarded"
         study = session.get(Study, job.study_id)
         assert study is not None
-        previous = session.scalars(
-            select(Result)
-            .where(Result.study_id == study.id, Result.superseded_by_id.is_(None))
-            .order_by(Result.id.desc())
-        ).first()
+        previous = current_result(session, study)
         result = Result(
             study_id=study.id,
             job_id=job.id,

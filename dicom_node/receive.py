@@ -311,13 +311,10 @@ class Receiver:
         assert self._ae is not None
         node = self.settings.node
         # Established ones only: bare TCP connections (port probes, load balancer checks) do not count.
-        established = [(a.requestor.ae_title.strip(), _peer(a)) for a in self._ae.active_associations
+        established = [(_peer(a), a.requestor.ae_title.strip()) for a in self._ae.active_associations
                        if a.is_acceptor and a.is_established]
-        peer = _peer(assoc)
-        return Held(from_peer=sum(1 for _, other in established if other == peer),
-                    with_ae=sum(1 for title, _ in established if title == calling),
-                    unbound=sum(1 for title, other in established if not admit(node, title, other).bound),
-                    in_all=len(established))
+        return Held.among(((peer, title, admit(node, title, peer).bound) for peer, title in established),
+                          _peer(assoc), calling)
 
     def _on_requested(self, event: Event) -> None:
         assoc = event.assoc

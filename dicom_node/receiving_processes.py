@@ -173,10 +173,8 @@ class ReceivingProcesses:
                 if association.process in load:
                     load[association.process] += 1
             child = min(live, key=lambda c: (load[c.index], c.index))
-            holding = [a for a in self._open.values() if not a.rejected]
-            held = Held(from_peer=sum(1 for a in holding if a.peer == peer),
-                        with_ae=sum(1 for a in holding if a.calling == calling),
-                        unbound=sum(1 for a in holding if not a.bound), in_all=len(holding))
+            held = Held.among(((a.peer, a.calling, a.bound) for a in self._open.values() if not a.rejected),
+                              peer, calling)
             handover = Handover(request, self._next_id, held)
             self._next_id += 1
             self._open[handover.id] = _OpenAssociation(

@@ -27,6 +27,9 @@ from inference.clinical import (
     resolve_psa,
     resolve_tracer,
 )
+from inference.findings import FindingsOptions, build_findings, quantification_from
+from inference.focus_site import SiteContext, bladder_base
+from inference.localize import LocalisationError, LocalizerOptions, make_localizer
 from inference.model_specs import (
     CUBE_HALF_WIDTH_MM,
     NOT_FOR_CLINICAL_USE,
@@ -35,11 +38,8 @@ from inference.model_specs import (
     get_spec,
     route,
 )
-from inference.localize import LocalisationError, LocalizerOptions, make_localizer
 from inference.network import make_deterministic, predict
 from inference.preprocess import PreprocessError, crop, cube_box, model_input
-from inference.findings import FindingsOptions, build_findings, quantification_from
-from inference.focus_site import SiteContext, bladder_base
 from inference.quantify import QuantifyError, QuantifyOptions, analysed_region, quantify
 from inference.reference_organs import reference_scorer
 from inference.result import (

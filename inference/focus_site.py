@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
+from inference.quantify import AIR_HU
 from inference.result import BladderRelation, FocusSite, OrganMask
 from inference.volume import Volume
 
@@ -87,9 +87,7 @@ def _ball(radius_mm: float, step_mm: float = 1.5, inner_mm: float = 0.0) -> np.n
 
 def ct_values(ct: Volume, points_lps: np.ndarray) -> np.ndarray:
     """CT (HU) at LPS points, trilinear; outside the CT counts as air."""
-    index = ct.lps_to_index(points_lps)
-    return ndimage.map_coordinates(np.asarray(ct.array, dtype=np.float32), index.T, order=1, mode="constant",
-                                   cval=-1000.0)
+    return ct.sample(points_lps, AIR_HU)
 
 
 def _near(mask: OrganMask | None, point: np.ndarray, margin_mm: float) -> bool:

@@ -30,6 +30,10 @@ class QuantifyOptions:
     isocontour_fraction: float = 0.41
 
 
+AIR_HU = -1000.0
+"""What the CT reads outside its field of view."""
+
+
 class QuantifyError(ValueError):
     """The region to quantify is empty (e.g. the centre lies outside the PET)."""
 
@@ -37,12 +41,8 @@ class QuantifyError(ValueError):
 def ct_on_grid(ct: Volume, grid: Volume) -> np.ndarray:
     """CT values (HU) at the voxel centres of `grid`; outside the CT counts as air."""
     shape = grid.array.shape
-    ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
-    lps = grid.affine_lps[:3, :3] @ ijk + grid.affine_lps[:3, 3:4]
-    inverse = np.linalg.inv(ct.affine_lps)
-    ct_ijk = inverse[:3, :3] @ lps + inverse[:3, 3:4]
-    values = ndimage.map_coordinates(ct.array, ct_ijk, order=1, mode="constant", cval=-1000.0)
-    return values.reshape(shape).astype(np.float32)
+    centres = grid.index_to_lps(np.indices(shape, dtype=np.float64).reshape(3, -1).T)
+    return ct.sample(centres, AIR_HU).reshape(shape)
 
 
 def find_bladder(

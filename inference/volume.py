@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from scipy import ndimage
 
 ORIENTATION_TOLERANCE = 1e-3
 """Largest difference between direction cosines still treated as the same orientation."""
@@ -65,6 +66,13 @@ class Volume:
         inverse = np.linalg.inv(self.affine_lps)
         lps = np.asarray(lps, dtype=float)
         return (inverse[:3, :3] @ lps.T).T + inverse[:3, 3]
+
+    def sample(self, points_lps: np.ndarray, outside: float) -> np.ndarray:
+        """Trilinear values (float32) at LPS points, `outside` beyond the volume (e.g. air, -1000 HU, for a
+        CT)."""
+        index = self.lps_to_index(np.asarray(points_lps, dtype=float).reshape(-1, 3))
+        return ndimage.map_coordinates(np.asarray(self.array, dtype=np.float32), index.T, order=1,
+                                       mode="constant", cval=outside)
 
 
 def _label(header: pydicom.Dataset) -> str:

@@ -79,9 +79,8 @@ def run_monitoring(
 def monitoring_tick(
     settings: Settings, sessions: sessionmaker[Session], clock: Callable[[], dt.datetime] = utcnow
 ) -> None:
-    """Scheduled by `serve`: one evaluation; a failure is logged and the next tick tries again."""
-    if not settings.monitoring.enabled:
-        return
+    """Scheduled by `serve` when monitoring is enabled: one evaluation; a failure is logged and the next tick
+    tries again."""
     try:
         run_monitoring(settings, sessions, now=clock())
     except IntegrityError:

@@ -161,6 +161,14 @@ class ReaderSummary:
         }
 
 
+def _by_reason_class(by_reason: dict[str, int]) -> dict[str, int]:
+    """Counts by reason summed per class of reason (the text up to its first colon), as /metrics counts them."""
+    classes = Counter[str]()
+    for reason, n in by_reason.items():
+        classes[reason_class(reason)] += n
+    return dict(sorted(classes.items()))
+
+
 def _counts(values: Iterable[Any]) -> dict[str, int]:
     return {str(key): n for key, n in sorted(Counter(values).items(), key=lambda item: str(item[0]))}
 
@@ -241,18 +249,12 @@ class Evaluation:
 
     def counts(self) -> dict[str, Any]:
         flow = self.flow
-        rejected = Counter[str]()
-        for reason, n in flow.rejected_by_reason.items():
-            rejected[reason_class(reason)] += n
-        failed = Counter[str]()
-        for reason, n in flow.failed_by_reason.items():
-            failed[reason_class(reason)] += n
         return {
             "received": flow.received,
             "rejected": flow.rejected,
-            "rejected_by_reason": dict(sorted(rejected.items())),
+            "rejected_by_reason": _by_reason_class(flow.rejected_by_reason),
             "failed": flow.failed,
-            "failed_by_reason": dict(sorted(failed.items())),
+            "failed_by_reason": _by_reason_class(flow.failed_by_reason),
             "not_finished": flow.not_finished,
             "analysed": flow.analysed,
             "excluded_by_filter": flow.excluded_by_filter,

@@ -434,6 +434,11 @@ STYLE_SCALE: dict[str, float] = {"headline": 1.3, "warning": 1.15, "focus": 1.15
 WARNING_COLOUR = (255, 200, 0)
 
 
+def _bold(style: str) -> bool:
+    """The lead lines are bold; the rule-based suggestion and the smaller block are not."""
+    return style not in ("small", "body")
+
+
 def lead_lines(analysis: AnalysisResult) -> list[tuple[str, PanelStyle]]:
     """What a reader needs first, in large text: the AI result, a warning when outside the validated
     conditions, one line per focus, then the rule-based suggestion set apart from the AI result."""
@@ -536,8 +541,7 @@ def _layout(analysis: AnalysisResult, facts: PanelFacts, width: int, body_px: in
         if previous is not None and previous != "small" and style == "small":
             height += body_px // 2  # a gap sets the smaller block apart
             pieces.append(("", body_px // 2, "gap"))
-        bold = style != "small" and style != "body"
-        for piece in _wrap(text, font(size, bold=bold), width):
+        for piece in _wrap(text, font(size, bold=_bold(style)), width):
             pieces.append((piece, size, style))
             height += int(size * 1.35)
         previous = style
@@ -585,7 +589,7 @@ def _draw_panel(canvas: Image.Image, area: tuple[int, int, int, int], analysis: 
         if style == "gap":
             y += px
             continue
-        f = font(px, bold=style not in ("small", "body"))
+        f = font(px, bold=_bold(style))
         colour = WARNING_COLOUR if style == "warning" else TEXT_COLOUR
         draw.text((x0 + margin, y), piece, font=f, fill=colour)
         bbox = draw.textbbox((x0 + margin, y), piece, font=f)

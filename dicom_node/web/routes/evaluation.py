@@ -5,9 +5,10 @@ JSON twins under /api for scripts. Plots are PNGs inline (`data:` URIs, which th
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from db.clock import utcnow
@@ -40,48 +41,50 @@ def _day(name: str, text: str) -> dt.date | None:
         raise BadFilter(f"{name}: {text[:40]!r} is not a date (YYYY-MM-DD)") from None
 
 
-def parse_filters(
-    context: WebContext, since: str, until: str, model: str, scanner: str, prostatectomy: str, threshold: str
-) -> tuple[CohortFilter, float]:
-    """The query parameters as a cohort filter and a threshold; `until` is a day included in the range."""
-    first, last = _day("since", since), _day("until", until)
-    if first and last and first > last:
-        raise BadFilter("since: must not be after until")
-    if prostatectomy and prostatectomy not in PROSTATECTOMY:
-        raise BadFilter(f"prostatectomy: must be one of {', '.join(PROSTATECTOMY)}")
-    value = context.settings.models.threshold
-    if threshold.strip():
-        try:
-            value = float(threshold.replace(",", "."))
-        except ValueError:
-            raise BadFilter("threshold: not a number") from None
-        if not 0 <= value <= 1:
-            raise BadFilter("threshold: must lie between 0 and 1")
-    midnight = dt.time(tzinfo=dt.timezone.utc)
-    filters = CohortFilter(
-        since=dt.datetime.combine(first, midnight) if first else None,
-        until=dt.datetime.combine(last + dt.timedelta(days=1), midnight) if last else None,
-        model=model.strip() or None,
-        scanner=scanner.strip() or None,
-        prostatectomy=prostatectomy or None,  # type: ignore[arg-type]
-    )
-    return filters, value
+@dataclass(frozen=True)
+class EvaluationQuery:
+    """The performance page's and /api/evaluation's query parameters, as typed in (checked by `parse`)."""
+
+    since: str = ""
+    until: str = ""
+    model: str = ""
+    scanner: str = ""
+    prostatectomy: str = ""
+    threshold: str = ""
+
+    def parse(self, default_threshold: float) -> tuple[CohortFilter, float]:
+        """A cohort filter and a threshold; `until` is a day included in the range."""
+        first, last = _day("since", self.since), _day("until", self.until)
+        if first and last and first > last:
+            raise BadFilter("since: must not be after until")
+        if self.prostatectomy and self.prostatectomy not in PROSTATECTOMY:
+            raise BadFilter(f"prostatectomy: must be one of {', '.join(PROSTATECTOMY)}")
+        value = default_threshold
+        if self.threshold.strip():
+            try:
+                value = float(self.threshold.replace(",", "."))
+            except ValueError:
+                raise BadFilter("threshold: not a number") from None
+            if not 0 <= value <= 1:
+                raise BadFilter("threshold: must lie between 0 and 1")
+        midnight = dt.time(tzinfo=dt.timezone.utc)
+        filters = CohortFilter(
+            since=dt.datetime.combine(first, midnight) if first else None,
+            until=dt.datetime.combine(last + dt.timedelta(days=1), midnight) if last else None,
+            model=self.model.strip() or None,
+            scanner=self.scanner.strip() or None,
+            prostatectomy=self.prostatectomy or None,  # type: ignore[arg-type]
+        )
+        return filters, value
 
 
-def _evaluation(
-    request: Request,
-    context: WebContext,
-    session: Db,
-    since: str,
-    until: str,
-    model: str,
-    scanner: str,
-    prostatectomy: str,
-    threshold: str,
-) -> Evaluation:
+Query = Annotated[EvaluationQuery, Depends()]
+
+
+def _evaluation(request: Request, context: WebContext, session: Db, query: EvaluationQuery) -> Evaluation:
     """The evaluation the query asks for; a bad filter is recorded as a refusal and raised as BadFilter."""
     try:
-        filters, value = parse_filters(context, since, until, model, scanner, prostatectomy, threshold)
+        filters, value = query.parse(context.settings.models.threshold)
     except BadFilter as exc:
         context.refusals.refused(
             "api-refused", client_address(request), f"invalid input: {exc}", path=request.url.path
@@ -92,53 +95,22 @@ def _evaluation(
 
 @router.get("/performance", response_class=HTMLResponse, include_in_schema=False)
 def performance_page(
-    request: Request,
-    context: Context,
-    user: PageUser,
-    session: Db,
-    since: str = "",
-    until: str = "",
-    model: str = "",
-    scanner: str = "",
-    prostatectomy: str = "",
-    threshold: str = "",
+    request: Request, context: Context, user: PageUser, session: Db, query: Query
 ) -> HTMLResponse:
-    form = {
-        "since": since,
-        "until": until,
-        "model": model,
-        "scanner": scanner,
-        "prostatectomy": prostatectomy,
-        "threshold": threshold,
-    }
     error, shown = None, None
     try:
-        shown = view(_evaluation(request, context, session, since, until, model, scanner, prostatectomy,
-                                 threshold))
+        shown = view(_evaluation(request, context, session, query))
     except BadFilter as exc:
         error = str(exc)
-    return context.render(request, "performance.html", user, error=error, form=form,
+    return context.render(request, "performance.html", user, error=error, form=asdict(query),
                           choices=filter_choices(session), v=shown, published_source=PUBLISHED_SOURCE)
 
 
 @router.get("/api/evaluation")
-def api_evaluation(
-    request: Request,
-    context: Context,
-    _user: ApiUser,
-    session: Db,
-    since: str = "",
-    until: str = "",
-    model: str = "",
-    scanner: str = "",
-    prostatectomy: str = "",
-    threshold: str = "",
-) -> Response:
+def api_evaluation(request: Request, context: Context, _user: ApiUser, session: Db, query: Query) -> Response:
     """The object `psma-node evaluate --json` prints (docs/monitoring.md), for the same filters."""
     try:
-        evaluation = _evaluation(
-            request, context, session, since, until, model, scanner, prostatectomy, threshold
-        )
+        evaluation = _evaluation(request, context, session, query)
     except BadFilter as exc:
         raise HTTPException(422, f"invalid input: {exc}") from None
     return JSONResponse(evaluation.to_json())
