@@ -82,21 +82,18 @@ def _read(path: Path) -> tuple[list[dict[str, str]], list[int]]:
 
 def _check(fields: dict[str, str], line: int) -> Row:
     """A line's values in the vocabulary's terms (VocabularyError or ValueError say what is wrong)."""
-    from dicom_node.evaluation.vocabulary import ReferenceMethod, VocabularyError, parse, parse_yes_no
+    from dicom_node.evaluation.vocabulary import ReferenceMethod, parse, parse_date, parse_yes_no
 
     if "_error" in fields:
         raise ValueError(fields["_error"])
     if not fields["accession_number"] and not fields["study_instance_uid"]:
         raise ValueError("neither accession_number nor study_instance_uid given")
-    try:
-        date = dt.date.fromisoformat(fields["date"])
-    except ValueError:
-        raise VocabularyError("date", f"date: {fields['date'] or 'nothing'!r} is not a date (YYYY-MM-DD)") from None
     return Row(
         line=line, accession_number=fields["accession_number"] or None,
         study_instance_uid=fields["study_instance_uid"] or None,
         recurrence=parse_yes_no(fields["recurrence"], "recurrence"),
-        method=parse(ReferenceMethod, fields["method"], "method").value, date=date, source=fields["source"] or None,
+        method=parse(ReferenceMethod, fields["method"], "method").value, date=parse_date(fields["date"], "date"),
+        source=fields["source"] or None,
     )
 
 

@@ -7,6 +7,7 @@ and appear in the API, the CSV format and docs/assessments.md: they are an inter
 
 from __future__ import annotations
 
+import datetime as dt
 from enum import Enum
 from typing import TypeVar
 
@@ -142,3 +143,13 @@ def parse_yes_no(value: object, field: str) -> bool:
         return False
     shown = "nothing" if not text else repr(str(value).strip())
     raise VocabularyError(field, f"{field}: {shown} is not yes/no (true/false, 1/0)")
+
+
+def parse_date(value: object, field: str) -> dt.date:
+    """A YYYY-MM-DD date, as a date picker sends it and the CSV import and the API document it."""
+    text = str(value).strip() if value is not None else ""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        shown = "nothing" if not text else repr(text)
+        raise VocabularyError(field, f"{field}: {shown} is not a date (YYYY-MM-DD)") from None

@@ -3,7 +3,6 @@ forms. Writes need a user or a bearer token (and a session's CSRF token), like e
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, NoReturn
 from urllib.parse import quote
 
@@ -23,6 +22,7 @@ from dicom_node.evaluation.vocabulary import (
     Verdict,
     VocabularyError,
     parse,
+    parse_date,
     parse_optional,
     parse_yes_no,
 )
@@ -147,16 +147,9 @@ def study_reference_standard(
     try:
         body = ReferenceStandardIn(
             study_instance_uid=study_uid, recurrence=parse_yes_no(recurrence, "recurrence"),
-            method=parse(ReferenceMethod, method, "method"), date=_form_date(date), source=source or None,
+            method=parse(ReferenceMethod, method, "method"), date=parse_date(date, "date"), source=source or None,
         )
     except (VocabularyError, ValidationError) as exc:
         _form_refused(context, user, "reference-standard", exc, study_uid)
     store_reference_standard(context, user, ReferenceChannel.DASHBOARD.value, body)
     return _back(study_uid, "reference-standard")
-
-
-def _form_date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text.strip())
-    except ValueError:
-        raise VocabularyError("date", f"date: {text.strip()!r} is not a date (YYYY-MM-DD)") from None
