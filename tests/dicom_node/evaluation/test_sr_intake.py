@@ -141,3 +141,25 @@ def test_intake_looks_only_past_rows_settled_long_ago_and_still_finds_new_srs(
     assert intake.read_new_srs(settings, sqlite_sessions) == 1
     with sqlite_sessions() as session:
         assert session.scalars(select(ReaderAssessment.verdict)).one() == "agree"
+
+
+def test_intake_refuses_an_sr_naming_no_reader_and_one_whose_stored_file_is_unreadable(
+    sqlite_sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, "sqlite://")
+    with transaction(sqlite_sessions) as session:
+        seeded = seed_study(session, storage=tmp_path / "storage", results=tmp_path / "results", accession="A")
+    with sqlite_sessions() as session:
+        node_sr = study_object(seeded.study_uid, session.scalars(select(Result.sr_sop_instance_uid)).one())
+    anonymous = reader_sr(node_sr, finding="present", verified=False)
+    anonymous.ContentSequence = [item for item in anonymous.ContentSequence if item.ValueType != "PNAME"]
+    nobody = _received(sqlite_sessions, tmp_path / "sr", anonymous)
+    broken = _received(sqlite_sessions, tmp_path / "sr", reader_sr(node_sr, finding="absent"))
+    (tmp_path / "sr" / f"{broken}.dcm").write_bytes(b"not a DICOM file")
+
+    assert AssessmentIntake().read_new_srs(settings, sqlite_sessions) == 2
+    reasons = {e.sop_instance_uid: e.reason or "" for e in _events(sqlite_sessions, "assessment-sr-refused")}
+    assert "names no reader" in reasons[nobody]
+    assert reasons[broken].startswith("stored SR unreadable: InvalidDicomError")
+    with sqlite_sessions() as session:
+        assert session.scalars(select(ReaderAssessment)).all() == []
