@@ -144,3 +144,6 @@ def test_filters_and_threshold_change_the_cohort_and_the_calls(
     assert narrowed["filters"]["scanner"] == "SIEMENS Biograph mCT"
     bad = CliRunner().invoke(cli, ["--config", str(config), "evaluate", "--since", "yesterday"])
     assert bad.exit_code == 2 and "neither an ISO date/time" in bad.output
+    backwards = CliRunner().invoke(
+        cli, ["--config", str(config), "evaluate", "--since", "2025-03-01", "--until", "2025-02-01"])
+    assert backwards.exit_code == 2 and "--since must be before --until" in backwards.output

@@ -152,6 +152,8 @@ def test_an_alarm_is_a_gauge_a_banner_on_every_page_and_a_status_line(
     assert acknowledged.exit_code == 0, acknowledged.output
     again = CliRunner().invoke(cli, ["--config", str(config), "monitoring", "acknowledge", str(alarms[0].id)])
     assert again.exit_code == 1 and "already cleared" in again.output
+    unknown = CliRunner().invoke(cli, ["--config", str(config), "monitoring", "acknowledge", "99999"])
+    assert unknown.exit_code == 1 and "no monitoring alarm 99999" in unknown.output
     with sessions() as session:
         actions = [
             e.action for e in session.scalars(select(AuditEvent).where(AuditEvent.category == "monitoring"))
